@@ -1,0 +1,361 @@
+"""Reading and writing bar and funding series, quarantine, and collector coverage."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from .._atomic import atomic_write_text
+from ..errors import ConfigError, StoreError
+from ..sources.base import BAR_COLUMNS, parse_time_ms
+from ..timeframes import Timeframe, get_timeframe
+from .layout import (
+    COVERAGE_FILE,
+    bars_dir,
+    check_instrument,
+    data_files,
+    funding_dir,
+    is_monthly,
+    period_bounds_ms,
+    period_keys,
+    quarantine_dir,
+    require_store,
+    unknown_series_error,
+)
+from .manifest import build_manifest, merge_sources, read_manifest, write_manifest
+from .tables import (
+    TIME_COLUMN,
+    WriteResult,
+    dedupe_incoming,
+    frame_to_arrays,
+    merge_rows,
+    read_table,
+    write_table,
+)
+
+log = logging.getLogger(__name__)
+FUNDING_COLUMNS = ["funding_rate", "realized_rate"]
+_coverage_lock = threading.Lock()
+
+
+def _bad_bar_rows(ts: np.ndarray, values: np.ndarray, tf: Timeframe) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row reason code for bad bars ("" = good). Order of checks = order of reasons."""
+    o, h, l, c, v, a = (values[:, i] for i in range(6))
+    reasons = np.full(len(ts), "", dtype=object)
+    checks = [
+        (np.isnan(values).any(axis=1), "nan_value"),
+        (ts % tf.ms != 0, "misaligned_timestamp"),
+        ((o <= 0) | (h <= 0) | (l <= 0) | (c <= 0), "non_positive_price"),
+        ((v < 0) | (a < 0), "negative_volume"),
+        ((l > np.minimum(o, c)) | (h < np.maximum(o, c)) | (l > h), "ohlc_inconsistent"),
+    ]
+    for mask, reason in checks:
+        reasons[(reasons == "") & mask] = reason
+    return reasons, reasons != ""
+
+
+def _quarantine(
+    store: Path, kind: str, instrument: str, ts: np.ndarray, values: np.ndarray, columns: Sequence[str],
+    reasons: np.ndarray, source: str,
+) -> str:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    path = quarantine_dir(store, kind, instrument) / f"{stamp}.parquet"
+    frame = pd.DataFrame(values, columns=list(columns))
+    frame.insert(0, TIME_COLUMN, pd.to_datetime(ts, unit="ms", utc=True))
+    frame["reason"] = reasons
+    frame["source"] = source
+    from .._atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False, compression="zstd")
+    return str(path)
+
+
+def _write_partitioned(
+    directory: Path,
+    *,
+    kind: str,
+    instrument: str,
+    timeframe: str | None,
+    monthly: bool,
+    ts: np.ndarray,
+    values: np.ndarray,
+    columns: Sequence[str],
+    source: str,
+    on_conflict: str,
+    what: str,
+) -> WriteResult:
+    total = WriteResult()
+    if not len(ts):
+        return total
+    keys = period_keys(ts, monthly)
+    # Plan every period first so an "error" conflict anywhere writes nothing.
+    plans = []
+    for key in np.unique(keys):
+        sel = keys == key
+        path = directory / f"{key}.parquet"
+        if path.exists():
+            old_ts, old_values = read_table(path, columns)
+            manifest = read_manifest(path) or {}
+        else:
+            old_ts, old_values, manifest = np.empty(0, np.int64), np.empty((0, len(columns))), {}
+        merged_ts, merged_values, result = merge_rows(
+            old_ts, old_values, ts[sel], values[sel], on_conflict=on_conflict, columns=columns, what=what
+        )
+        plans.append((path, manifest, merged_ts, merged_values, result))
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create store directory {str(directory)!r} ({exc})", hint="check the path and permissions") from exc
+    for path, manifest, merged_ts, merged_values, result in plans:
+        if result.rows_added or result.rows_replaced or not path.exists():
+            try:
+                write_table(path, merged_ts, merged_values, columns)
+            except OSError as exc:
+                raise StoreError(f"cannot write {str(path)!r} ({exc})", hint="check free disk space and permissions") from exc
+            new_manifest = build_manifest(
+                path,
+                kind=kind,
+                instrument=instrument,
+                timeframe=timeframe,
+                start_ms=int(merged_ts[0]),
+                end_ms=int(merged_ts[-1]),
+                row_count=len(merged_ts),
+                source=merge_sources(manifest.get("source"), source),
+            )
+            write_manifest(path, new_manifest)
+            result.files_written.append(str(path))
+        total.merge(result)
+    return total
+
+
+def write_bars(
+    store_dir: str | Path,
+    instrument: str,
+    timeframe: str,
+    bars: pd.DataFrame,
+    source: str,
+    *,
+    on_conflict: str = "keep",
+) -> WriteResult:
+    """Validate and merge ``bars`` into the store (see docs/store.md).
+
+    Bad rows (NaN, misaligned time, non-positive prices, negative volumes, inconsistent OHLC, and every
+    version of a timestamp given twice with different values) are quarantined with a reason and counted,
+    never dropped silently. Rows equal to stored ones are kept once; rows that differ from stored ones are
+    conflicts: stored values are kept (``on_conflict="keep"``), replaced (``"overwrite"``), or nothing is
+    written and ``ValidationError`` is raised (``"error"``). Only period files whose content changes are
+    rewritten, each atomically with its manifest.
+    """
+    tf = get_timeframe(timeframe)
+    check_instrument(instrument)
+    store = Path(store_dir)
+    ts, values = frame_to_arrays(bars, BAR_COLUMNS, what=f"bars of {instrument}")
+    rows_in = len(ts)
+    ts, values, ambiguous = dedupe_incoming(ts, values)
+    reasons, bad = _bad_bar_rows(ts, values, tf)
+    reasons[ambiguous & ~bad] = "duplicate_conflicting"
+    bad |= ambiguous
+    quarantine_file = None
+    if bad.any():
+        quarantine_file = _quarantine(store, tf.name, instrument, ts[bad], values[bad], BAR_COLUMNS, reasons[bad], source)
+        log.warning("%s %s: %d bad rows quarantined in %s", instrument, tf.name, int(bad.sum()), quarantine_file)
+    result = _write_partitioned(
+        bars_dir(store, instrument, tf),
+        kind="bars",
+        instrument=instrument,
+        timeframe=tf.name,
+        monthly=is_monthly(tf),
+        ts=ts[~bad],
+        values=values[~bad],
+        columns=BAR_COLUMNS,
+        source=source,
+        on_conflict=on_conflict,
+        what=f"{instrument} {tf.name} bars",
+    )
+    result.rows_in = rows_in
+    result.quarantined = int(bad.sum())
+    result.quarantine_file = quarantine_file
+    if bad.any():
+        names, counts = np.unique(reasons[bad].astype(str), return_counts=True)
+        result.quarantine_reasons = dict(zip(names.tolist(), counts.tolist()))
+    return result
+
+
+def _range_ms(start: Any, end: Any) -> tuple[int | None, int | None]:
+    start_ms = parse_time_ms(start, what="start") if start is not None else None
+    end_ms = parse_time_ms(end, what="end") if end is not None else None
+    if start_ms is not None and end_ms is not None and start_ms >= end_ms:
+        raise ConfigError(
+            f"start {start!r} is not before end {end!r}", hint="start is inclusive and end exclusive: give start < end"
+        )
+    return start_ms, end_ms
+
+
+def _read_series(directory: Path, columns: Sequence[str], start_ms: int | None, end_ms: int | None):
+    parts_ts, parts_values = [], []
+    for path in data_files(directory):
+        lo, hi = period_bounds_ms(path.stem)
+        if (end_ms is not None and lo >= end_ms) or (start_ms is not None and hi <= start_ms):
+            continue
+        ts, values = read_table(path, columns)
+        parts_ts.append(ts)
+        parts_values.append(values)
+    if not parts_ts:
+        return np.empty(0, np.int64), np.empty((0, len(columns)))
+    ts = np.concatenate(parts_ts)
+    values = np.concatenate(parts_values)
+    mask = np.ones(len(ts), dtype=bool)
+    if start_ms is not None:
+        mask &= ts >= start_ms
+    if end_ms is not None:
+        mask &= ts < end_ms
+    return ts[mask], values[mask]
+
+
+def _to_frame(ts: np.ndarray, values: np.ndarray, columns: Sequence[str]) -> pd.DataFrame:
+    index = pd.DatetimeIndex(pd.to_datetime(ts, unit="ms", utc=True), name=TIME_COLUMN)
+    return pd.DataFrame(values, index=index, columns=list(columns))
+
+
+def read_bars(
+    store_dir: str | Path, instrument: str, timeframe: str, start: Any = None, end: Any = None
+) -> pd.DataFrame:
+    """Bars of one instrument: index ``datetime`` (UTC bar open time), float64 ``open high low close volume amount``.
+
+    ``start`` is inclusive, ``end`` exclusive (``None`` = unbounded); naive times are UTC.
+    Raises ``StoreError`` if the store holds no such series (with close matches).
+    """
+    store = require_store(store_dir)
+    tf = get_timeframe(timeframe)
+    directory = bars_dir(store, instrument, tf)
+    if not directory.is_dir():
+        raise unknown_series_error(store, instrument, tf)
+    start_ms, end_ms = _range_ms(start, end)
+    ts, values = _read_series(directory, BAR_COLUMNS, start_ms, end_ms)
+    return _to_frame(ts, values, BAR_COLUMNS)
+
+
+def list_timeframes(store_dir: str | Path) -> list[str]:
+    root = Path(store_dir) / "bars"
+    if not root.is_dir():
+        return []
+    return sorted((p.name for p in root.iterdir() if p.is_dir()), key=lambda n: get_timeframe(n).ms)
+
+
+def list_instruments(store_dir: str | Path, timeframe: str) -> list[str]:
+    root = Path(store_dir) / "bars" / get_timeframe(timeframe).name
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and data_files(p))
+
+
+# --- collector coverage -------------------------------------------------------------------------------
+
+def _merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted((int(a), int(b)) for a, b in ranges if b > a):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
+def get_coverage(store_dir: str | Path, instrument: str, timeframe: str) -> list[tuple[int, int]]:
+    """Half-open epoch-ms ranges a collector has fully fetched for this series (merged, sorted)."""
+    path = bars_dir(store_dir, instrument, timeframe) / COVERAGE_FILE
+    if not path.exists():
+        return []
+    loaded = yaml.safe_load(path.read_text()) or {}
+    return _merge_ranges([tuple(r) for r in loaded.get("ranges", [])])
+
+
+def add_coverage(store_dir: str | Path, instrument: str, timeframe: str, start_ms: int, end_ms: int) -> None:
+    """Record that [start_ms, end_ms) was fully fetched (atomic; merged with what was recorded)."""
+    path = bars_dir(store_dir, instrument, timeframe) / COVERAGE_FILE
+    with _coverage_lock:
+        ranges = get_coverage(store_dir, instrument, timeframe) + [(int(start_ms), int(end_ms))]
+        merged = _merge_ranges(ranges)
+        atomic_write_text(path, yaml.safe_dump({"ranges": [list(r) for r in merged]}, sort_keys=False))
+
+
+def missing_ranges(covered: list[tuple[int, int]], start_ms: int, end_ms: int) -> list[tuple[int, int]]:
+    """Parts of [start_ms, end_ms) not in ``covered``."""
+    out, cursor = [], start_ms
+    for lo, hi in _merge_ranges(covered):
+        if hi <= cursor:
+            continue
+        if lo >= end_ms:
+            break
+        if lo > cursor:
+            out.append((cursor, min(lo, end_ms)))
+        cursor = max(cursor, hi)
+    if cursor < end_ms:
+        out.append((cursor, end_ms))
+    return out
+
+
+# --- funding ------------------------------------------------------------------------------------------
+
+def write_funding(
+    store_dir: str | Path, instrument: str, funding: pd.DataFrame, source: str, *, on_conflict: str = "overwrite"
+) -> WriteResult:
+    """Store funding-rate history (``funding_time``, ``funding_rate``, optional ``realized_rate``).
+
+    Funding records are revised by exchanges (realized rate filled in later), so by default the incoming
+    values replace stored ones for the same settlement time.
+    """
+    check_instrument(instrument)
+    frame = funding.copy()
+    if "funding_time" in frame.columns:
+        frame = frame.rename(columns={"funding_time": TIME_COLUMN})
+    if "realized_rate" not in frame.columns:
+        frame["realized_rate"] = np.nan
+    ts, values = frame_to_arrays(frame, FUNDING_COLUMNS, what=f"funding of {instrument}")
+    ts, values, ambiguous = dedupe_incoming(ts, values)
+    bad = ambiguous | np.isnan(values[:, 0])
+    result_q = None
+    if bad.any():
+        reasons = np.where(ambiguous[bad], "duplicate_conflicting", "nan_value").astype(object)
+        result_q = _quarantine(Path(store_dir), "funding", instrument, ts[bad], values[bad], FUNDING_COLUMNS, reasons, source)
+    result = _write_partitioned(
+        funding_dir(store_dir, instrument),
+        kind="funding",
+        instrument=instrument,
+        timeframe=None,
+        monthly=False,
+        ts=ts[~bad],
+        values=values[~bad],
+        columns=FUNDING_COLUMNS,
+        source=source,
+        on_conflict=on_conflict,
+        what=f"{instrument} funding rates",
+    )
+    result.rows_in = len(frame)
+    result.quarantined = int(bad.sum())
+    result.quarantine_file = result_q
+    return result
+
+
+def read_funding(store_dir: str | Path, instrument: str, start: Any = None, end: Any = None) -> pd.DataFrame:
+    """Funding history indexed by ``datetime`` (settlement time, UTC): ``funding_rate``, ``realized_rate``.
+
+    Empty when none is stored (spot instruments have none).
+    """
+    start_ms, end_ms = _range_ms(start, end)
+    ts, values = _read_series(funding_dir(store_dir, instrument), FUNDING_COLUMNS, start_ms, end_ms)
+    return _to_frame(ts, values, FUNDING_COLUMNS)
+
+
+def list_funding_instruments(store_dir: str | Path) -> list[str]:
+    root = Path(store_dir) / "funding"
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and data_files(p))
