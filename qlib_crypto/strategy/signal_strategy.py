@@ -1,0 +1,214 @@
+"""Qlib strategies for crypto: :class:`SignalStrategy` (BUY/SELL/HOLD signals) and :class:`LongShortStrategy`.
+
+Both are Qlib ``BaseStrategy`` subclasses, usable from qrun YAML (``class`` + ``module_path:
+qlib_crypto.strategy``) and from ``qlib.backtest.backtest(...)``. Timing follows Qlib: at trade step ``i``
+(bar ``T_i``) the strategy reads what was stamped in the previous step's interval ``[T_{i-1}, T_i)`` and its
+orders execute in bar ``T_i`` at the exchange's deal price, so a signal stamped at bar ``t`` executes at bar
+``t + 1``. The order arithmetic lives in :mod:`qlib_crypto.strategy.targets`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+from qlib.backtest.decision import Order, OrderDir, TradeDecisionWO
+from qlib.strategy.base import BaseStrategy
+
+from ..errors import ConfigError
+from .targets import (
+    TimeBook,
+    apply_signals,
+    changed_targets,
+    is_rebalance_step,
+    is_swap,
+    longshort_weights,
+    order_delta,
+    orders_for_weights,
+    scores_frame,
+    signals_frame,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class _CryptoStrategyBase(BaseStrategy):
+    """Shared plumbing: previous-step interval, prices, amounts, equity, order building."""
+
+    def __init__(self, *, min_trade_value: float = 0.0, trade_exchange=None, level_infra=None, common_infra=None,
+                 **kwargs: Any) -> None:
+        super().__init__(level_infra=level_infra, common_infra=common_infra, trade_exchange=trade_exchange, **kwargs)
+        self.min_trade_value = float(min_trade_value)
+
+    # -- time ------------------------------------------------------------------------------------------
+    def _previous_interval(self) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+        """The closed time interval of the bar before the current step (None before the calendar starts)."""
+        cal = self.trade_calendar
+        step = cal.get_trade_step()
+        if cal.start_index + step - 1 < 0:
+            return None
+        return cal.get_step_time(step, shift=1)
+
+    # -- market and account ------------------------------------------------------------------------------
+    def _price(self, inst: str, start: pd.Timestamp, end: pd.Timestamp) -> float:
+        """The bar's deal price used to size orders (NaN when the instrument has no bar)."""
+        try:
+            price = self.trade_exchange.get_deal_price(inst, start, end, direction=OrderDir.BUY)
+        except (KeyError, IndexError, ValueError):
+            return float("nan")
+        try:
+            price = float(price)
+        except (TypeError, ValueError):
+            return float("nan")
+        return price if math.isfinite(price) and price > 0 else float("nan")
+
+    def _amount(self, inst: str) -> float:
+        pos = self.trade_position
+        return float(pos.get_stock_amount(inst)) if inst in pos.get_stock_list() else 0.0
+
+    def _equity(self) -> float:
+        return float(self.trade_position.calculate_value())
+
+    def _orders(self, deltas: Mapping[str, float], start: pd.Timestamp, end: pd.Timestamp) -> list[Order]:
+        """Orders for signed amounts: sells first (they free cash and margin), then buys."""
+        sells, buys = [], []
+        for inst, delta in sorted(deltas.items()):
+            if delta == 0 or not math.isfinite(delta):
+                continue
+            order = Order(
+                stock_id=inst,
+                amount=abs(delta),
+                direction=OrderDir.BUY if delta > 0 else OrderDir.SELL,
+                start_time=start,
+                end_time=end,
+            )
+            (buys if delta > 0 else sells).append(order)
+        return sells + buys
+
+
+class SignalStrategy(_CryptoStrategyBase):
+    """Trade BUY/SELL/HOLD signals with position sizes (the output of ``qlib-crypto predict``).
+
+    Semantics: a signal stamped at bar ``t`` executes at bar ``t + 1``; BUY targets a long exposure of
+    ``|position_size| x equity``; SELL targets a short of the same size on swaps and a flat position on spot;
+    HOLD trades nothing; a position is traded only when its target changes (equity drift is not rebalanced).
+    A target that cannot be traded (no price in the bar) stays pending and is retried at the next bar.
+
+    Parameters
+    ----------
+    signals : str | pathlib.Path | pandas.DataFrame
+        A Parquet (``.parquet``), pickle or CSV path, or a DataFrame, with columns ``datetime`` (bar open
+        time, UTC), ``instrument``, ``signal`` (BUY/SELL/HOLD or +1/-1/0), ``position_size`` (fraction of
+        equity; the sign is ignored, the signal gives the direction).
+    instrument_meta : mapping, optional
+        ``{instrument: instType}`` or ``{instrument: {"instType": ...}}``; without it ``-SWAP`` = swap.
+    min_trade_value : float
+        Orders worth less than this (in quote currency) are not sent. Default 0.
+    """
+
+    def __init__(self, *, signals: Any, instrument_meta: Mapping[str, Any] | None = None,
+                 min_trade_value: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(min_trade_value=min_trade_value, **kwargs)
+        frame = signals_frame(signals)
+        self.signals = frame
+        self._book = TimeBook(frame, ["signal", "position_size"])
+        self.instrument_meta = dict(instrument_meta or {})
+        self.desired: dict[str, float] = {}
+        self.traded: dict[str, float] = {}
+
+    def reset(self, level_infra=None, common_infra=None, outer_trade_decision=None, **kwargs: Any) -> None:
+        super().reset(level_infra=level_infra, common_infra=common_infra,
+                      outer_trade_decision=outer_trade_decision, **kwargs)
+        if level_infra is not None:  # a new backtest run: forget the targets of the previous one
+            self.desired, self.traded = {}, {}
+
+    def generate_trade_decision(self, execute_result: list | None = None) -> TradeDecisionWO:
+        step = self.trade_calendar.get_trade_step()
+        start, end = self.trade_calendar.get_step_time(step)
+        prev = self._previous_interval()
+        if prev is not None:
+            rows = self._book.rows_between(*prev)
+            if rows:
+                self.desired = apply_signals(self.desired, rows, self.instrument_meta)
+        pending = changed_targets(self.desired, self.traded)
+        if not pending:
+            return TradeDecisionWO([], self)
+        equity = self._equity()
+        deltas: dict[str, float] = {}
+        for inst, target in pending.items():
+            current = self._amount(inst)
+            price = self._price(inst, start, end)
+            if not math.isfinite(price):
+                continue  # no bar: keep the target pending
+            delta = order_delta(target, equity, price, current)
+            self.traded[inst] = target
+            if abs(delta) * price > self.min_trade_value:
+                deltas[inst] = delta
+        return TradeDecisionWO(self._orders(deltas, start, end), self)
+
+
+class LongShortStrategy(_CryptoStrategyBase):
+    """Dollar-neutral long/short on perpetual swaps: every ``rebalance_every`` bars, the ``topk`` best scores
+    go long and the ``topk`` worst go short, each with ``gross_exposure / (2 topk)`` of equity; everything
+    else is closed. Scores stamped at bar ``t`` are traded at bar ``t + 1``.
+
+    Parameters
+    ----------
+    signal : pandas.Series | pandas.DataFrame | str
+        Model scores on a (datetime, instrument) index (``pred.pkl``, ``<PRED>`` in qrun YAML), a frame with
+        ``datetime, instrument, score`` columns, or a path to one.
+    topk : int
+        Instruments per side (fewer when fewer than ``2 topk`` swaps have a score).
+    rebalance_every : int
+        Rebalance on trade steps ``0, n, 2n, ...``.
+    gross_exposure : float
+        Sum of absolute weights (1.0: half of equity long, half short).
+    swaps_only : bool
+        Ignore scores of spot instruments (spot cannot be shorted). Default True.
+    instrument_meta : mapping, optional
+        As for :class:`SignalStrategy`.
+    min_trade_value : float
+        Rebalancing trades worth less than this are skipped. Default 0.
+    """
+
+    def __init__(self, *, signal: Any, topk: int, rebalance_every: int = 1, gross_exposure: float = 1.0,
+                 swaps_only: bool = True, instrument_meta: Mapping[str, Any] | None = None,
+                 min_trade_value: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(min_trade_value=min_trade_value, **kwargs)
+        if int(topk) < 1:
+            raise ConfigError(f"topk={topk} is below 1", hint="give the number of instruments per side, e.g. 3")
+        if int(rebalance_every) < 1:
+            raise ConfigError(f"rebalance_every={rebalance_every} is below 1", hint="give a number of bars >= 1")
+        if not float(gross_exposure) > 0:
+            raise ConfigError(f"gross_exposure={gross_exposure} must be > 0", hint="e.g. 1.0")
+        self.topk = int(topk)
+        self.rebalance_every = int(rebalance_every)
+        self.gross_exposure = float(gross_exposure)
+        self.swaps_only = bool(swaps_only)
+        self.instrument_meta = dict(instrument_meta or {})
+        frame = scores_frame(signal)
+        frame = frame[np.isfinite(frame["score"].to_numpy())]
+        if self.swaps_only:
+            keep = np.array([is_swap(i, self.instrument_meta) for i in frame["instrument"]], dtype=bool)
+            frame = frame[keep] if len(frame) else frame
+        self._book = TimeBook(frame, ["score"])
+
+    def generate_trade_decision(self, execute_result: list | None = None) -> TradeDecisionWO:
+        step = self.trade_calendar.get_trade_step()
+        if not is_rebalance_step(step, self.rebalance_every):
+            return TradeDecisionWO([], self)
+        start, end = self.trade_calendar.get_step_time(step)
+        prev = self._previous_interval()
+        if prev is None:
+            return TradeDecisionWO([], self)
+        latest = self._book.latest_between(*prev)
+        if not latest:
+            return TradeDecisionWO([], self)
+        weights = longshort_weights({k: v[0] for k, v in latest.items()}, self.topk, self.gross_exposure)
+        held = {inst: self._amount(inst) for inst in self.trade_position.get_stock_list()}
+        names = set(weights) | {k for k, v in held.items() if v != 0}
+        prices = {inst: self._price(inst, start, end) for inst in names}
+        deltas = orders_for_weights(weights, held, prices, self._equity(), self.min_trade_value)
+        return TradeDecisionWO(self._orders(deltas, start, end), self)
