@@ -1,0 +1,223 @@
+"""Record templates that annualise portfolio metrics for a 24/7 market (365 days, 8,760 hourly bars).
+
+Qlib's ``risk_analysis`` annualises with 238 trading days (952 bars a year at 60min), which understates
+crypto figures. The records here log, next to Qlib's own metrics, the same statistics annualised with
+:func:`qlib_crypto.settings.bars_per_year` under names such as
+``crypto.60min.excess_return_with_cost.annualized_return_365d``.
+
+- :func:`annualized_metrics`: the pure computation (tested by hand).
+- :class:`CryptoPortAnaRecord`: Qlib's ``PortAnaRecord`` plus the 24/7 metrics.
+- :class:`CryptoRiskRecord`: a companion record that reads the ``report_normal_<freq>.pkl`` artifacts any
+  portfolio record wrote (Qlib's or our own backtest's) and logs the 24/7 metrics.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from qlib.workflow.record_temp import PortAnaRecord, RecordTemp
+
+from ..errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+METRIC_PREFIX = "crypto"
+ARTIFACT_PATH = "portfolio_analysis"
+
+# The series of a Qlib portfolio report analysed, as name -> function of the report.
+REPORT_SERIES: dict[str, Any] = {
+    "benchmark": lambda rep: rep["bench"],
+    "return_without_cost": lambda rep: rep["return"],
+    "return_with_cost": lambda rep: rep["return"] - rep["cost"],
+    "excess_return_without_cost": lambda rep: rep["return"] - rep["bench"],
+    "excess_return_with_cost": lambda rep: rep["return"] - rep["bench"] - rep["cost"],
+}
+
+
+def bars_per_year(freq: str) -> float:
+    """Bars in a 365-day year for a Qlib frequency (``60min`` -> 8760, ``day``/``1day`` -> 365)."""
+    name = str(freq).strip()
+    m = re.fullmatch(r"(\d*)(min|minute|day|d)", name)
+    if m is None:
+        raise ConfigError(
+            f"cannot annualise frequency {freq!r}",
+            hint="use a minute or day frequency such as 60min, 1min or day",
+        )
+    count = int(m.group(1) or 1)
+    is_day = m.group(2) in ("day", "d")
+    qlib_name = "day" if is_day else f"{count}min"
+    try:  # the project-wide definition, when available
+        from qlib_crypto.settings import bars_per_year as settings_bars_per_year
+
+        base = float(settings_bars_per_year(qlib_name))
+    except (ImportError, AttributeError, ConfigError, KeyError, ValueError):
+        base = 365.0 if is_day else 365.0 * 24 * 60 / count
+    return base / count if is_day else base
+
+
+def annualized_metrics(returns: Iterable[float] | pd.Series, bars_per_year: float) -> dict[str, float]:
+    """Statistics of a per-bar simple return series, annualised over ``bars_per_year`` bars.
+
+    NaN returns are dropped. Returned keys:
+
+    - ``n_bars``, ``mean``, ``std`` (ddof 1);
+    - ``annualized_return``: arithmetic, ``mean * N`` (as Qlib's ``risk_analysis``);
+    - ``annualized_return_geometric``: ``prod(1 + r) ** (N / n) - 1``;
+    - ``annualized_volatility``: ``std * sqrt(N)``;
+    - ``information_ratio``: ``mean / std * sqrt(N)`` (NaN when ``std`` is 0);
+    - ``max_drawdown``: most negative gap between the cumulative sum and its running maximum (Qlib's);
+    - ``max_drawdown_geometric``: most negative ``wealth / running max - 1`` with compounding;
+    - ``total_return``: ``prod(1 + r) - 1``.
+    """
+    if not (isinstance(bars_per_year, (int, float)) and bars_per_year > 0 and math.isfinite(bars_per_year)):
+        raise ConfigError(f"bad bars_per_year {bars_per_year!r}", hint="pass a positive number, e.g. 8760 for 60min")
+    r = np.asarray(pd.Series(returns, dtype="float64").dropna(), dtype="float64")
+    n = int(r.size)
+    nan = float("nan")
+    if n == 0:
+        return {k: nan for k in _METRIC_KEYS} | {"n_bars": 0.0}
+    mean = float(r.mean())
+    std = float(r.std(ddof=1)) if n > 1 else nan
+    wealth = np.cumprod(1.0 + r)
+    cumsum = np.cumsum(r)
+    # the running maxima start from the initial state (0 return / wealth 1) so a first-bar loss counts
+    peak_sum = np.maximum.accumulate(np.concatenate([[0.0], cumsum]))[1:]
+    peak_wealth = np.maximum.accumulate(np.concatenate([[1.0], wealth]))[1:]
+    total = float(wealth[-1] - 1.0)
+    with np.errstate(over="ignore"):
+        geometric = float(np.power(wealth[-1], bars_per_year / n) - 1.0) if wealth[-1] > 0 else -1.0
+    return {
+        "n_bars": float(n),
+        "mean": mean,
+        "std": std,
+        "annualized_return": mean * bars_per_year,
+        "annualized_return_geometric": geometric,
+        "annualized_volatility": std * math.sqrt(bars_per_year),
+        "information_ratio": mean / std * math.sqrt(bars_per_year) if std and std > 0 else nan,
+        "max_drawdown": float(np.min(cumsum - peak_sum)),
+        "max_drawdown_geometric": float(np.min(wealth / peak_wealth - 1.0)),
+        "total_return": total,
+    }
+
+
+_METRIC_KEYS = (
+    "n_bars",
+    "mean",
+    "std",
+    "annualized_return",
+    "annualized_return_geometric",
+    "annualized_volatility",
+    "information_ratio",
+    "max_drawdown",
+    "max_drawdown_geometric",
+    "total_return",
+)
+_ANNUALISED = {"annualized_return", "annualized_return_geometric", "annualized_volatility", "information_ratio"}
+
+
+def metric_name(freq: str, series: str, key: str) -> str:
+    """Recorder metric name, e.g. ``crypto.60min.excess_return_with_cost.annualized_return_365d``."""
+    suffix = "_365d" if key in _ANNUALISED else ""
+    return f"{METRIC_PREFIX}.{freq}.{series}.{key}{suffix}"
+
+
+def crypto_risk_analysis(report: pd.DataFrame, freq: str) -> pd.DataFrame:
+    """24/7 statistics of each series of a Qlib portfolio report (columns ``return bench cost``).
+
+    Returns a DataFrame with one row per metric and one column per series of :data:`REPORT_SERIES`.
+    """
+    missing = [c for c in ("return", "bench", "cost") if c not in report.columns]
+    if missing:
+        raise ConfigError(
+            f"portfolio report lacks columns {missing}",
+            hint="pass the report_normal_<freq>.pkl DataFrame written by a portfolio record",
+        )
+    n = bars_per_year(freq)
+    table = {name: annualized_metrics(fn(report), n) for name, fn in REPORT_SERIES.items()}
+    return pd.DataFrame(table).loc[list(_METRIC_KEYS)]
+
+
+def flatten_risk_table(table: pd.DataFrame, freq: str) -> dict[str, float]:
+    """``{metric_name: value}`` for a table of :func:`crypto_risk_analysis` (finite values only)."""
+    out: dict[str, float] = {}
+    for series in table.columns:
+        for key in table.index:
+            value = float(table.at[key, series])
+            if math.isfinite(value):
+                out[metric_name(freq, series, key)] = value
+    out[f"{METRIC_PREFIX}.{freq}.bars_per_year"] = bars_per_year(freq)
+    return out
+
+
+def _freq_of_report(artifact_name: str) -> str | None:
+    m = re.fullmatch(r"(?:.*/)?report_normal_(.+)\.pkl", artifact_name)
+    return m.group(1) if m else None
+
+
+def _log_tables(recorder: Any, reports: dict[str, pd.DataFrame]) -> dict[str, Any]:
+    artifacts: dict[str, Any] = {}
+    for freq, report in reports.items():
+        table = crypto_risk_analysis(report, freq)
+        recorder.log_metrics(**flatten_risk_table(table, freq))
+        artifacts[f"crypto_port_analysis_{freq}.pkl"] = table
+        logger.info("24/7 risk analysis (%s, %s bars/year):\n%s", freq, bars_per_year(freq), table.to_string())
+    return artifacts
+
+
+class CryptoPortAnaRecord(PortAnaRecord):
+    """Qlib's ``PortAnaRecord`` (backtest, reports, Qlib's 238-day metrics) plus 24/7-annualised metrics.
+
+    Takes the same arguments as ``PortAnaRecord``. Adds the metrics ``crypto.<freq>.<series>.<metric>``
+    and the artifact ``portfolio_analysis/crypto_port_analysis_<freq>.pkl`` for each report frequency.
+    """
+
+    def _generate(self, **kwargs: Any) -> dict[str, Any]:
+        artifacts = super()._generate(**kwargs)
+        reports = {
+            freq: obj for name, obj in artifacts.items() if (freq := _freq_of_report(name)) is not None
+        }
+        artifacts.update(_log_tables(self.recorder, reports))
+        return artifacts
+
+    def list(self) -> list[str]:
+        return super().list() + [f"crypto_port_analysis_{freq}.pkl" for freq in self.all_freq]
+
+
+class CryptoRiskRecord(RecordTemp):
+    """Companion record: 24/7 metrics from the portfolio reports already in the recorder.
+
+    Use it after any portfolio record that writes ``portfolio_analysis/report_normal_<freq>.pkl`` (Qlib's
+    ``PortAnaRecord`` or the crypto backtest's record). ``freq`` limits the frequencies analysed (default:
+    every report found).
+    """
+
+    artifact_path = ARTIFACT_PATH
+
+    def __init__(self, recorder: Any, freq: str | Sequence[str] | None = None) -> None:
+        super().__init__(recorder=recorder)
+        self.freq = [freq] if isinstance(freq, str) else (list(freq) if freq is not None else None)
+
+    def _report_freqs(self) -> list[str]:
+        if self.freq is not None:
+            return list(self.freq)
+        names = self.recorder.list_artifacts(ARTIFACT_PATH)
+        return sorted({f for n in names if (f := _freq_of_report(n)) is not None})
+
+    def generate(self, **kwargs: Any) -> dict[str, Any]:
+        freqs = self._report_freqs()
+        if not freqs:
+            raise ConfigError(
+                "no portfolio report (portfolio_analysis/report_normal_<freq>.pkl) in the recorder",
+                hint="put CryptoRiskRecord after a portfolio record such as PortAnaRecord in the record list",
+            )
+        reports = {f: self.load(f"report_normal_{f}.pkl", parents=False) for f in freqs}
+        artifacts = _log_tables(self.recorder, reports)
+        self.save(**artifacts)
+        return artifacts
+
+    def list(self) -> list[str]:
+        return [f"crypto_port_analysis_{f}.pkl" for f in (self.freq or [])]
