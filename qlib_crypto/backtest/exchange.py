@@ -1,0 +1,535 @@
+"""``CryptoExchange``: Qlib's ``Exchange`` with a crypto fill model (fees, slippage, impact, lots, shorts, leverage).
+
+See ``docs/backtest.md`` for every parameter and formula. The pure cost functions live in ``costs.py``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+import pandas as pd
+from qlib.backtest.decision import Order, OrderDir
+from qlib.backtest.exchange import Exchange
+from qlib.backtest.high_performance_ds import NumpyQuote
+from qlib.backtest.position import BasePosition
+
+from ..errors import BacktestError, ConfigError
+from . import costs
+from .position import CryptoPosition
+
+logger = logging.getLogger(__name__)
+
+#: OKX base-tier (regular user, VIP0) rates as read on 2026-11-24; re-check on OKX's fee schedule page.
+DEFAULT_FEES: Dict[str, Dict[str, float]] = {
+    "spot": {"maker": 0.0008, "taker": 0.0010},
+    "swap": {"maker": 0.0002, "taker": 0.0005},
+}
+
+_DEAL_PRICES = ("close", "open", "vwap")
+
+
+@dataclass
+class FillRecord:
+    """One executed fill (or one leg of a liquidation)."""
+
+    datetime: pd.Timestamp
+    instrument: str
+    side: str  # "buy" | "sell"
+    amount: float  # base units (coins), > 0
+    deal_price: float  # the bar's deal price before slippage
+    fill_price: float
+    value: float  # amount x fill_price
+    fee: float
+    slippage: float  # amount x |fill_price - deal_price|
+    role: str  # "taker" | "liquidation"
+    market: str  # "spot" | "swap"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class OrderReport:
+    """What happened to one order: requested vs filled amount and why it was clipped or rejected."""
+
+    datetime: pd.Timestamp
+    instrument: str
+    side: str
+    requested: float
+    filled: float
+    status: str  # "filled" | "partial" | "rejected"
+    reasons: str  # ";"-joined reasons, "" when filled as asked
+
+    @property
+    def unfilled(self) -> float:
+        return max(self.requested - self.filled, 0.0)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["unfilled"] = self.unfilled
+        return d
+
+
+@dataclass
+class InstrumentSpec:
+    """Trading rules of one instrument in base units: lot size, minimum size and minimum notional."""
+
+    market: str = "spot"
+    lot_size: float | None = None
+    min_size: float | None = None
+    min_notional: float | None = None
+
+
+class FastQuote(NumpyQuote):
+    """``NumpyQuote`` with a real single-bar fast path over precomputed ``[bar, instrument]`` arrays.
+
+    A query whose ``[start_time, end_time]`` covers exactly one bar of the quote's calendar is answered by one
+    array lookup with the same result Qlib's own aggregation would give for that one bar; anything else falls
+    back to ``NumpyQuote``.
+    """
+
+    def __init__(self, quote_df: pd.DataFrame, freq: str, region: str = "us") -> None:
+        super().__init__(quote_df, freq, region)
+        times = quote_df.index.get_level_values("datetime").unique().sort_values()
+        self.times = times
+        self.instruments = list(self.data.keys())
+        self.col_of = {inst: i for i, inst in enumerate(self.instruments)}
+        self.row_of = {t: i for i, t in enumerate(times)}
+        if len(times) > 1:
+            step = times[1:] - times[:-1]
+            nxt = list(times[1:]) + [times[-1] + step.min()]
+        else:
+            nxt = [times[0] + pd.Timedelta(self.freq)] if len(times) else []
+        self._next = nxt
+        self.arrays: Dict[str, np.ndarray] = {}
+        self.bool_fields = set()
+        for column in quote_df.columns:
+            wide = quote_df[column].unstack(level="instrument").reindex(index=times, columns=self.instruments)
+            if quote_df[column].dtype == bool:
+                self.bool_fields.add(column)
+                self.arrays[column] = wide.fillna(True).to_numpy(dtype=bool)
+            else:
+                self.arrays[column] = wide.to_numpy(dtype=np.float64)
+        self._last_key: Tuple[Any, Any] = (None, None)
+        self._last_row: Optional[int] = None
+
+    def single_row(self, start_time: Any, end_time: Any) -> Optional[int]:
+        """Row of the one bar ``[start_time, end_time]`` covers exactly, else None."""
+        if start_time is self._last_key[0] and end_time is self._last_key[1]:
+            return self._last_row
+        row = self.row_of.get(start_time)
+        if row is not None and not (end_time < self._next[row] and end_time >= start_time):
+            row = None
+        self._last_key = (start_time, end_time)
+        self._last_row = row
+        return row
+
+    def get_data(self, stock_id, start_time, end_time, field, method=None):  # noqa: D102 (BaseQuote's contract)
+        col = self.col_of.get(stock_id)
+        if col is None:
+            return None
+        arr = self.arrays.get(field)
+        row = self.single_row(start_time, end_time) if arr is not None else None
+        if row is None:
+            return NumpyQuote.get_data(self, stock_id, start_time, end_time, field, method)
+        value = arr[row, col]
+        if field in self.bool_fields:
+            return bool(value)
+        value = float(value)
+        if method == "ts_data_last" and math.isnan(value):
+            return None
+        if method == "sum" and math.isnan(value):
+            return 0.0
+        return value
+
+
+def _as_float(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(out) or out <= 0 else out
+
+
+def load_instrument_specs(instrument_meta: Any) -> Dict[str, InstrumentSpec]:
+    """Instrument rules from a store path, a DataFrame (``instId`` column or index) or a dict instId -> fields.
+
+    Recognised fields: ``instType`` (SPOT/SWAP/...), ``lotSz``, ``minSz``, ``ctVal`` (contract value in coins:
+    for swaps ``lotSz`` and ``minSz`` count contracts and are multiplied by ``ctVal``), ``minNotional``.
+    """
+    if instrument_meta is None:
+        return {}
+    if isinstance(instrument_meta, (str, Path)):
+        from ..store import read_instrument_meta  # the store is a lower layer
+
+        instrument_meta = read_instrument_meta(instrument_meta)
+    if isinstance(instrument_meta, pd.DataFrame):
+        frame = instrument_meta
+        if "instId" in frame.columns:
+            frame = frame.set_index("instId")
+        rows: Mapping[str, Mapping[str, Any]] = frame.to_dict(orient="index")
+    elif isinstance(instrument_meta, Mapping):
+        rows = instrument_meta
+    else:
+        raise ConfigError(
+            f"instrument_meta of type {type(instrument_meta).__name__} is not supported",
+            hint="give a store directory, a DataFrame with an instId column, a dict instId -> {lotSz, minSz...} or null",
+        )
+    specs: Dict[str, InstrumentSpec] = {}
+    for inst, meta in rows.items():
+        inst_type = str(meta.get("instType") or "").upper()
+        if inst_type in ("SWAP", "FUTURES"):
+            market = "swap"
+        elif inst_type in ("SPOT", "MARGIN"):
+            market = "spot"
+        else:
+            market = "swap" if str(inst).upper().endswith("-SWAP") else "spot"
+        mult = 1.0
+        ct_val = _as_float(meta.get("ctVal"))
+        if market == "swap" and ct_val is not None:
+            mult = ct_val * (_as_float(meta.get("ctMult")) or 1.0)
+        lot = _as_float(meta.get("lotSz"))
+        min_size = _as_float(meta.get("minSz"))
+        specs[str(inst)] = InstrumentSpec(
+            market=market,
+            lot_size=lot * mult if lot is not None else None,
+            min_size=min_size * mult if min_size is not None else None,
+            min_notional=_as_float(meta.get("minNotional")),
+        )
+    return specs
+
+
+def _check_fees(fees: Mapping[str, Mapping[str, float]] | None) -> Dict[str, Dict[str, float]]:
+    merged = {m: dict(r) for m, r in DEFAULT_FEES.items()}
+    for market, rates in (fees or {}).items():
+        if market not in merged:
+            raise ConfigError(f"unknown market {market!r} in fees", hint="use the keys spot and swap")
+        for role, rate in (rates or {}).items():
+            if role not in ("maker", "taker"):
+                raise ConfigError(f"unknown fee role {role!r} for {market}", hint="use maker and taker")
+            if rate is None or not (-0.01 <= float(rate) < 0.1):
+                raise ConfigError(f"fee rate {rate!r} for {market}.{role} is out of range", hint="give a fraction, e.g. 0.001 for 0.1%")
+            merged[market][role] = float(rate)
+    return merged
+
+
+class CryptoExchange(Exchange):
+    """Qlib ``Exchange`` for crypto spot and perpetual swaps (24/7, fractional amounts, shorts on swaps).
+
+    Parameters (besides Qlib's own ``start_time, end_time, codes, subscribe_fields, extra_quote, quote_cls...``):
+    freq: bar frequency (``60min``, ``day``...). deal_price: ``close | open | vwap`` of the bar the order executes
+    in. fees: ``{spot: {maker, taker}, swap: {maker, taker}}`` fractions (defaults: OKX base tier). slippage_bps:
+    fixed slippage in basis points. impact_coef: square-root impact coefficient (0 disables). max_participation:
+    largest fraction of the bar's volume one order may take (None: no cap). instrument_meta: store path,
+    DataFrame or dict with ``lotSz minSz ctVal minNotional instType`` (None: no lots, no minimums).
+    ``trade_unit`` is forced to None, ``min_cost`` to 0 and ``limit_threshold`` to None.
+    """
+
+    def __init__(
+        self,
+        freq: str = "60min",
+        deal_price: str = "close",
+        fees: Mapping[str, Mapping[str, float]] | None = None,
+        slippage_bps: float = 0.0,
+        impact_coef: float = 0.0,
+        max_participation: float | None = None,
+        instrument_meta: Any = None,
+        subscribe_fields: list | None = None,
+        quote_cls: type = FastQuote,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(deal_price, str) and deal_price.lstrip("$") not in _DEAL_PRICES:
+            raise ConfigError(f"deal_price {deal_price!r} is not supported", hint="use close, open or vwap")
+        if not isinstance(deal_price, str):
+            raise ConfigError(f"deal_price {deal_price!r} must be one string", hint="use close, open or vwap")
+        if slippage_bps is None or float(slippage_bps) < 0:
+            raise ConfigError(f"slippage_bps {slippage_bps!r} must be >= 0", hint="give basis points, e.g. 2.0")
+        if impact_coef is None or float(impact_coef) < 0:
+            raise ConfigError(f"impact_coef {impact_coef!r} must be >= 0", hint="0 disables market impact")
+        if max_participation is not None and not (0 < float(max_participation) <= 1):
+            raise ConfigError(
+                f"max_participation {max_participation!r} must be in (0, 1]", hint="e.g. 0.1, or null for no cap"
+            )
+        self.fees = _check_fees(fees)
+        self.slippage_bps = float(slippage_bps)
+        self.impact_coef = float(impact_coef)
+        self.max_participation = None if max_participation is None else float(max_participation)
+        self.instrument_specs = load_instrument_specs(instrument_meta)
+        for key, forced in (("trade_unit", None), ("min_cost", 0.0), ("limit_threshold", None)):
+            if kwargs.get(key, forced) != forced:
+                logger.warning("CryptoExchange ignores %s=%r (crypto: always %r)", key, kwargs[key], forced)
+            kwargs[key] = forced
+        kwargs.pop("open_cost", None)
+        kwargs.pop("close_cost", None)
+        kwargs.pop("impact_cost", None)
+        fields = list(subscribe_fields or [])
+        for extra in ("$open", "$high", "$low", "$funding_rate"):
+            if extra not in fields:
+                fields.append(extra)
+        super().__init__(
+            freq=freq,
+            deal_price=deal_price,
+            subscribe_fields=fields,
+            open_cost=self.fees["spot"]["taker"],
+            close_cost=self.fees["spot"]["taker"],
+            impact_cost=0.0,
+            quote_cls=quote_cls,
+            **kwargs,
+        )
+        self._fast = self.quote if isinstance(self.quote, FastQuote) else None
+        self.last_fill: FillRecord | None = None
+        self.last_report: OrderReport | None = None
+        self._warned_deal_price: set = set()
+
+    # ------------------------------------------------------------------ data
+    def get_quote_from_qlib(self) -> None:
+        super().get_quote_from_qlib()
+        # NaN volume on a bar with a price: no traded volume is known; treat it as 0 (documented).
+        vol = self.quote_df["$volume"]
+        if vol.isna().any():
+            self.quote_df["$volume"] = vol.fillna(0.0)
+
+    def market_of(self, instrument: str) -> str:
+        """``spot`` or ``swap``: from the metadata's instType, else from the name (``-SWAP`` = swap)."""
+        spec = self.instrument_specs.get(instrument)
+        if spec is not None:
+            return spec.market
+        return "swap" if instrument.upper().endswith("-SWAP") else "spot"
+
+    def taker_fee(self, instrument: str) -> float:
+        return self.fees[self.market_of(instrument)]["taker"]
+
+    def _cell(self, stock_id: str, start_time: Any, end_time: Any, field: str) -> Optional[float]:
+        """One bar's value through the fast path, or None when the query is not a single known bar."""
+        fast = self._fast
+        if fast is None:
+            return None
+        col = fast.col_of.get(stock_id)
+        if col is None:
+            return None
+        row = fast.single_row(start_time, end_time)
+        if row is None:
+            return None
+        return float(fast.arrays[field][row, col])
+
+    def check_stock_suspended(self, stock_id: str, start_time: pd.Timestamp, end_time: pd.Timestamp) -> bool:
+        close = self._cell(stock_id, start_time, end_time, "$close")
+        if close is None:
+            return super().check_stock_suspended(stock_id, start_time, end_time)
+        return math.isnan(close)
+
+    def check_stock_limit(self, stock_id, start_time, end_time, direction=None) -> bool:
+        # limit_threshold is always None: limited == suspended (no price bands in crypto)
+        return self.check_stock_suspended(stock_id, start_time, end_time)
+
+    def is_stock_tradable(self, stock_id, start_time, end_time, direction=None) -> bool:
+        return not self.check_stock_suspended(stock_id, start_time, end_time)
+
+    def get_close(self, stock_id, start_time, end_time, method="ts_data_last"):
+        if method == "ts_data_last":
+            close = self._cell(stock_id, start_time, end_time, "$close")
+            if close is not None:
+                return None if math.isnan(close) else close
+        return super().get_close(stock_id, start_time, end_time, method)
+
+    def get_volume(self, stock_id, start_time, end_time, method="sum"):
+        if method == "sum":
+            vol = self._cell(stock_id, start_time, end_time, "$volume")
+            if vol is not None:
+                return 0.0 if math.isnan(vol) else vol
+        return super().get_volume(stock_id, start_time, end_time, method)
+
+    def get_factor(self, stock_id, start_time, end_time):
+        factor = self._cell(stock_id, start_time, end_time, "$factor")
+        if factor is not None:
+            return factor
+        return super().get_factor(stock_id, start_time, end_time)
+
+    def get_deal_price(self, stock_id, start_time, end_time, direction, method="ts_data_last"):
+        if method == "ts_data_last":
+            pstr = self.sell_price if direction == OrderDir.SELL else self.buy_price
+            price = self._cell(stock_id, start_time, end_time, pstr)
+            if price is not None:
+                if not (price > 1e-8):
+                    if stock_id not in self._warned_deal_price:
+                        self._warned_deal_price.add(stock_id)
+                        logger.warning("%s: %s is %s at %s; using $close", stock_id, pstr, price, start_time)
+                    price = self._cell(stock_id, start_time, end_time, "$close")
+                    return None if price is None or math.isnan(price) else price
+                return price
+        return super().get_deal_price(stock_id, start_time, end_time, direction, method)
+
+    def get_funding_rate(self, stock_id: str, start_time: pd.Timestamp, end_time: pd.Timestamp) -> float:
+        """The funding rate settling in this bar (NaN when none)."""
+        rate = self._cell(stock_id, start_time, end_time, "$funding_rate")
+        if rate is None:
+            value = self.quote.get_data(stock_id, start_time, end_time, field="$funding_rate", method="sum")
+            rate = float(value) if value else math.nan
+        return rate
+
+    def get_bar_field(self, stock_id: str, start_time: pd.Timestamp, end_time: pd.Timestamp, field: str) -> float:
+        """One bar's value of a quote field (``$open $high $low $close $volume``...), NaN when missing."""
+        value = self._cell(stock_id, start_time, end_time, field)
+        if value is None:
+            value = self.quote.get_data(stock_id, start_time, end_time, field=field, method="ts_data_last")
+            value = math.nan if value is None else float(value)
+        return value
+
+    # ------------------------------------------------------------------ fills
+    def _calc_trade_info_by_order(
+        self, order: Order, position: Optional[BasePosition], dealt_order_amount: dict
+    ) -> Tuple[float, float, float]:
+        trade_price, trade_val, trade_cost, _ = self._fill_order(order, position)
+        return trade_price, trade_val, trade_cost
+
+    def _fill_order(self, order: Order, position: Optional[BasePosition]) -> Tuple[float, float, float, dict]:
+        """Apply the fill model to ``order`` (sets ``order.deal_amount``); returns price, value, fee and details."""
+        stock, start, end = order.stock_id, order.start_time, order.end_time
+        side = 1 if order.direction == Order.BUY else -1
+        market = self.market_of(stock)
+        spec = self.instrument_specs.get(stock)
+        fee_rate = self.fees[market]["taker"]
+        deal = float(self.get_deal_price(stock, start, end, direction=order.direction))
+        volume = self.get_volume(stock, start, end)
+        volume = 0.0 if volume is None or math.isnan(volume) else float(volume)
+        order.factor = self.get_factor(stock, start, end)
+        requested = float(order.amount)
+        q = requested
+        reasons: list[str] = []
+        held = 0.0
+        if position is not None and position.check_stock(stock):
+            held = float(position.get_stock_amount(stock))
+        can_short = market == "swap" and isinstance(position, CryptoPosition)
+
+        # 1) spot (or a position class without shorts) is long-only; Qlib's rule: selling (almost) all goes through
+        if side < 0 and position is not None and not can_short and not np.isclose(q, held):
+            if q > held:
+                reasons.append("spot_long_only" if market == "spot" else "position_cannot_short")
+            q = max(min(q, held), 0.0)
+        # 2) participation cap
+        cap = costs.participation_cap(volume, self.max_participation)
+        if q > cap:
+            reasons.append("no_volume" if cap == 0 else "participation_cap")
+            q = cap
+        sigma = 0.0
+        if self.impact_coef > 0:
+            sigma = costs.bar_volatility(
+                self.get_bar_field(stock, start, end, "$high"),
+                self.get_bar_field(stock, start, end, "$low"),
+                self.get_bar_field(stock, start, end, "$close"),
+            )
+            if q > 0 and volume <= 0:
+                reasons.append("no_volume")
+                q = 0.0
+        impact = costs.market_impact(q, volume, sigma, self.impact_coef)
+        fill = costs.fill_price(deal, side, self.slippage_bps, impact)
+        # 3) leverage limit (margin accounts)
+        max_lev = getattr(position, "max_leverage", None) if isinstance(position, CryptoPosition) else None
+        if max_lev is not None and q > 0:
+            equity = position.calculate_value()
+            gross = position.gross_exposure()
+            if held != 0.0:
+                marked = position.get_stock_price(stock)
+                equity += held * (deal - marked)
+                gross -= abs(held) * marked
+            cost_rate = fee_rate + abs(fill - deal) / deal
+            q_max = costs.max_amount_for_leverage(held, side, deal, gross, equity, max_lev, cost_rate)
+            if q > q_max * (1 + 1e-12):
+                reasons.append("max_leverage")
+                q = q_max
+        # 4) spot buys are paid in cash (Qlib's cash rule with min_cost = 0)
+        if side > 0 and market == "spot" and position is not None:
+            cash = position.get_cash()
+            value = q * fill
+            if cash < value * fee_rate:
+                if q > 0:
+                    reasons.append("insufficient_cash")
+                q = 0.0
+            elif cash < value * (1 + fee_rate):
+                reasons.append("cash_limit")
+                q = min(q, costs.max_buy_amount_for_cash(cash, fill, fee_rate))
+        elif side < 0 and market == "spot" and position is not None:
+            if position.get_cash() + q * fill < q * fill * fee_rate:
+                reasons.append("insufficient_cash")
+                q = 0.0
+        # 5) lot size, then minimum size / notional
+        if spec is not None and spec.lot_size:
+            rounded = costs.round_down_to_lot(q, spec.lot_size)
+            if rounded < q:
+                reasons.append("below_lot_size" if rounded == 0 else "lot_rounding")
+            q = rounded
+        if spec is not None and q > 0:
+            if spec.min_size and q < spec.min_size * (1 - 1e-9):
+                reasons.append("below_min_size")
+                q = 0.0
+            elif spec.min_notional and q * deal < spec.min_notional:
+                reasons.append("below_min_notional")
+                q = 0.0
+        # final fill at the final amount
+        impact = costs.market_impact(q, volume, sigma, self.impact_coef)
+        fill = costs.fill_price(deal, side, self.slippage_bps, impact)
+        order.deal_amount = q
+        trade_val = q * fill
+        fee = costs.trade_fee(q, fill, fee_rate)
+        slip = costs.slippage_cost(q, fill, deal)
+        if trade_val <= 1e-5:
+            trade_val, fee, slip = 0.0, 0.0, 0.0
+        details = {
+            "market": market,
+            "deal_price": deal,
+            "fill_price": fill,
+            "slippage": slip,
+            "requested": requested,
+            "reasons": reasons,
+        }
+        return fill, trade_val, fee, details
+
+    def deal_order(
+        self,
+        order: Order,
+        trade_account: Any = None,
+        position: BasePosition | None = None,
+        dealt_order_amount: Dict[str, float] = defaultdict(float),
+    ) -> Tuple[float, float, float]:
+        """Execute ``order`` with the fill model; updates the account/position; sets ``last_fill``/``last_report``."""
+        side = "buy" if order.direction == Order.BUY else "sell"
+        self.last_fill = None
+        if trade_account is not None and position is not None:
+            raise BacktestError("deal_order got both trade_account and position", hint="pass only one of them")
+        if not self.check_order(order):
+            order.deal_amount = 0.0
+            self.last_report = OrderReport(order.start_time, order.stock_id, side, float(order.amount), 0.0, "rejected", "not_tradable")
+            return 0.0, 0.0, np.nan
+        pos = trade_account.current_position if trade_account is not None else position
+        trade_price, trade_val, trade_cost, details = self._fill_order(order, pos)
+        if trade_val > 1e-5:
+            if isinstance(pos, CryptoPosition) and order.direction == Order.SELL and not pos.check_stock(order.stock_id):
+                # opening a short: give the entry a price so Qlib's Account can book the order's return
+                pos._init_stock(order.stock_id, 0.0, price=trade_price)
+            if trade_account is not None:
+                trade_account.update_order(order=order, trade_val=trade_val, cost=trade_cost, trade_price=trade_price)
+            elif pos is not None:
+                pos.update_order(order=order, trade_val=trade_val, cost=trade_cost, trade_price=trade_price)
+            self.last_fill = FillRecord(
+                datetime=order.start_time,
+                instrument=order.stock_id,
+                side=side,
+                amount=order.deal_amount,
+                deal_price=details["deal_price"],
+                fill_price=trade_price,
+                value=trade_val,
+                fee=trade_cost,
+                slippage=details["slippage"],
+                role="taker",
+                market=details["market"],
+            )
+        filled = order.deal_amount if trade_val > 1e-5 else 0.0
+        requested = details["requested"]
+        status = "filled" if filled >= requested * (1 - 1e-9) else ("partial" if filled > 0 else "rejected")
+        self.last_report = OrderReport(order.start_time, order.stock_id, side, requested, filled, status, ";".join(details["reasons"]))
+        return trade_val, trade_cost, trade_price

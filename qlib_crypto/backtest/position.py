@@ -1,0 +1,112 @@
+"""``CryptoPosition``: a Qlib ``Position`` with signed amounts (shorts on swaps), margin accounting and cheap copies.
+
+Accounting (quote currency, e.g. USDT): ``cash`` is the collateral. A buy pays ``value + fee`` out of cash and a
+sell receives ``value - fee`` (a short sale credits the proceeds and holds a negative amount). Then
+
+    equity = cash + sum(amount x price)         gross exposure = sum(|amount| x price)
+    leverage = gross exposure / equity
+
+with prices marked to the bar close at every bar end (by Qlib's ``Account``). This is exactly Qlib's
+``calculate_value()``, so Qlib's account value, returns and reports stay valid.
+
+Set it through the account's ``pos_type``: ``pos_type="qlib_crypto.backtest.CryptoPosition"`` (Qlib resolves a
+dotted class name); ``CryptoExecutor`` also upgrades a plain ``Position`` with nothing in it to this class.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Union
+
+import numpy as np
+from qlib.backtest.decision import Order
+from qlib.backtest.position import Position
+
+_SPECIAL_KEYS = ("cash", "now_account_value", "cash_delay")
+
+
+class CryptoPosition(Position):
+    """Position with signed amounts; ``max_leverage`` and ``maintenance_margin`` are read by the exchange/executor.
+
+    ``max_leverage`` (default 3.0): orders are scaled down so that gross exposure / equity stays at or below it
+    (None disables the check). ``maintenance_margin`` (default 0.005): the executor liquidates everything when
+    equity < maintenance_margin x gross exposure at a bar close.
+    """
+
+    max_leverage: float | None = 3.0
+    maintenance_margin: float = 0.005
+
+    def __init__(self, cash: float = 0, position_dict: Dict[str, Union[Dict[str, float], float]] = {}) -> None:
+        super().__init__(cash=cash, position_dict=position_dict)
+
+    # -- cheap copies (Qlib deep-copies the position every bar and in TopkDropoutStrategy every step) --
+    def __deepcopy__(self, memo: dict) -> "CryptoPosition":
+        new = self.__class__.__new__(self.__class__)
+        new.__dict__.update(self.__dict__)
+        new.position = {k: (v.copy() if isinstance(v, dict) else v) for k, v in self.position.items()}
+        memo[id(self)] = new
+        return new
+
+    def __copy__(self) -> "CryptoPosition":
+        return self.__deepcopy__({})
+
+    # -- trading --
+    def update_order(self, order: Order, trade_val: float, cost: float, trade_price: float) -> None:
+        """Apply a fill: signed amount change ``+-trade_val / trade_price``; cash moves by value and fee."""
+        stock_id = order.stock_id
+        trade_amount = trade_val / trade_price
+        if order.direction == Order.BUY:
+            signed = trade_amount
+        elif order.direction == Order.SELL:
+            signed = -trade_amount
+        else:
+            raise NotImplementedError(f"do not support order direction {order.direction}")
+        entry = self.position.get(stock_id)
+        if entry is None:
+            self._init_stock(stock_id=stock_id, amount=signed, price=trade_price)
+        elif np.isclose(entry["amount"], -signed):
+            # closing the whole position (long or short)
+            self._del_stock(stock_id)
+        else:
+            entry["amount"] += signed
+        if signed > 0:
+            self.position["cash"] -= trade_val + cost
+        else:
+            new_cash = trade_val - cost
+            if self._settle_type == self.ST_CASH:
+                self.position["cash_delay"] += new_cash
+            else:
+                self.position["cash"] += new_cash
+
+    def settle_funding(self, stock_id: str, price: float, funding_rate: float) -> float:
+        """Book one funding settlement on ``stock_id``; returns the payment (> 0 paid, < 0 received)."""
+        amount = self.get_stock_amount(stock_id)
+        payment = amount * price * funding_rate
+        self.position["cash"] -= payment
+        return payment
+
+    # -- margin figures --
+    def gross_exposure(self) -> float:
+        """``sum(|amount| x price)`` over held instruments at their last marked prices."""
+        total = 0.0
+        for key, entry in self.position.items():
+            if key in _SPECIAL_KEYS:
+                continue
+            total += abs(entry["amount"] * entry["price"])
+        return total
+
+    def equity(self) -> float:
+        """``cash + sum(amount x price)`` (same as ``calculate_value``)."""
+        return self.calculate_value()
+
+    def leverage(self) -> float:
+        """Gross exposure / equity (inf when equity <= 0 with exposure, 0 when flat)."""
+        gross = self.gross_exposure()
+        if gross == 0:
+            return 0.0
+        eq = self.equity()
+        return gross / eq if eq > 0 else float("inf")
+
+    def get_stock_price(self, code: str) -> float:
+        return self.position[code]["price"]
+
+    def get_stock_amount_dict(self) -> dict:
+        return {k: v["amount"] for k, v in self.position.items() if k not in _SPECIAL_KEYS}

@@ -1,0 +1,113 @@
+"""Write a tiny Qlib provider directory from in-memory bars (for tests and the backtest benchmark).
+
+This is deliberately minimal and independent of :mod:`qlib_crypto.provider`: it writes exactly the format
+Qlib reads (calendar text file, ``instruments/all.txt``, little-endian float32 ``.bin`` files whose first
+value is the start index into the calendar). Daily bars are aggregated from the hourly ones on UTC days,
+because Qlib builds the account at ``day`` frequency first and needs a ``day`` directory to exist.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from .._atomic import atomic_write_bytes, atomic_write_text
+
+FIELDS = ("open", "high", "low", "close", "volume", "amount", "vwap", "change", "factor")
+
+
+def _write_freq_dir(root: Path, freq: str, bars: Mapping[str, pd.DataFrame], calendar: pd.DatetimeIndex) -> None:
+    fmt = "%Y-%m-%d" if freq == "day" else "%Y-%m-%d %H:%M:%S"
+    cal_txt = "\n".join(t.strftime(fmt) for t in calendar) + "\n"
+    atomic_write_text(root / "calendars" / f"{freq}.txt", cal_txt, fsync=False)
+    step = calendar[-1] - calendar[-2] if len(calendar) > 1 else pd.Timedelta(hours=1)
+    future = calendar.append(pd.DatetimeIndex([calendar[-1] + step]))
+    atomic_write_text(
+        root / "calendars" / f"{freq}_future.txt", "\n".join(t.strftime(fmt) for t in future) + "\n", fsync=False
+    )
+    lines = []
+    for inst, df in sorted(bars.items()):
+        frame = df.reindex(calendar)
+        valid = np.flatnonzero(frame["close"].notna().to_numpy())
+        first, last = int(valid[0]), int(valid[-1])
+        lines.append(f"{inst.upper()}\t{calendar[first].strftime(fmt)}\t{calendar[last].strftime(fmt)}")
+        fdir = root / "features" / inst.lower()
+        for field in list(FIELDS) + (["funding_rate"] if "funding_rate" in frame.columns else []):
+            values = frame[field].to_numpy(dtype="<f4")[first : last + 1]
+            payload = np.concatenate([np.array([first], dtype="<f4"), values]).astype("<f4").tobytes()
+            atomic_write_bytes(fdir / f"{field}.{freq}.bin", payload, fsync=False)
+    atomic_write_text(root / "instruments" / "all.txt", "\n".join(lines) + "\n", fsync=False)
+
+
+def _complete(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    if "vwap" not in out:
+        out["vwap"] = (out["high"] + out["low"] + out["close"]) / 3.0
+    if "amount" not in out:
+        out["amount"] = out["volume"] * out["vwap"]
+    if "factor" not in out:
+        out["factor"] = 1.0
+    if "change" not in out:
+        out["change"] = out["close"] / out["close"].shift(1) - 1.0
+    return out
+
+
+def write_provider(root: str | Path, bars: Mapping[str, pd.DataFrame]) -> dict[str, str]:
+    """Write ``<root>/60min`` and ``<root>/day`` provider directories from hourly bars.
+
+    ``bars`` maps an instrument code (``BTC-USDT``, ``BTC-USDT-SWAP``) to a DataFrame indexed by naive UTC bar
+    open times with columns ``open high low close volume`` (optional ``amount vwap change factor funding_rate``).
+    Returns the ``provider_uri`` dict for ``qlib.init`` (``{"60min": ..., "day": ...}``).
+    """
+    root = Path(root)
+    hourly = {k: _complete(v) for k, v in bars.items()}
+    cal = pd.DatetimeIndex(sorted(set().union(*[set(v.index) for v in hourly.values()])))
+    _write_freq_dir(root / "60min", "60min", hourly, cal)
+    daily = {}
+    for inst, df in hourly.items():
+        g = df.groupby(df.index.floor("D"))
+        d = pd.DataFrame(
+            {
+                "open": g["open"].first(),
+                "high": g["high"].max(),
+                "low": g["low"].min(),
+                "close": g["close"].last(),
+                "volume": g["volume"].sum(),
+                "amount": g["amount"].sum(),
+            }
+        )
+        d["vwap"] = d["amount"] / d["volume"]
+        d["factor"] = 1.0
+        d["change"] = d["close"] / d["close"].shift(1) - 1.0
+        if "funding_rate" in df:
+            d["funding_rate"] = g["funding_rate"].sum(min_count=1)
+        daily[inst] = d
+    dcal = pd.DatetimeIndex(sorted(set().union(*[set(v.index) for v in daily.values()])))
+    _write_freq_dir(root / "day", "day", daily, dcal)
+    return {"60min": str(root / "60min"), "day": str(root / "day")}
+
+
+def random_walk_bars(
+    instruments: list[str], n_bars: int, start: str = "2024-01-01", seed: int = 0, funding_every: int = 8
+) -> dict[str, pd.DataFrame]:
+    """Synthetic hourly bars (geometric random walk) for benchmarks; swaps get a funding rate every 8 bars."""
+    rng = np.random.default_rng(seed)
+    idx = pd.date_range(start, periods=n_bars, freq="h")
+    out = {}
+    for i, inst in enumerate(instruments):
+        ret = rng.normal(0.0, 0.01, n_bars)
+        close = 100.0 * (1 + i) * np.exp(np.cumsum(ret))
+        open_ = np.concatenate([[close[0]], close[:-1]])
+        spread = np.abs(rng.normal(0.0, 0.004, n_bars))
+        high = np.maximum(open_, close) * (1 + spread)
+        low = np.minimum(open_, close) * (1 - spread)
+        volume = rng.uniform(1e3, 1e4, n_bars)
+        df = pd.DataFrame({"open": open_, "high": high, "low": low, "close": close, "volume": volume}, index=idx)
+        if inst.endswith("-SWAP"):
+            fr = np.full(n_bars, np.nan)
+            fr[::funding_every] = rng.normal(0.0001, 0.0002, len(fr[::funding_every]))
+            df["funding_rate"] = fr
+        out[inst] = df
+    return out
