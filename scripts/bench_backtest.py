@@ -127,9 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     acct = max_rel_diff(rq["account"], ro["account"])
     cost = max_rel_diff(rq["total_cost"], ro["total_cost"])
     turn = max_rel_diff(rq["total_turnover"], ro["total_turnover"])
+    rets = max_rel_diff(rq["return"], ro["return"])
+    bench = max_rel_diff(rq["bench"], ro["bench"])
     posd = max_rel_diff(positions_table(pq), positions_table(po))
-    identical = max(acct, cost, turn, posd) <= 1e-9
-    print(f"max relative difference: account {acct:.2e}, total_cost {cost:.2e}, turnover {turn:.2e}, positions {posd:.2e}")
+    identical = max(acct, cost, turn, rets, bench, posd) <= 1e-9
+    print(
+        f"max relative difference: account {acct:.2e}, return {rets:.2e}, bench {bench:.2e}, "
+        f"total_cost {cost:.2e}, turnover {turn:.2e}, positions {posd:.2e}"
+    )
     print(f"identical results (<= 1e-9): {identical}")
     return 0 if identical else 1
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 from qlib.backtest.decision import Order, OrderDir
 from qlib.backtest.exchange import Exchange
-from qlib.backtest.high_performance_ds import NumpyQuote
+from qlib.backtest.high_performance_ds import BaseQuote, NumpyQuote
 from qlib.backtest.position import BasePosition
 
 from ..errors import BacktestError, ConfigError
 from . import costs
-from .position import CryptoPosition
+from .position import CryptoPosition, isclose
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class FillRecord:
     market: str  # "spot" | "swap"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
 @dataclass
@@ -70,7 +70,7 @@ class OrderReport:
         return max(self.requested - self.filled, 0.0)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = {name: getattr(self, name) for name in self.__dataclass_fields__}
         d["unfilled"] = self.unfilled
         return d
 
@@ -85,7 +85,7 @@ class InstrumentSpec:
     min_notional: float | None = None
 
 
-class FastQuote(NumpyQuote):
+class FastQuote(BaseQuote):
     """``NumpyQuote`` with a real single-bar fast path over precomputed ``[bar, instrument]`` arrays.
 
     A query whose ``[start_time, end_time]`` covers exactly one bar of the quote's calendar is answered by one
@@ -94,17 +94,19 @@ class FastQuote(NumpyQuote):
     """
 
     def __init__(self, quote_df: pd.DataFrame, freq: str, region: str = "us") -> None:
-        super().__init__(quote_df, freq, region)
+        super().__init__(quote_df, freq)
+        self._quote_df, self._freq, self._region = quote_df, freq, region
+        self._numpy_quote: Optional[NumpyQuote] = None
         times = quote_df.index.get_level_values("datetime").unique().sort_values()
         self.times = times
-        self.instruments = list(self.data.keys())
+        self.instruments = sorted(quote_df.index.get_level_values("instrument").unique())
         self.col_of = {inst: i for i, inst in enumerate(self.instruments)}
         self.row_of = {t: i for i, t in enumerate(times)}
         if len(times) > 1:
             step = times[1:] - times[:-1]
             nxt = list(times[1:]) + [times[-1] + step.min()]
         else:
-            nxt = [times[0] + pd.Timedelta(self.freq)] if len(times) else []
+            nxt = [times[0] + pd.Timedelta(hours=1)] if len(times) else []
         self._next = nxt
         self.arrays: Dict[str, np.ndarray] = {}
         self.bool_fields = set()
@@ -117,6 +119,16 @@ class FastQuote(NumpyQuote):
                 self.arrays[column] = wide.to_numpy(dtype=np.float64)
         self._last_key: Tuple[Any, Any] = (None, None)
         self._last_row: Optional[int] = None
+
+    def get_all_stock(self):
+        return self.col_of.keys()
+
+    @property
+    def numpy_quote(self) -> NumpyQuote:
+        """Qlib's quote, built on first use, for queries spanning several bars."""
+        if self._numpy_quote is None:
+            self._numpy_quote = NumpyQuote(self._quote_df, self._freq, self._region)
+        return self._numpy_quote
 
     def single_row(self, start_time: Any, end_time: Any) -> Optional[int]:
         """Row of the one bar ``[start_time, end_time]`` covers exactly, else None."""
@@ -136,7 +148,7 @@ class FastQuote(NumpyQuote):
         arr = self.arrays.get(field)
         row = self.single_row(start_time, end_time) if arr is not None else None
         if row is None:
-            return NumpyQuote.get_data(self, stock_id, start_time, end_time, field, method)
+            return self.numpy_quote.get_data(stock_id, start_time, end_time, field, method)
         value = arr[row, col]
         if field in self.bool_fields:
             return bool(value)
@@ -407,7 +419,7 @@ class CryptoExchange(Exchange):
         can_short = market == "swap" and isinstance(position, CryptoPosition)
 
         # 1) spot (or a position class without shorts) is long-only; Qlib's rule: selling (almost) all goes through
-        if side < 0 and position is not None and not can_short and not np.isclose(q, held):
+        if side < 0 and position is not None and not can_short and not isclose(q, held):
             if q > held:
                 reasons.append("spot_long_only" if market == "spot" else "position_cannot_short")
             q = max(min(q, held), 0.0)

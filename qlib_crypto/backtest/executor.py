@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
 
 import pandas as pd
 from qlib.backtest.decision import BaseTradeDecision, Order
@@ -42,6 +44,29 @@ class CryptoPortfolioMetrics(PortfolioMetrics):
 
     crypto_columns: Dict[str, Dict[pd.Timestamp, float]]
     crypto_tables: Dict[str, Any]
+
+    def _sample_benchmark(self, bench: pd.Series, trade_start_time: Any, trade_end_time: Any) -> Optional[float]:
+        """Qlib's benchmark sampling with a single-bar fast path (same value: ``(1 + r) - 1``)."""
+        if self.bench is None:
+            return None
+        cache = getattr(self, "_bench_cache", None)
+        if cache is None or cache[0] is not bench:
+            idx = bench.index
+            if not isinstance(idx, pd.DatetimeIndex) or not idx.is_monotonic_increasing:
+                return super()._sample_benchmark(bench, trade_start_time, trade_end_time)
+            cache = (bench, idx.asi8, bench.to_numpy(dtype="float64"))
+            self._bench_cache = cache
+        _, stamps, values = cache
+        try:
+            lo = int(np.searchsorted(stamps, pd.Timestamp(trade_start_time).value, side="left"))
+            hi = int(np.searchsorted(stamps, pd.Timestamp(trade_end_time).value, side="right"))
+        except (TypeError, ValueError):
+            return super()._sample_benchmark(bench, trade_start_time, trade_end_time)
+        if hi - lo == 0:
+            return 0.0
+        if hi - lo == 1:
+            return (values[lo] + 1) - 1
+        return super()._sample_benchmark(bench, trade_start_time, trade_end_time)
 
     def generate_portfolio_metrics_dataframe(self) -> pd.DataFrame:
         df = super().generate_portfolio_metrics_dataframe()

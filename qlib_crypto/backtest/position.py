@@ -16,11 +16,15 @@ from __future__ import annotations
 
 from typing import Any, Dict, Union
 
-import numpy as np
 from qlib.backtest.decision import Order
 from qlib.backtest.position import Position
 
 _SPECIAL_KEYS = ("cash", "now_account_value", "cash_delay")
+
+
+def isclose(a: float, b: float) -> bool:
+    """``numpy.isclose(a, b)`` for two floats (rtol 1e-5, atol 1e-8), without numpy's per-call overhead."""
+    return abs(a - b) <= 1e-8 + 1e-5 * abs(b)
 
 
 class CryptoPosition(Position):
@@ -62,7 +66,7 @@ class CryptoPosition(Position):
         entry = self.position.get(stock_id)
         if entry is None:
             self._init_stock(stock_id=stock_id, amount=signed, price=trade_price)
-        elif np.isclose(entry["amount"], -signed):
+        elif isclose(entry["amount"], -signed):
             # closing the whole position (long or short)
             self._del_stock(stock_id)
         else:
