@@ -149,7 +149,7 @@ def _decimals(price: float) -> int:
 class BarGenerator:
     """Deterministic bars: a slow cycle times hash noise, rounded to a price tick; a few bars missing."""
 
-    def __init__(self, seed: int = 7, gap_prob: float = 0.003) -> None:
+    def __init__(self, seed: int = 7, gap_prob: float = 0.0005) -> None:
         self.seed = seed
         self.gap_prob = gap_prob
 
@@ -285,7 +285,7 @@ class OkxSimulator:
         now: object = "2024-03-01T12:34:56.789Z",
         instruments: Iterable[SimInstrument] | None = None,
         seed: int = 7,
-        gap_prob: float = 0.003,
+        gap_prob: float = 0.0005,
         limits: dict[str, tuple[int, float, str | None]] | None = None,
         window_scale: float = 1.0,
         fault_rate: float = 0.0,
