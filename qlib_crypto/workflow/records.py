@@ -81,7 +81,12 @@ def annualized_metrics(returns: Iterable[float] | pd.Series, bars_per_year: floa
     if n == 0:
         return {k: nan for k in _METRIC_KEYS} | {"n_bars": 0.0}
     mean = float(r.mean())
-    std = float(r.std(ddof=1)) if n > 1 else nan
+    if n < 2:
+        std = nan
+    elif np.ptp(r) == 0:  # a constant series (float rounding would give ~1e-19 and an absurd ratio)
+        std = 0.0
+    else:
+        std = float(r.std(ddof=1))
     wealth = np.cumprod(1.0 + r)
     cumsum = np.cumsum(r)
     # the running maxima start from the initial state (0 return / wealth 1) so a first-bar loss counts
