@@ -1,0 +1,122 @@
+"""Fast, pandas-free reads of the raw store for the dumper (pyarrow + numpy).
+
+The layout is the store's (docs/internals.md): ``bars/<timeframe>/<instrument>/<period>.parquet`` and
+``funding/<instrument>/<YYYY>.parquet``, each with a ``.manifest.yaml`` holding the sha256 of the file's bytes.
+Every file read here is hashed and checked against its manifest.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ProviderError
+
+MANIFEST_SUFFIX = ".manifest.yaml"
+BAR_COLUMNS = ("open", "high", "low", "close", "volume", "amount")
+FUNDING_COLUMNS = ("funding_rate",)
+TIME_COLUMN = "datetime"
+
+
+@dataclass
+class StoreFile:
+    """One period file of a series and the sha256 its manifest records."""
+
+    path: Path
+    sha256: str
+    manifest: dict
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StoreFile) and self.path == other.path and self.sha256 == other.sha256
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def list_dirs(path: Path) -> list[str]:
+    if not path.is_dir():
+        return []
+    return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _yaml_load(text: str):
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(text, Loader=loader)  # noqa: S506 (safe loader)
+
+
+def series_files(directory: Path) -> list[StoreFile]:
+    """Period files of one series (sorted) with the sha256 of their manifests."""
+    if not directory.is_dir():
+        return []
+    out = []
+    for path in sorted(directory.glob("*.parquet")):
+        if path.name.startswith("."):
+            continue
+        mpath = path.with_name(path.name + MANIFEST_SUFFIX)
+        try:
+            manifest = _yaml_load(mpath.read_text())
+        except FileNotFoundError:
+            raise ProviderError(
+                f"store file {str(path)!r} has no manifest {mpath.name!r}",
+                hint="the store fails validation: run qlib-crypto validate and re-collect that period",
+            ) from None
+        except Exception as exc:  # yaml errors
+            raise ProviderError(
+                f"manifest {str(mpath)!r} cannot be read ({exc})",
+                hint="the store fails validation: run qlib-crypto validate and re-collect that period",
+            ) from exc
+        sha = manifest.get("sha256") if isinstance(manifest, dict) else None
+        if not isinstance(sha, str):
+            raise ProviderError(
+                f"manifest {str(mpath)!r} has no sha256", hint="run qlib-crypto validate and re-collect that period"
+            )
+        out.append(StoreFile(path, sha, manifest))
+    return out
+
+
+def read_series_file(f: StoreFile, columns: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(epoch-ms int64 times, float64 values [k, n]) of one file, after checking its sha256."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = f.path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != f.sha256:
+        raise ProviderError(
+            f"store file {str(f.path)!r} does not match its manifest (sha256 {actual[:12]}... != {f.sha256[:12]}...)",
+            hint="the store fails validation: run qlib-crypto validate, then re-collect or re-import that period",
+        )
+    try:
+        table = pq.read_table(pa.BufferReader(data), columns=[TIME_COLUMN, *columns])
+    except Exception as exc:  # pyarrow raises several types
+        raise ProviderError(
+            f"store file {str(f.path)!r} cannot be read ({exc})", hint="run qlib-crypto validate"
+        ) from exc
+    tcol = table.column(TIME_COLUMN)
+    ttype = tcol.type
+    ts = tcol.combine_chunks().cast(pa.int64()).to_numpy().astype(np.int64, copy=False)
+    unit = getattr(ttype, "unit", "ms")
+    if unit == "s":
+        ts = ts * 1000
+    elif unit == "us":
+        ts = ts // 1000
+    elif unit == "ns":
+        ts = ts // 1_000_000
+    values = np.empty((len(columns), len(ts)), dtype=np.float64)
+    for j, c in enumerate(columns):
+        values[j] = table.column(c).combine_chunks().to_numpy(zero_copy_only=False)
+    return ts, values
+
+
+def content_hash(ts: np.ndarray, values: np.ndarray) -> str:
+    """sha256 of the rows' raw bytes (times and values): identifies already-dumped rows independently of the
+    Parquet encoding."""
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(ts, dtype="<i8").tobytes())
+    digest.update(np.ascontiguousarray(values, dtype="<f8").tobytes())
+    return digest.hexdigest()
