@@ -110,7 +110,18 @@ def freq_of(handler_config: Mapping | None) -> str | None:
         freq = dict(loader.get("kwargs", {}) or {}).get("freq")
         if freq:
             return str(freq)
-    return "day" if kwargs else None  # Qlib handlers default to day
+    try:  # the handler class's own default (Qlib's handlers: day; qlib_crypto's: 60min)
+        import importlib
+        import inspect
+
+        klass = getattr(importlib.import_module(handler_config.get("module_path", "qlib.contrib.data.handler")),
+                        handler_config["class"])
+        default = inspect.signature(klass.__init__).parameters.get("freq")
+        if default is not None and isinstance(default.default, str):
+            return default.default
+    except Exception:
+        pass
+    return None
 
 
 def label_of(handler_config: Mapping | None) -> list | None:
@@ -201,6 +212,10 @@ def save_model(
         "dataset_sha256": None,
         "extra": _to_plain(dict(extra or {})),
     }
+    if meta["label"] is None and dataset is not None:  # e.g. a handler that builds its label in __init__
+        fields = getattr(getattr(getattr(dataset, "handler", None), "data_loader", None), "fields", None)
+        if isinstance(fields, Mapping) and fields.get("label") is not None:
+            meta["label"] = _to_plain(fields["label"])
     dataset_bytes = None
     if dataset is not None:
         if hasattr(dataset, "config"):

@@ -1,0 +1,89 @@
+"""``qlib-crypto predict``: score bars with a saved model (file or recorder run) and write signals."""
+from __future__ import annotations
+
+import click
+
+from ..errors import ConfigError
+
+
+def _provider_option(values: tuple[str, ...]):
+    """``DIR`` or ``freq=DIR`` pairs -> a directory or a ``{freq: dir}`` mapping."""
+    if not values:
+        raise ConfigError("no provider directory given", hint="pass --provider-dir DIR (or 60min=DIR day=DIR)")
+    pairs = [v for v in values if "=" in v]
+    if not pairs:
+        if len(values) > 1:
+            raise ConfigError(f"several provider directories without frequencies: {', '.join(values)}",
+                              hint="name them as freq=DIR, e.g. 60min=data/qlib/synthetic/60min")
+        return values[0]
+    if len(pairs) != len(values):
+        raise ConfigError(f"mixed DIR and freq=DIR values: {', '.join(values)}", hint="use freq=DIR for every one")
+    mapping = {}
+    for v in pairs:
+        freq, _, path = v.partition("=")
+        from ..timeframes import get_timeframe
+
+        mapping[get_timeframe(freq).qlib_freq] = path
+    return mapping
+
+
+@click.command("predict")
+@click.option("--model", "model_path", type=click.Path(), help="Model file written by save_model / ModelArtifactRecord.")
+@click.option("--experiment", help="Recorder experiment to load the model from (instead of --model).")
+@click.option("--run-id", default="latest", show_default=True, help="Recorder run id, or 'latest' finished run.")
+@click.option("--tracking-uri", help="MLflow tracking URI of the recorder (default: $MLFLOW_TRACKING_URI or ./mlruns).")
+@click.option("--provider-dir", "provider_dirs", multiple=True,
+              help="Qlib provider directory, or freq=DIR pairs (repeatable).")
+@click.option("--freq", help="Bar frequency (60min, day, 1h...); default: the model's.")
+@click.option("--start", help="First bar to score (UTC); with --end scores a range.")
+@click.option("--end", help="Last bar to score (UTC; default: the provider's last bar).")
+@click.option("--latest", is_flag=True, help="Score only the last bar at or before --end (the default without --start).")
+@click.option("--rules", "rules_file", type=click.Path(), help="YAML file of signal rules.")
+@click.option("--mode", type=click.Choice(["threshold", "quantile", "rank"]), help="Signal rule mode (default quantile).")
+@click.option("--buy-threshold", type=float, help="threshold mode: score above this -> BUY (default 0).")
+@click.option("--sell-threshold", type=float, help="threshold mode: score below this -> SELL (default 0).")
+@click.option("--buy-quantile", type=float, help="quantile mode: top fraction -> BUY (default 0.2).")
+@click.option("--sell-quantile", type=float, help="quantile mode: bottom fraction -> SELL (default 0.2).")
+@click.option("--max-position", type=float, help="Largest |size| per instrument, fraction of equity (default 0.1).")
+@click.option("--max-total", type=float, help="Largest sum of |size| per bar (default 1.0).")
+@click.option("--vol-target", type=float, help="Annualised volatility target per position (default off).")
+@click.option("--vol-window", type=int, help="Bars of realised volatility (default one week of bars, >= 20).")
+@click.option("--long-only", is_flag=True, default=None, help="SELL means flat (size 0) instead of short.")
+@click.option("--warmup-bars", type=int, help="History bars loaded before the first scored bar (default 400).")
+@click.option("--out", required=True, type=click.Path(), help="Signals Parquet file to write.")
+def command(model_path, experiment, run_id, tracking_uri, provider_dirs, freq, start, end, latest, rules_file, mode,
+            buy_threshold, sell_threshold, buy_quantile, sell_quantile, max_position, max_total, vol_target,
+            vol_window, long_only, warmup_bars, out) -> int:
+    """Score bars with a trained model and write BUY/SELL/HOLD signals with position sizes."""
+    from ..workflow.signals import SignalRules
+
+    if model_path is None and experiment is None:
+        raise ConfigError("no model given", hint="pass --model PATH or --experiment NAME [--run-id ID]")
+    if model_path is not None and experiment is not None:
+        raise ConfigError("both --model and --experiment given", hint="pass only one of them")
+    if latest and start is not None:
+        raise ConfigError(f"--latest and --start {start} both given", hint="use --latest, or --start/--end for a range")
+    if model_path is not None:  # fail fast (before importing Qlib) on a missing file
+        from ..workflow.model_io import _resolve_model_path
+
+        _resolve_model_path(model_path)
+    provider = _provider_option(provider_dirs)
+    rules = SignalRules.from_yaml(rules_file) if rules_file else SignalRules()
+    rules = rules.updated(mode=mode, buy_threshold=buy_threshold, sell_threshold=sell_threshold,
+                          buy_quantile=buy_quantile, sell_quantile=sell_quantile, max_position=max_position,
+                          max_total=max_total, vol_target=vol_target, vol_window=vol_window, long_only=long_only)
+
+    from ..workflow.predict import predict
+
+    signals = predict(model_path, provider_uri=provider, freq=freq, experiment=experiment, run_id=run_id,
+                      tracking_uri=tracking_uri, start=start, end=end, latest=start is None, rules=rules,
+                      out=out, warmup_bars=warmup_bars)
+    counts = signals["signal"].value_counts()
+    click.echo(f"wrote {len(signals)} signals to {out} "
+               f"(BUY {counts.get('BUY', 0)}, SELL {counts.get('SELL', 0)}, HOLD {counts.get('HOLD', 0)})")
+    last = signals[signals["datetime"] == signals["datetime"].max()].sort_values("score", ascending=False)
+    if len(last):
+        click.echo(f"latest bar {last['datetime'].iloc[0]}:")
+        click.echo(last.head(15).to_string(index=False, columns=["instrument", "score", "signal", "position_size"],
+                                           float_format=lambda x: f"{x:.4f}"))
+    return 0
