@@ -64,7 +64,7 @@ class SlidingWindowLimiter:
         return f"SlidingWindowLimiter({self.name!r}, {self.max_requests}/{self.window_s}s, margin={self.margin_s}s)"
 
     # -- core -----------------------------------------------------------------------------------------
-    def _try_acquire(self) -> float:
+    def try_acquire(self) -> float:
         """Take a slot and return 0.0, or return how long to wait before trying again."""
         with self._lock:
             now = self._clock()
@@ -91,7 +91,7 @@ class SlidingWindowLimiter:
     def acquire(self) -> None:
         """Block the calling thread until a request may be sent; call :meth:`release` when answered."""
         while True:
-            wait = self._try_acquire()
+            wait = self.try_acquire()
             if wait == 0.0:
                 return
             time.sleep(wait)
@@ -99,7 +99,7 @@ class SlidingWindowLimiter:
     async def acquire_async(self) -> None:
         """Like :meth:`acquire` for asyncio tasks (does not block the event loop)."""
         while True:
-            wait = self._try_acquire()
+            wait = self.try_acquire()
             if wait == 0.0:
                 return
             await asyncio.sleep(wait)
