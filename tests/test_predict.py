@@ -260,7 +260,8 @@ def test_cli_predict_prints_table(trained):
                  "--sell-threshold", "0", "--max-position", "0.4", "--out", str(out)], cwd=trained)
     a = pd.read_parquet(trained / "a.parquet")
     pd.testing.assert_frame_equal(pd.read_parquet(out), a)
-    table = proc.stdout.splitlines()
+    lines = proc.stdout.splitlines()
+    table = lines[next(i for i, line in enumerate(lines) if line.startswith("wrote ")):]
     assert table[1] == "latest bar 2024-01-13 11:00:00+00:00:"
     assert table[2].split() == ["instrument", "score", "signal", "position_size"]
     best = a.sort_values("score", ascending=False).iloc[0]
