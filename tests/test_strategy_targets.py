@@ -86,8 +86,14 @@ def test_longshort_weights_dollar_neutral_topk():
 
 
 def test_rebalance_every_n():
-    assert [s for s in range(10) if is_rebalance_step(s, 3)] == [0, 3, 6, 9]
-    assert all(is_rebalance_step(s, 1) for s in range(5))
+    done, last = [], None
+    for step in range(2, 12):  # the first step that can trade is 2
+        if is_rebalance_step(step, 3, last):
+            done.append(step)
+            last = step
+    assert done == [2, 5, 8, 11]
+    assert all(is_rebalance_step(s, 1, s - 1) for s in range(1, 5))
+    assert not is_rebalance_step(4, 3, 2)
 
 
 def test_orders_for_weights_close_unweighted_and_skip_small():

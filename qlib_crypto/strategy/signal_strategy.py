@@ -152,7 +152,8 @@ class SignalStrategy(_CryptoStrategyBase):
 class LongShortStrategy(_CryptoStrategyBase):
     """Dollar-neutral long/short on perpetual swaps: every ``rebalance_every`` bars, the ``topk`` best scores
     go long and the ``topk`` worst go short, each with ``gross_exposure / (2 topk)`` of equity; everything
-    else is closed. Scores stamped at bar ``t`` are traded at bar ``t + 1``.
+    else is closed. Scores stamped at bar ``t`` are traded at bar ``t + 1``. The first rebalance is the
+    first step with scores on the bar before it; the next ones follow every ``rebalance_every`` steps.
 
     Parameters
     ----------
@@ -162,7 +163,7 @@ class LongShortStrategy(_CryptoStrategyBase):
     topk : int
         Instruments per side (fewer when fewer than ``2 topk`` swaps have a score).
     rebalance_every : int
-        Rebalance on trade steps ``0, n, 2n, ...``.
+        Bars between rebalances (1 = every bar).
     gross_exposure : float
         Sum of absolute weights (1.0: half of equity long, half short).
     swaps_only : bool
@@ -194,10 +195,17 @@ class LongShortStrategy(_CryptoStrategyBase):
             keep = np.array([is_swap(i, self.instrument_meta) for i in frame["instrument"]], dtype=bool)
             frame = frame[keep] if len(frame) else frame
         self._book = TimeBook(frame, ["score"])
+        self.last_rebalance: int | None = None
+
+    def reset(self, level_infra=None, common_infra=None, outer_trade_decision=None, **kwargs: Any) -> None:
+        super().reset(level_infra=level_infra, common_infra=common_infra,
+                      outer_trade_decision=outer_trade_decision, **kwargs)
+        if level_infra is not None:  # a new backtest run
+            self.last_rebalance = None
 
     def generate_trade_decision(self, execute_result: list | None = None) -> TradeDecisionWO:
         step = self.trade_calendar.get_trade_step()
-        if not is_rebalance_step(step, self.rebalance_every):
+        if not is_rebalance_step(step, self.rebalance_every, self.last_rebalance):
             return TradeDecisionWO([], self)
         start, end = self.trade_calendar.get_step_time(step)
         prev = self._previous_interval()
@@ -207,6 +215,9 @@ class LongShortStrategy(_CryptoStrategyBase):
         if not latest:
             return TradeDecisionWO([], self)
         weights = longshort_weights({k: v[0] for k, v in latest.items()}, self.topk, self.gross_exposure)
+        if not weights:
+            return TradeDecisionWO([], self)
+        self.last_rebalance = step
         held = {inst: self._amount(inst) for inst in self.trade_position.get_stock_list()}
         names = set(weights) | {k for k, v in held.items() if v != 0}
         prices = {inst: self._price(inst, start, end) for inst in names}

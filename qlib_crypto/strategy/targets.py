@@ -103,9 +103,11 @@ def longshort_weights(scores: Mapping[str, float] | pd.Series, topk: int, gross_
     return out
 
 
-def is_rebalance_step(step: int, every: int) -> bool:
-    """Rebalance on steps ``0, n, 2n, ...``."""
-    return int(step) % max(1, int(every)) == 0
+def is_rebalance_step(step: int, every: int, last_rebalance: int | None = None) -> bool:
+    """Rebalance at the first step that can trade, then every ``every`` steps after the last rebalance."""
+    if last_rebalance is None:
+        return True
+    return int(step) - int(last_rebalance) >= max(1, int(every))
 
 
 def orders_for_weights(

@@ -511,7 +511,7 @@ def build_report(
         in_market=in_market_by_bar(fills_n, equity.index),
         fees_paid=float(fills_n["fee"].sum()),
         slippage_paid=float(fills_n["slippage"].sum()),
-        funding_paid=-funding_received,
+        funding_paid=0.0 - funding_received,
     )
     dd = pd.Series(drawdown_curve(equity.to_numpy(), init), index=equity.index, name="drawdown")
     run_info: dict[str, Any] = {
