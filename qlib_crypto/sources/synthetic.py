@@ -89,10 +89,10 @@ class SyntheticParams:
     intraday_volume_amp: float = 0.3  # log-volume amplitude of the intraday cycle (peak 15:00 UTC)
     intraday_vol_amp: float = 0.12
     volume_vol_elasticity: float = 1.0  # d log volume / d log volatility
-    volume_shock_loading: float = 0.35  # log volume per unit of |standardised shock| above its mean
-    volume_noise_std: float = 0.35
+    volume_shock_loading: float = 0.25  # log volume per unit of |standardised shock| above its mean
+    volume_noise_std: float = 0.6
     volume_noise_halflife_h: float = 1.0
-    reversal_strength: float = 0.045  # planted reversal (fraction of next-bar volatility per unit shock)
+    reversal_strength: float = 0.06  # planted reversal (fraction of next-bar volatility per unit shock)
     reversal_decay: float = 0.3  # per-bar decay of the reversal memory
     reversal_volume_slope: float = 2.0  # how sharply the reversal fades as volume rises
     late_listing_fraction: float = 0.4  # share of instruments (beyond the first 6 bases) listed after origin
