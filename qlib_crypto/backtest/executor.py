@@ -42,8 +42,7 @@ class CryptoPortfolioMetrics(PortfolioMetrics):
     executor's ``fills``, ``order_reports``, ``funding_events`` and ``liquidations`` tables.
     """
 
-    crypto_columns: Dict[str, Dict[pd.Timestamp, float]]
-    crypto_tables: Dict[str, Any]
+    crypto_executor: Any = None
 
     def _sample_benchmark(self, bench: pd.Series, trade_start_time: Any, trade_end_time: Any) -> Optional[float]:
         """Qlib's benchmark sampling with a single-bar fast path (same value: ``(1 + r) - 1``)."""
@@ -70,13 +69,20 @@ class CryptoPortfolioMetrics(PortfolioMetrics):
 
     def generate_portfolio_metrics_dataframe(self) -> pd.DataFrame:
         df = super().generate_portfolio_metrics_dataframe()
-        extra = getattr(self, "crypto_columns", {})
-        for name in EXTRA_COLUMNS:
-            if name in extra:
+        executor = getattr(self, "crypto_executor", None)
+        if executor is not None:
+            extra = executor._bar_columns
+            for name in EXTRA_COLUMNS:
                 df[name] = pd.Series(extra[name], dtype="float64").reindex(df.index)
-        tables = getattr(self, "crypto_tables", None)
-        if tables is not None:
-            df.attrs.update({k: v() for k, v in tables.items()})
+            df.attrs.update(
+                {
+                    "fills": executor.fills,
+                    "order_reports": executor.order_reports,
+                    "funding_events": executor.funding_events,
+                    "liquidations": executor.liquidations,
+                    "totals": dict(executor.totals),
+                }
+            )
         return df
 
 
@@ -185,13 +191,7 @@ class CryptoExecutor(SimulatorExecutor):
         if pm is not None and type(pm) is PortfolioMetrics:
             pm.__class__ = CryptoPortfolioMetrics
         if isinstance(pm, CryptoPortfolioMetrics):
-            pm.crypto_columns = self._bar_columns
-            pm.crypto_tables = {
-                "fills": lambda: self.fills,
-                "order_reports": lambda: self.order_reports,
-                "funding_events": lambda: self.funding_events,
-                "liquidations": lambda: self.liquidations,
-            }
+            pm.crypto_executor = self
 
     @property
     def crypto_exchange(self) -> CryptoExchange:

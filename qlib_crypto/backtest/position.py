@@ -46,6 +46,8 @@ class CryptoPosition(Position):
         new = self.__class__.__new__(self.__class__)
         new.__dict__.update(self.__dict__)
         new.position = {k: (v.copy() if isinstance(v, dict) else v) for k, v in self.position.items()}
+        if "_closed_prices" in self.__dict__:
+            new._closed_prices = dict(self._closed_prices)
         memo[id(self)] = new
         return new
 
@@ -110,7 +112,17 @@ class CryptoPosition(Position):
         return gross / eq if eq > 0 else float("inf")
 
     def get_stock_price(self, code: str) -> float:
-        return self.position[code]["price"]
+        entry = self.position.get(code)
+        if entry is None:
+            # a buy that covered a whole short removed the entry before Qlib's Account books the order's return
+            return self.__dict__.get("_closed_prices", {}).get(code, float("nan"))
+        return entry["price"]
+
+    def _del_stock(self, stock_id: str) -> None:
+        closed = self.__dict__.setdefault("_closed_prices", {})
+        closed.clear()
+        closed[stock_id] = self.position[stock_id]["price"]
+        super()._del_stock(stock_id)
 
     def get_stock_amount_dict(self) -> dict:
         return {k: v["amount"] for k, v in self.position.items() if k not in _SPECIAL_KEYS}

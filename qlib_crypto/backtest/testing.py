@@ -8,7 +8,7 @@ because Qlib builds the account at ``day`` frequency first and needs a ``day`` d
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -111,3 +111,55 @@ def random_walk_bars(
             df["funding_rate"] = fr
         out[inst] = df
     return out
+
+
+# ---------------------------------------------------------------------------------------------- test helpers
+_PROVIDERS: dict[str, dict[str, str]] = {}
+
+
+def use_provider(name: str, bars: Mapping[str, pd.DataFrame], root: str | Path | None = None) -> dict[str, str]:
+    """Write (once per process and ``name``) a provider for ``bars`` and make it Qlib's current provider.
+
+    Re-initialises Qlib only when another provider is current, so test modules sharing a process do not
+    clash. Returns the ``provider_uri`` dict.
+    """
+    import tempfile
+
+    import qlib
+    from qlib.config import C
+
+    uri = _PROVIDERS.get(name)
+    if uri is None:
+        base = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix=f"qc_bt_{name}_"))
+        uri = write_provider(base, bars)
+        _PROVIDERS[name] = uri
+    current = C.get("provider_uri") if C.registered else None
+    if not current or {k: str(v) for k, v in dict(current).items()} != uri:
+        qlib.init(
+            provider_uri=uri, region="us", trade_unit=None, limit_threshold=None, deal_price="close", kernels=1
+        )
+    return uri
+
+
+def scripted_strategy(script: Mapping[pd.Timestamp, list]) -> Any:
+    """Return a ``BaseStrategy`` instance that places ``script[bar_time]`` orders (side ``buy``/``sell``)."""
+    from qlib.backtest.decision import Order, TradeDecisionWO
+    from qlib.strategy.base import BaseStrategy
+
+    class _Scripted(BaseStrategy):
+        def generate_trade_decision(self, execute_result=None):
+            step = self.trade_calendar.get_trade_step()
+            start, end = self.trade_calendar.get_step_time(step)
+            orders = [
+                Order(
+                    stock_id=inst,
+                    amount=float(amount),
+                    start_time=start,
+                    end_time=end,
+                    direction=Order.BUY if side == "buy" else Order.SELL,
+                )
+                for inst, side, amount in script.get(pd.Timestamp(start), [])
+            ]
+            return TradeDecisionWO(orders, self)
+
+    return _Scripted()
