@@ -26,38 +26,36 @@ logger = logging.getLogger(__name__)
 DEFAULT_WARMUP_BARS = 400
 
 
-def _qlib_init(provider_uri: str | Mapping[str, str]) -> None:
-    """qlib.init with the crypto settings (``qlib_crypto.init`` when available)."""
-    try:
-        from .. import settings  # provided by the provider layer
-    except ImportError:
-        settings = None
-    if settings is not None and hasattr(settings, "QLIB_INIT_KWARGS"):
-        kwargs = dict(settings.QLIB_INIT_KWARGS)
-    else:
-        kwargs = {"region": "us", "trade_unit": None, "limit_threshold": None, "deal_price": "close"}
-    kwargs["provider_uri"] = provider_uri
-    import qlib
+def _qlib_init(provider_uri: Mapping[str, str]) -> None:
+    """qlib.init with the crypto settings (:func:`qlib_crypto.settings.init`)."""
+    from ..settings import init
 
-    qlib.init(**kwargs)
+    init(provider_uri)
 
 
-def normalize_provider_uri(provider: str | os.PathLike | Mapping[str, str], freq: str) -> str | dict[str, str]:
-    """A directory (for ``freq``) or a ``{freq: dir}`` mapping; each directory must hold ``freq``'s calendar."""
-    if isinstance(provider, Mapping):
-        uri = {str(k): str(Path(v).expanduser().resolve()) for k, v in provider.items()}
-        if freq not in uri:
-            raise ConfigError(f"no provider directory given for frequency {freq!r} (have {', '.join(uri)})",
-                              hint=f"pass {freq}=DIR")
-        check_dir = uri[freq]
-    else:
-        uri = str(Path(provider).expanduser().resolve())
-        check_dir = uri
-    calendar = Path(check_dir) / "calendars" / f"{freq}.txt"
+def normalize_provider_uri(provider: str | os.PathLike | Mapping[str, str], freq: str) -> dict[str, str]:
+    """``{freq: dir}`` from a provider directory, a parent of one directory per frequency, or a mapping;
+    the directory for ``freq`` must hold its calendar."""
+    from ..settings import provider_uri
+
+    uri = provider_uri(provider)
+    if freq not in uri:
+        raise ConfigError(f"no provider directory for frequency {freq!r} (found {', '.join(uri) or 'none'})",
+                          hint=f"pass the directory dumped at {freq}, or {freq}=DIR")
+    calendar = Path(uri[freq]) / "calendars" / f"{freq}.txt"
     if not calendar.is_file():
-        raise ProviderError(f"provider directory {check_dir!r} has no calendar for {freq!r} ({calendar} missing)",
+        raise ProviderError(f"provider directory {uri[freq]!r} has no calendar for {freq!r} ({calendar} missing)",
                             hint="dump the store first (qlib-crypto dump) or pass the directory of this frequency")
     return uri
+
+
+def _naive_utc(value: Any, name: str) -> pd.Timestamp:
+    """A timestamp as Qlib's calendars hold it: naive UTC (aware values are converted to UTC)."""
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{name}={value!r} is not a timestamp", hint="use e.g. 2024-06-01 or 2024-06-01T12:00") from None
+    return ts.tz_convert("UTC").tz_localize(None) if ts.tz is not None else ts
 
 
 def _resolve_model(model_path, experiment, run_id, tracking_uri):
@@ -89,7 +87,7 @@ def predict(
     tracking_uri: str | None = None,
     start: Any = None,
     end: Any = None,
-    latest: bool = True,
+    latest: bool | None = None,
     rules: SignalRules | Mapping | None = None,
     out: str | os.PathLike | None = None,
     instruments: Any = None,
@@ -98,7 +96,7 @@ def predict(
 ) -> pd.DataFrame:
     """Score bars with a saved model and turn the scores into signals.
 
-    ``latest=True`` (the default when ``start`` is None) scores the last calendar bar at or before ``end``
+    ``latest`` (default: True when ``start`` is None, else False) scores the last calendar bar at or before ``end``
     (default: the last bar of the provider); otherwise every bar in ``[start, end]``. Instruments without
     a bar at a scored datetime are left out. Returns (and with ``out`` writes, atomically, as Parquet) a
     frame with columns ``datetime, instrument, score, signal, position_size``; ``datetime`` is the bar
@@ -107,6 +105,12 @@ def predict(
     from ..timeframes import get_timeframe
 
     rules = rules if isinstance(rules, SignalRules) else SignalRules.from_dict(rules)
+    if latest is None:
+        latest = start is None
+    if latest and start is not None:
+        raise ConfigError(f"latest=True and start={start!r} both given", hint="drop start, or pass latest=False")
+    if not latest and start is None:
+        raise ConfigError("latest=False needs a start", hint="pass start (and optionally end) for a range")
     model, meta, dataset = _resolve_model(model_path, experiment, run_id, tracking_uri)
     model_freq = meta.get("freq")
     freq = freq or model_freq
@@ -128,16 +132,14 @@ def predict(
     cal = pd.DatetimeIndex(D.calendar(freq=freq))
     if len(cal) == 0:
         raise ProviderError(f"the {freq} calendar of {uri!r} is empty", hint="dump some bars first")
-    end_ts = cal[-1] if end is None else pd.Timestamp(end).tz_localize(None) if pd.Timestamp(end).tz else pd.Timestamp(end)
+    end_ts = cal[-1] if end is None else _naive_utc(end, "end")
     i_end = cal.searchsorted(end_ts, side="right") - 1
     if i_end < 0:
         raise ConfigError(f"end={end!r} is before the first bar {cal[0]}", hint="pick a later end")
-    if start is None or latest and start is None:
+    if latest:
         i_start = i_end
     else:
-        start_ts = pd.Timestamp(start)
-        start_ts = start_ts.tz_convert("UTC").tz_localize(None) if start_ts.tz else start_ts
-        i_start = cal.searchsorted(start_ts, side="left")
+        i_start = cal.searchsorted(_naive_utc(start, "start"), side="left")
         if i_start > i_end:
             raise ConfigError(f"no {freq} bar between start={start!r} and end={end_ts}", hint="widen the range")
     t_start, t_end = cal[i_start], cal[i_end]
@@ -187,7 +189,9 @@ def predict(
     volatility = None
     if rules.vol_target is not None:
         wide = close.unstack("instrument")
-        vol = realised_volatility(wide, vol_window, get_timeframe(freq).bars_per_year)
+        from ..settings import bars_per_year
+
+        vol = realised_volatility(wide, vol_window, bars_per_year(freq))
         volatility = vol.stack(future_stack=True).rename("volatility")
     signals = make_signals(scores, rules, volatility)
     signals["datetime"] = pd.to_datetime(signals["datetime"]).dt.tz_localize("UTC").astype("datetime64[ms, UTC]")
