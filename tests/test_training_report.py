@@ -1,0 +1,138 @@
+"""Training report: metrics against hand computation, importance against the model dump, self-contained HTML,
+and the record template writing into a recorder (a minimal stand-in here; the MLflow one is in test_predict)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+
+from qlib_crypto.errors import ConfigError
+from qlib_crypto.workflow.training_report import training_report
+
+TIMES = pd.date_range("2024-01-01", periods=3, freq="h")
+INSTS = ["A", "B", "C", "D"]
+PRED = [[0.1, 0.4, 0.2, 0.3], [0.5, -0.1, 0.0, 0.2], [0.3, 0.1, 0.2, 0.4]]
+LABEL = [[0.01, 0.03, 0.00, 0.02], [-0.02, 0.01, 0.00, 0.03], [0.02, -0.01, 0.01, 0.05]]
+
+
+def _series(values):
+    idx = pd.MultiIndex.from_product([TIMES, INSTS], names=["datetime", "instrument"])
+    return pd.Series(np.ravel(values), index=idx)
+
+
+def _pearson(x, y):
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    x, y = x - x.mean(), y - y.mean()
+    return float((x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum()))
+
+
+def _ranks(x):
+    return np.argsort(np.argsort(x)).astype(float)  # no ties in these rows
+
+
+@pytest.fixture(scope="module")
+def booster():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(400, 3))
+    y = 2.0 * x[:, 1] + 0.1 * rng.normal(size=400)
+    return lgb.train({"objective": "mse", "verbosity": -1, "num_leaves": 4, "num_threads": 1},
+                     lgb.Dataset(x, label=y), num_boost_round=5)
+
+
+def _gain_from_dump(booster):
+    gains = {}
+
+    def walk(node):
+        if "split_feature" in node:
+            gains[node["split_feature"]] = gains.get(node["split_feature"], 0.0) + node["split_gain"]
+            walk(node["left_child"])
+            walk(node["right_child"])
+
+    for tree in booster.dump_model()["tree_info"]:
+        walk(tree["tree_structure"])
+    return gains
+
+
+def test_metrics_and_files(tmp_path, booster):
+    evals = {"train": {"l2": [1.0, 0.5, 0.3]}, "valid": {"l2": [1.1, 0.7, 0.6]}}
+    paths = training_report(_series(PRED), _series(LABEL).to_frame("LABEL0"), booster, evals, tmp_path / "r",
+                            feature_names=["f_noise", "f_signal", "f_other"], title="Unit report")
+    assert paths == {"json": tmp_path / "r" / "training_report.json", "html": tmp_path / "r" / "training_report.html"}
+    report = json.loads(paths["json"].read_text())
+    ic = [_pearson(p, l) for p, l in zip(PRED, LABEL)]
+    ric = [_pearson(_ranks(p), _ranks(l)) for p, l in zip(PRED, LABEL)]
+    m = report["metrics"]
+    assert m["IC"] == pytest.approx(np.mean(ic))
+    assert m["ICIR"] == pytest.approx(np.mean(ic) / np.std(ic, ddof=1))
+    assert m["Rank IC"] == pytest.approx(np.mean(ric))
+    assert m["Rank ICIR"] == pytest.approx(np.mean(ric) / np.std(ric, ddof=1))
+    assert m["n_datetimes"] == 3 and m["n_predictions"] == 12
+    assert m["pred_stats"]["mean"] == pytest.approx(np.mean(PRED))
+    assert list(report["ic"].values()) == pytest.approx(ic)
+    assert list(report["ic"]) == [t.isoformat() for t in TIMES]
+    # gain importance: summed split gains of the dumped trees, named, largest first
+    gains = _gain_from_dump(booster)
+    values = report["feature_importance"]["values"]
+    assert report["feature_importance"]["type"] == "gain"
+    assert list(values)[0] == "f_signal"
+    for i, name in enumerate(["f_noise", "f_signal", "f_other"]):
+        assert values[name] == pytest.approx(gains.get(i, 0.0), rel=1e-6)
+    assert report["evals_result"] == evals
+    html = paths["html"].read_text()
+    assert html.count("<img") == 5 and html.count("src='data:image/png;base64,") == 5
+    assert "http://" not in html and "https://" not in html and "Unit report" in html
+    assert not [p for p in (tmp_path / "r").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_without_model_or_losses(tmp_path):
+    paths = training_report(_series(PRED), _series(LABEL), None, None, tmp_path)
+    report = json.loads(paths["json"].read_text())
+    assert report["feature_importance"] is None and report["evals_result"] is None
+    assert paths["html"].read_text().count("<img") == 3  # IC, cumulative IC, distribution
+
+
+def test_bad_input_is_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="index levels"):
+        training_report(pd.Series([1.0, 2.0]), pd.Series([1.0, 2.0]), None, None, tmp_path)
+
+
+class _Recorder:
+    """The slice of Qlib's Recorder API the record uses."""
+
+    id = "run123"
+    experiment_id = "1"
+
+    def __init__(self, objects, store: Path):
+        self.objects, self.store = objects, store
+
+    def load_object(self, name):
+        from qlib.utils.exceptions import LoadObjectError
+
+        if name not in self.objects:
+            raise LoadObjectError(name)
+        return self.objects[name]
+
+    def save_objects(self, local_path=None, artifact_path=None, **kwargs):
+        shutil.copytree(local_path, self.store / artifact_path, dirs_exist_ok=True)
+
+    def list_metrics(self):
+        return {}
+
+
+def test_record_writes_artifacts_and_user_dir(tmp_path, booster):
+    from qlib_crypto.workflow.report_record import TrainingReportRecord
+
+    rec = _Recorder({"pred.pkl": _series(PRED).to_frame("score"), "label.pkl": _series(LABEL).to_frame("LABEL0")},
+                    tmp_path / "artifacts")
+    evals = {"train": {"l2": [0.9, 0.4]}, "valid": {"l2": [1.0, 0.8]}}
+    TrainingReportRecord(rec, model=booster, out_dir=str(tmp_path / "mine"), evals_result=evals).generate()
+    for folder in (tmp_path / "artifacts" / "training_report", tmp_path / "mine"):
+        report = json.loads((folder / "training_report.json").read_text())
+        assert report["info"]["run_id"] == "run123" and report["evals_result"] == evals
+        assert report["metrics"]["IC"] == pytest.approx(np.mean([_pearson(p, l) for p, l in zip(PRED, LABEL)]))
+        assert (folder / "training_report.html").is_file()
