@@ -245,18 +245,20 @@ class OkxSource(BarSource):
                 attempt += 1
                 await asyncio.sleep(delay)
 
-    def _call(self, endpoint: str, params: dict[str, Any], what: str) -> list:
-        return self._ensure_loop().run(self._request(endpoint, params, what))
+    def _call(self, endpoint: str, params: dict[str, Any], what: str, parse: Any = None) -> Any:
+        return self._ensure_loop().run(self._request(endpoint, params, what, parse))
 
     # -- time -----------------------------------------------------------------------------------------
     def server_time_ms(self) -> int:
         """OKX server time (asked once, then extrapolated with the local clock)."""
         if self._time_offset_ms is None:
-            data = self._call("time", {}, "server time")
-            try:
-                server = int(data[0]["ts"])
-            except (IndexError, KeyError, TypeError, ValueError) as exc:
-                raise SourceError(f"unexpected OKX time answer {data!r}", hint="check --api-url") from exc
+            def parse(data: list) -> int:
+                try:
+                    return int(data[0]["ts"])
+                except (IndexError, KeyError, TypeError, ValueError) as exc:
+                    raise _InvalidPayload(f"unexpected OKX time answer {data!r}") from exc
+
+            server = self._call("time", {}, "server time", parse)
             self._time_offset_ms = server - time.time() * 1000
         return int(time.time() * 1000 + self._time_offset_ms)
 
@@ -270,7 +272,7 @@ class OkxSource(BarSource):
             cached = self._instruments.get(inst_type)
         if cached is not None:
             return cached
-        rows = self._call("instruments", {"instType": inst_type}, f"{inst_type} instruments")
+        rows = self._call("instruments", {"instType": inst_type}, f"{inst_type} instruments", _non_empty)
         table = {str(r["instId"]): r for r in rows if isinstance(r, dict) and r.get("instId")}
         with self._lock:
             self._instruments[inst_type] = table
@@ -312,7 +314,7 @@ class OkxSource(BarSource):
         ranked: list[tuple[float, str]] = []
         for t in types:
             live = {i for i, r in self.instruments(t).items() if r.get("state") == "live"}
-            for row in self._call("tickers", {"instType": t}, f"{t} tickers"):
+            for row in self._call("tickers", {"instType": t}, f"{t} tickers", _non_empty):
                 inst_id = row.get("instId")
                 if inst_id not in live:
                     continue
@@ -392,14 +394,15 @@ class OkxSource(BarSource):
         if len(got) >= expected:
             return got
         # Fewer rows than slots: a gap on the venue, or an answer silently cut short. Ask again until two
-        # consecutive answers agree (bounded); keep the union (a bar never disappears from history).
+        # consecutive non-empty answers agree; an empty answer is re-asked every time (bounded by
+        # verify_attempts). Keep the union: a bar never disappears from history.
         merged = dict(got)
         previous = set(got)
         for _ in range(self.verify_attempts):
             self.stats["verify_requests"] += 1
             again = await self._request(endpoint, params, what, parse)
             merged.update(again)
-            if set(again) == previous or len(merged) >= expected:
+            if len(merged) >= expected or (again and set(again) == previous):
                 break
             previous = set(again)
         return merged
@@ -493,6 +496,13 @@ class OkxSource(BarSource):
             "funding_rate": [got[t][0] for t in times],
             "realized_rate": [got[t][1] for t in times],
         })
+
+
+def _non_empty(rows: list) -> list:
+    """OKX always lists spot and swap instruments: an empty list is a silently failed answer."""
+    if not rows:
+        raise _InvalidPayload("empty list where OKX always has rows")
+    return rows
 
 
 def _iso(ms: int) -> str:
