@@ -112,3 +112,53 @@ def test_recorder_holds_metrics_predictions_and_model(qrun_result):
     assert ours == pytest.approx(excess.mean() * 8760, rel=1e-6)
     assert metrics["60min.excess_return_with_cost.annualized_return"] == pytest.approx(excess.mean() * 952, rel=1e-6)
     assert (art / "portfolio_analysis" / "crypto_port_analysis_60min.pkl").exists()
+
+
+ROLLING_SCRIPT = """
+import json, sys
+import qlib
+qlib.init(provider_uri={"60min": sys.argv[1]}, region="us", kernels=1)
+from qlib_crypto.workflow.rolling import rolling_tasks
+task = {
+    "model": {"class": "LGBModel", "module_path": "qlib.contrib.model.gbdt"},
+    "dataset": {"class": "DatasetH", "module_path": "qlib.data.dataset", "kwargs": {
+        "handler": {"class": "CryptoAlpha158", "module_path": "qlib_crypto.data.handler", "kwargs": {
+            "start_time": "2023-01-01", "end_time": "2023-01-15 23:00:00", "freq": "60min",
+            "fit_start_time": "2023-01-01", "fit_end_time": "2023-01-10 23:00:00"}},
+        "segments": {"train": ["2023-01-01", "2023-01-10 23:00:00"],
+                     "test": ["2023-01-11 00:00:00", "2023-01-20 23:00:00"]}}},
+}
+tasks = rolling_tasks(task, step=48, freq="60min", horizon=int(sys.argv[2]))
+out = []
+for t in tasks:
+    seg = t["dataset"]["kwargs"]["segments"]
+    h = t["dataset"]["kwargs"]["handler"]["kwargs"]
+    out.append({k: [str(v[0]), str(v[1])] for k, v in seg.items()} | {"fit": [str(h["fit_start_time"]), str(h["fit_end_time"])],
+               "end": str(h["end_time"]), "records": [r["class"] for r in t["record"]]})
+print(json.dumps(out))
+"""
+
+
+def test_walk_forward_windows_in_bars(tmp_path):
+    import json
+
+    # 20 days of hourly bars: 2023-01-01 00:00 .. 2023-01-20 23:00
+    write_provider(tmp_path / "60min", synthetic_bars(INSTRUMENTS[:2], n_bars=20 * 24), "60min")
+    horizon = 2
+    proc = subprocess.run([sys.executable, "-c", ROLLING_SCRIPT, str(tmp_path / "60min"), str(horizon)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tasks = json.loads(proc.stdout.strip().splitlines()[-1])
+    hour = pd.Timedelta(hours=1)
+    # test windows of 48 bars from 2023-01-11 00:00 to the end of the data: 240 bars -> 5 windows
+    assert len(tasks) == 5
+    for i, t in enumerate(tasks):
+        test_start = pd.Timestamp("2023-01-11") + i * 48 * hour
+        assert [pd.Timestamp(x) for x in t["test"]] == [test_start, test_start + 47 * hour]
+        # expanding train window, ending horizon + 1 bars before the test window (no label leak)
+        assert pd.Timestamp(t["train"][0]) == pd.Timestamp("2023-01-01 01:00")
+        assert pd.Timestamp(t["train"][1]) == test_start - (horizon + 1) * hour
+        # normalisers refit on the train window; the handler loads through the test end
+        assert t["fit"] == t["train"]
+        assert pd.Timestamp(t["end"]) >= pd.Timestamp(t["test"][1])
+        assert t["records"] == ["SignalRecord"]
