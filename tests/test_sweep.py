@@ -1,0 +1,124 @@
+"""``qlib-crypto sweep`` and ``qlib-crypto backtest`` on a tiny provider: one BUY held to the end, so every
+grid cell's net return can be computed by hand (the CLI runs in a subprocess: qlib.init is process-global)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from qlib_crypto.commands.sweep import parse_grid
+from qlib_crypto.errors import ConfigError
+from qlib_crypto.workflow.backtest_record import SWEEP_COLUMNS, scale_fees
+
+N_BARS = 10
+IDX = pd.date_range("2024-03-01", periods=N_BARS, freq="h")
+CLOSE = 200.0 + 2.0 * np.arange(N_BARS)
+ACCOUNT = 100_000.0
+TAKER = 0.001
+SIZE = 0.5
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from qlib_crypto.cli import main
+    root = sys.argv[1]
+    common = ["--signals", root + "/signals.parquet", "--provider-dir", root + "/prov/60min", "--freq", "60min",
+              "--start", sys.argv[2], "--end", sys.argv[3], "--account", "100000", "--fees", "spot.taker=0.001",
+              "--benchmark", "BTC-USDT"]
+    codes = {}
+    codes["sweep"] = main(["sweep", *common, "--fee-multipliers", "0,2", "--slippage-bps", "0,10",
+                           "--out", root + "/sweep"])
+    codes["backtest"] = main(["backtest", *common, "--slippage-bps", "5", "--fee-multiplier", "0.5",
+                              "--out", root + "/bt"])
+    codes["missing"] = main(["backtest", "--signals", root + "/nope.parquet", "--provider-dir", root + "/prov/60min"])
+    codes["both"] = main(["backtest", "--signals", root + "/signals.parquet", "--pred", root + "/p.pkl",
+                          "--provider-dir", root + "/prov/60min"])
+    print("CODES" + json.dumps(codes))
+    """
+)
+
+
+def hand_total_return(fee_multiplier: float, slippage_bps: float) -> float:
+    """BUY 50% of equity at bar 2's close (signal at bar 1), held to the last bar (8)."""
+    s = slippage_bps / 1e4
+    q = SIZE * ACCOUNT / CLOSE[2]  # sized on the pre-trade equity: the same in every cell
+    fill = CLOSE[2] * (1 + s)
+    fee = q * fill * TAKER * fee_multiplier
+    final = ACCOUNT - q * fill - fee + q * CLOSE[8]
+    return final / ACCOUNT - 1
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    from qlib_crypto.backtest.testing import write_provider
+
+    root = tmp_path_factory.mktemp("sweep")
+    bars = pd.DataFrame({"open": CLOSE, "high": CLOSE + 1, "low": CLOSE - 1, "close": CLOSE, "volume": 1e6}, index=IDX)
+    write_provider(root / "prov", {"BTC-USDT": bars})
+    pd.DataFrame({"datetime": [IDX[1]], "instrument": ["BTC-USDT"], "signal": ["BUY"],
+                  "position_size": [SIZE]}).to_parquet(root / "signals.parquet")
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(root), str(IDX[0]), str(IDX[8])],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("CODES")][-1]
+    return root, json.loads(line[5:]), proc.stderr
+
+
+def test_sweep_table_shape_and_files(cli_run):
+    root, codes, _ = cli_run
+    assert codes["sweep"] == 0
+    table = pd.read_csv(root / "sweep" / "sweep.csv")
+    assert list(table.columns) == SWEEP_COLUMNS and len(table) == 4
+    assert sorted(zip(table.fee_multiplier, table.slippage_bps)) == [(0, 0), (0, 10), (2, 0), (2, 10)]
+    runs = json.loads((root / "sweep" / "sweep.json").read_text())["runs"]
+    assert len(runs) == 4
+    assert (root / "sweep" / "sweep.png").stat().st_size > 1000
+    assert "data:image/png;base64," in (root / "sweep" / "sweep.html").read_text()
+
+
+def test_sweep_more_cost_lower_net_return_by_hand(cli_run):
+    root, _, _ = cli_run
+    table = pd.read_csv(root / "sweep" / "sweep.csv").set_index(["fee_multiplier", "slippage_bps"])
+    for (m, s), row in table.iterrows():
+        assert row["total_return"] == pytest.approx(hand_total_return(m, s), rel=1e-9)
+    r = table["total_return"]
+    assert r[(0, 0)] > r[(0, 10)] > r[(2, 10)] and r[(0, 0)] > r[(2, 0)] > r[(2, 10)]
+    assert table.loc[(0, 0), "fees_paid"] == 0 and table.loc[(0, 0), "slippage_paid"] == 0
+    q = SIZE * ACCOUNT / CLOSE[2]
+    assert table.loc[(2, 10), "slippage_paid"] == pytest.approx(q * CLOSE[2] * 0.001, rel=1e-9)
+
+
+def test_backtest_cli_writes_report(cli_run):
+    root, codes, _ = cli_run
+    assert codes["backtest"] == 0
+    metrics = json.loads((root / "bt" / "metrics.json").read_text())
+    assert len(metrics) == 14
+    assert metrics["total_return"] == pytest.approx(hand_total_return(0.5, 5.0), rel=1e-9)
+    fills = pd.read_csv(root / "bt" / "fills.csv")
+    assert len(fills) == 1 and fills["side"].iloc[0] == "buy"
+    assert pd.Timestamp(fills["datetime"].iloc[0]) == IDX[2]
+    for name in ("report.html", "report.json", "trades.csv", "equity.csv", "monthly_returns.csv"):
+        assert (root / "bt" / name).is_file()
+
+
+def test_cli_errors_are_one_line_with_exit_code(cli_run):
+    _, codes, stderr = cli_run
+    assert codes["missing"] == 2 and "nope.parquet" in stderr
+    assert codes["both"] == 2 and "exactly one of --signals and --pred" in stderr
+
+
+def test_parse_grid_and_scale_fees():
+    assert parse_grid("0, 0.5,1,2,1", "fee multiplier") == [0.0, 0.5, 1.0, 2.0]
+    with pytest.raises(ConfigError, match="'-1'"):
+        parse_grid("0,-1", "slippage")
+    with pytest.raises(ConfigError, match="'x'"):
+        parse_grid("1,x", "slippage")
+    with pytest.raises(ConfigError, match="empty"):
+        parse_grid(" , ", "slippage")
+    assert scale_fees({"spot": {"taker": 0.001}, "swap": {"maker": 0.0002}}, 2.0) == {
+        "spot": {"taker": 0.002}, "swap": {"maker": 0.0004}}
