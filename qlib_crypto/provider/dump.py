@@ -407,9 +407,10 @@ def dump(
         names = explicit
     with _locked(qlib_dir):
         _recover_siblings(qlib_dir)
-        state = _check_target(qlib_dir, tgt.qlib_freq)
+        _check_target(qlib_dir, tgt.qlib_freq)
         if qlib_dir.exists():
             _recover_journal(qlib_dir)
+        state = _check_target(qlib_dir, tgt.qlib_freq)
         if update:
             if state is None:
                 raise ProviderError(
@@ -613,8 +614,11 @@ def _classify(name: str, files: list[StoreFile], old: dict | None, rewrite_ms: i
     return to_read, changed
 
 
-def _read_update(name, files, to_read, old, columns, what, old_r, new_r):
-    """Read ``to_read``: rows >= old ``R`` (ts, vals) and the new state entries of every file."""
+def _read_update(name, files, to_read, old, columns, what, old_r, new_r, check_new=True):
+    """Read ``to_read``: rows >= old ``R`` (ts, vals) and the new state entries of every file.
+
+    ``check_new=False`` accepts rows before ``R`` in new files (funding of a newly listed instrument: its
+    settlements before its first bar are not dumped)."""
     old = old or {}
     read_names = {f.name for f in to_read}
     entries, parts_ts, parts_vals = {}, [], []
@@ -632,7 +636,7 @@ def _read_update(name, files, to_read, old, columns, what, old_r, new_r):
         cut = int(np.searchsorted(ts, old_r, side="left"))
         entry = old.get(f.name)
         if entry is None:
-            if cut:
+            if cut and check_new:
                 raise _backfill(name, f"new {what} file {f.name} holds rows before the last dumped bar")
         elif entry["sha256"] != f.sha256 and content_hash(ts[:cut], vals[:, :cut]) != entry["pre_hash"]:
             raise _backfill(name, f"{what} rows in {f.name} were changed or added")
@@ -713,7 +717,8 @@ def _update(store, qlib_dir, tgt, src, names, explicit, state, top, window_days)
         fkeys = frates = fentries = None
         if ffiles is not None:
             fts, fv, fentries = _read_update(
-                name, ffiles, f_read, old and old["funding"], FUNDING_COLUMNS, "funding", old_r, new_r
+                name, ffiles, f_read, old and old["funding"], FUNDING_COLUMNS, "funding", old_r, new_r,
+                check_new=old is not None,
             )
             fkeys, frates = fts // tgt.ms, fv[0]
         if len(ts) and ts[-1] + src.ms > horizon:
