@@ -453,7 +453,8 @@ class SyntheticSource(BarSource):
         p = self.params
         n = BLOCK_BARS
         e_abs = _mean_abs_std_t(df)
-        g = (np.abs(shocks) - e_abs) / math.sqrt(1.0 - e_abs * e_abs)
+        # standardised |shock|, capped so one extreme Student-t draw cannot blow up the volatility
+        g = np.minimum((np.abs(shocks) - e_abs) / math.sqrt(1.0 - e_abs * e_abs), 4.0)
         g_lag = _lag(g)
         a = p.vol_feedback
         h = np.zeros(2 * n)
