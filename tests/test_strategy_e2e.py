@@ -67,6 +67,28 @@ SCRIPT = textwrap.dedent(
         run.report_df.to_pickle(d / "report_df.pkl")
         run.fills.to_pickle(d / "fills.pkl")
         run.funding_events.to_pickle(d / "funding.pkl")
+    # the record template, as qrun would run it after SignalRecord (pred.pkl in the recorder)
+    from qlib.workflow import R
+    from qlib_crypto.workflow.backtest_record import CryptoBacktestRecord
+    c = cfg["longshort"]
+    qlib.init(provider_uri=c["uri"], region="us", trade_unit=None, limit_threshold=None, deal_price="close", kernels=1,
+              exp_manager={"class": "MLflowExpManager", "module_path": "qlib.workflow.expm",
+                           "kwargs": {"uri": "file:" + str(out / "mlruns"), "default_exp_name": "e2e"}})
+    with R.start(experiment_name="e2e"):
+        rec = R.get_recorder()
+        rec.save_objects(**{"pred.pkl": pd.read_pickle(out / "pred.pkl").to_frame("score")})
+        CryptoBacktestRecord(rec, config={
+            "strategy": {"class": "LongShortStrategy", "module_path": "qlib_crypto.strategy",
+                         "kwargs": {"signal": "<PRED>", "topk": 1, "rebalance_every": 3}},
+            "executor": {"class": "CryptoExecutor", "module_path": "qlib_crypto.backtest",
+                         "kwargs": {"time_per_step": "60min"}},
+            "backtest": {"start_time": c["start"], "end_time": c["end"], "account": c["account"],
+                         "benchmark": c["benchmark"],
+                         "exchange": {"class": "CryptoExchange", "module_path": "qlib_crypto.backtest",
+                                      "kwargs": c["exchange"]}}}).generate()
+        (out / "record.json").write_text(json.dumps({
+            "artifacts": rec.list_artifacts("crypto_backtest") + rec.list_artifacts("portfolio_analysis"),
+            "metrics": rec.list_metrics()}))
     """
 )
 
@@ -227,3 +249,14 @@ def test_longshort_dollar_neutral_topk_rebalanced_every_n(runs):
         assert a == pytest.approx(sign * 0.5 * equity_before, rel=1e-9)
         assert d == pytest.approx(-sign * 0.5 * equity_before, rel=1e-9)
         assert a + d == pytest.approx(0.0, abs=1e-9 * equity_before)
+
+
+def test_record_template_logs_report_to_the_recorder(runs):
+    rec = json.loads((runs / "record.json").read_text())
+    names = {a.split("/")[-1] for a in rec["artifacts"]}
+    assert {"metrics.json", "report.json", "report.html", "fills.csv", "trades.csv", "equity.csv",
+            "report_normal_60min.pkl", "positions_normal_60min.pkl"} <= names
+    # same configuration as the long/short run above -> the same final equity
+    final = float(pd.read_pickle(runs / "longshort" / "report_df.pkl")["account"].iloc[-1])
+    assert rec["metrics"]["backtest.total_return"] == pytest.approx(final / ACCOUNT - 1, rel=1e-9)
+    assert {f"backtest.{k}" for k in ("fees_paid", "slippage_paid", "funding_paid", "max_drawdown")} <= set(rec["metrics"])

@@ -263,7 +263,7 @@ class CryptoBacktestRecord(RecordTemp):
     def __init__(self, recorder: Any, config: Mapping[str, Any] | None = None, freq: str = "60min",
                  skip_existing: bool = False, **kwargs: Any) -> None:
         super().__init__(recorder=recorder)
-        from qlib.utils import deepcopy_basic_type
+        from qlib.utils.data import deepcopy_basic_type
 
         config = deepcopy_basic_type(dict(config or {}))
         self.freq = str(freq)
