@@ -128,7 +128,9 @@ def runs(tmp_path_factory):
                       "benchmark": "A-USDT-SWAP", "exchange": dict(exchange, slippage_bps=0.0)},
     }
     (root / "cfg.json").write_text(json.dumps(cfg))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(root)], capture_output=True, text=True, timeout=300)
+    # cwd=root: Qlib's experiment lock path drops the leading "/" of a file: URI and lands relative to the cwd
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(root)], capture_output=True, text=True, timeout=300,
+                          cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root
 

@@ -62,7 +62,7 @@ def cli_run(tmp_path_factory):
     write_provider(root / "prov", {"BTC-USDT": bars})
     pd.DataFrame({"datetime": [IDX[1]], "instrument": ["BTC-USDT"], "signal": ["BUY"],
                   "position_size": [SIZE]}).to_parquet(root / "signals.parquet")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(root), str(IDX[0]), str(IDX[8])],
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(root), str(IDX[0]), str(IDX[8])], cwd=root,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("CODES")][-1]
