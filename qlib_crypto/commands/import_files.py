@@ -1,0 +1,92 @@
+"""``qlib-crypto import``: OHLCV bars from CSV or Parquet files -> the raw Parquet store."""
+from __future__ import annotations
+
+import click
+
+
+@click.command("import")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--instrument", default=None, metavar="ID",
+              help="OKX instId of the bars, e.g. BTC-USDT or ETH-USDT-SWAP. Required unless --symbol-column is "
+                   "given; with it, a comma-separated list restricts the import to those instruments.")
+@click.option("--timeframe", required=True, metavar="TF",
+              help="Bar length of the file in ccxt spelling, e.g. 1m 5m 1h 4h 1d. Timestamps must be bar open "
+                   "times of this timeframe.")
+@click.option("--store", "store_dir", required=True, type=click.Path(file_okay=False),
+              help="Store directory, e.g. ./data/store/imported (created if missing).")
+@click.option("--column", "columns", multiple=True, metavar="NAME=COL",
+              help="Map a bar column to a file column, repeatable: --column open=o --column amount=quote_vol. "
+                   "Names: datetime open high low close volume amount symbol. Common names (Open, vol, "
+                   "quote_volume, timestamp...) are recognised without a mapping.")
+@click.option("--datetime-column", default=None, metavar="COL",
+              help="File column holding the bar open time, e.g. --datetime-column open_time.")
+@click.option("--symbol-column", default=None, metavar="COL",
+              help="File column holding the instrument of each row (files with several instruments), e.g. "
+                   "--symbol-column symbol. BTC/USDT is read as BTC-USDT and BTC/USDT:USDT as BTC-USDT-SWAP.")
+@click.option("--time-format", type=click.Choice(["auto", "iso", "s", "ms"]), default="auto", show_default=True,
+              help="Timestamps as ISO strings (2024-01-01T05:00:00Z), epoch seconds or epoch milliseconds; "
+                   "auto tells numbers below 1e11 (seconds) from larger ones (milliseconds) and reads text as ISO.")
+@click.option("--timezone", default="UTC", show_default=True, metavar="TZ",
+              help="Timezone of ISO timestamps without an offset, e.g. --timezone Asia/Shanghai "
+                   "(epoch numbers are always UTC).")
+@click.option("--derive-amount", is_flag=True,
+              help="Files without quote volume: set amount = volume x (high + low + close) / 3.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace stored bars that conflict with the file (default: keep the stored ones and report).")
+def command(
+    files: tuple[str, ...], instrument: str | None, timeframe: str, store_dir: str, columns: tuple[str, ...],
+    datetime_column: str | None, symbol_column: str | None, time_format: str, timezone: str,
+    derive_amount: bool, overwrite: bool,
+) -> int:
+    """Import OHLCV bars from CSV or Parquet FILES into the store, with the store's validation.
+
+    \b
+    Examples:
+      qlib-crypto import btc_1h.csv --instrument BTC-USDT --timeframe 1h --store ./data/store/imported
+      qlib-crypto import klines.parquet --symbol-column symbol --timeframe 1m \\
+          --datetime-column open_time --time-format ms --column volume=base_vol --store ./store
+      qlib-crypto import eth.csv --instrument ETH-USDT-SWAP --timeframe 1d --timezone Europe/Berlin \\
+          --derive-amount --store ./store
+
+    Every file is checked before anything is written: a missing column, an unparseable or misaligned
+    timestamp, or a non-numeric value stops the import with a message naming the file, column and row,
+    and the store is left as it was. Bars already stored are merged: identical ones are kept once,
+    conflicting ones are reported and kept unless --overwrite. Invalid bars (NaN, high below close,
+    negative volume...) are quarantined in the store with a reason and counted in the summary.
+    """
+    from ..sources.files import import_files
+
+    results = import_files(
+        store_dir, list(files), timeframe, overwrite=overwrite, instrument=instrument, symbol_column=symbol_column,
+        columns=list(columns), datetime_column=datetime_column, time_format=time_format, timezone=timezone,
+        derive_amount=derive_amount,
+    )
+    header = f"{'file':<28} {'instrument':<18} {'read':>8} {'added':>8} {'identical':>9} {'conflicts':>9} {'quarantined':>11}"
+    click.echo(header)
+    totals = dict(read=0, added=0, identical=0, conflicts=0, replaced=0, quarantined=0)
+    for res in results:
+        conflicts = f"{res.conflicts}" + ("*" if res.conflicts and res.rows_replaced else "")
+        click.echo(
+            f"{res.file[:28]:<28} {res.instrument:<18} {res.rows_read:>8} {res.rows_added:>8} "
+            f"{res.rows_identical:>9} {conflicts:>9} {res.quarantined:>11}"
+        )
+        totals["read"] += res.rows_read
+        totals["added"] += res.rows_added
+        totals["identical"] += res.rows_identical
+        totals["conflicts"] += res.conflicts
+        totals["replaced"] += res.rows_replaced
+        totals["quarantined"] += res.quarantined
+    click.echo(
+        f"total: {totals['read']} rows read, {totals['added']} added, {totals['identical']} identical, "
+        f"{totals['conflicts']} conflicts ({totals['replaced']} overwritten), {totals['quarantined']} quarantined"
+    )
+    for res in results:
+        if res.conflicts:
+            ex = res.conflict_examples[0] if res.conflict_examples else None
+            action = "replaced by the file's values (--overwrite)" if res.rows_replaced else "kept the stored values (pass --overwrite to replace them)"
+            detail = f"; first at {ex['datetime']}: stored close {ex['stored']['close']} vs file {ex['incoming']['close']}" if ex else ""
+            click.echo(f"conflicts: {res.instrument} from {res.file}: {res.conflicts} bars differ from the store, {action}{detail}")
+        if res.quarantined:
+            reasons = ", ".join(f"{k} {v}" for k, v in sorted(res.quarantine_reasons.items()))
+            click.echo(f"quarantined: {res.instrument} from {res.file}: {res.quarantined} rows ({reasons}), see {store_dir}/quarantine/")
+    return 0
