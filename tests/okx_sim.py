@@ -249,6 +249,9 @@ class _Server(ThreadingHTTPServer):
             self._conns.discard(request)
         super().shutdown_request(request)
 
+    def handle_error(self, request, client_address) -> None:  # a client that hung up (killed, timed out)
+        pass
+
     def close_connections(self) -> None:
         with self._conns_lock:
             conns = list(self._conns)
