@@ -80,12 +80,9 @@ def init_qlib(provider_uri: dict[str, str]) -> None:
     """``qlib.init`` with the project's crypto settings."""
     import qlib
 
-    try:
-        from ..settings import QLIB_INIT_KWARGS  # type: ignore[import-not-found]
+    from ..settings import QLIB_INIT_KWARGS
 
-        kwargs = dict(QLIB_INIT_KWARGS)
-    except ImportError:  # same values as qlib_crypto.settings
-        kwargs = {"region": "us", "trade_unit": None, "limit_threshold": None, "deal_price": "close"}
+    kwargs = dict(QLIB_INIT_KWARGS)
     kwargs.pop("provider_uri", None)
     qlib.init(provider_uri=provider_uri, **kwargs)
 

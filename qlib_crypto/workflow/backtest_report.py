@@ -36,6 +36,7 @@ import pandas as pd
 
 from .._atomic import atomic_path, atomic_write_text
 from ..errors import BacktestError
+from ..settings import bars_per_year  # 365-day, 24/7 year: 60min -> 8760, day -> 365
 
 logger = logging.getLogger(__name__)
 
@@ -57,18 +58,6 @@ METRIC_KEYS: tuple[str, ...] = (
 )
 
 FILL_COLUMNS = ("datetime", "instrument", "side", "amount", "price", "fee", "slippage")
-
-
-def bars_per_year(freq: str) -> float:
-    """Bars in a 365-day 24/7 year; ``qlib_crypto.settings.bars_per_year`` when available."""
-    try:
-        from ..settings import bars_per_year as _bpy  # type: ignore[import-not-found]
-
-        return float(_bpy(freq))
-    except ImportError:  # settings not present in this checkout: same definition, locally
-        from ..timeframes import get_timeframe
-
-        return get_timeframe(freq).bars_per_year
 
 
 # ----------------------------------------------------------------------------------------------------------
