@@ -84,7 +84,7 @@ def command(
         if res.conflicts:
             ex = res.conflict_examples[0] if res.conflict_examples else None
             action = "replaced by the file's values (--overwrite)" if res.rows_replaced else "kept the stored values (pass --overwrite to replace them)"
-            detail = f"; first at {ex['datetime']}: stored close {ex['stored']['close']} vs file {ex['incoming']['close']}" if ex else ""
+            detail = f"; first at {ex['datetime']}: stored close {ex['stored']['close']} vs file close {ex['incoming']['close']}" if ex else ""
             click.echo(f"conflicts: {res.instrument} from {res.file}: {res.conflicts} bars differ from the store, {action}{detail}")
         if res.quarantined:
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(res.quarantine_reasons.items()))
