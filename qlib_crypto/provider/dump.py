@@ -31,7 +31,7 @@ from .storeread import (
     BAR_COLUMNS,
     FUNDING_COLUMNS,
     StoreFile,
-    content_hash,
+    RowsHash,
     list_dirs,
     read_series_file,
     series_files,
@@ -201,11 +201,17 @@ def _last_close_before(keys: np.ndarray, vals: np.ndarray, limit_key: int, defau
     return float(vals[3][i]) if i >= 0 else default
 
 
-def _file_entry(f: StoreFile, ts: np.ndarray, vals: np.ndarray, rewrite_ms: int, is_last: bool) -> dict:
+def _file_entry(f: StoreFile, ts: np.ndarray, vals: np.ndarray, rewrite_ms: int, is_last: bool, base=None) -> dict:
+    """State entry of a store file: its sha256, last row time and, for the last file of a series or one that
+    reaches the rewrite point, the content hash of its rows before the rewrite point (``base``: a
+    :class:`RowsHash` of the first rows, to extend)."""
     entry = {"sha256": f.sha256, "last_ms": int(ts[-1]) if len(ts) else None}
     if is_last or (len(ts) and ts[-1] >= rewrite_ms):
         cut = int(np.searchsorted(ts, rewrite_ms, side="left"))
-        entry["pre_hash"] = content_hash(ts[:cut], vals[:, :cut])
+        if base is None:
+            entry["pre_hash"] = RowsHash(ts, vals, cut).hexdigest()
+        else:  # extend the hash of the rows checked already instead of hashing them again
+            entry["pre_hash"] = base.extended(ts, vals, cut).hexdigest()
     return entry
 
 
@@ -514,7 +520,6 @@ def _full(store, qlib_dir, tgt, src, names, explicit, top, window_days) -> DumpR
         fut.write_text(calendar_text(first_key, last_key + future_bars(tgt.ms), tgt.ms, freq))
         (staging / STATE_DIR).mkdir(exist_ok=True)
         (staging / STATE_DIR / STATE_FILE).write_text(_state_text(state))
-        _fsync_dir_tree(staging)
         _hook("full-staged")
         _swap_in(staging, qlib_dir)
     except BaseException:
@@ -533,18 +538,6 @@ def _full(store, qlib_dir, tgt, src, names, explicit, top, window_days) -> DumpR
         new_calendar_bars=last_key - first_key + 1,
         universes=sorted(k[len("instruments/"):-4] for k in texts if k.startswith("instruments/")),
     )
-
-
-def _fsync_dir_tree(root: Path) -> None:
-    """Flush the staged files' directory entries (the file data is flushed by the kernel before the rename
-    becomes durable on journaling filesystems with ordered data, the Linux default)."""
-    with contextlib.suppress(OSError):
-        for d in [root, *[p for p in root.rglob("*") if p.is_dir()]]:
-            fd = os.open(d, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
 
 
 def _swap_in(staging: Path, qlib_dir: Path) -> None:
@@ -635,12 +628,15 @@ def _read_update(name, files, to_read, old, columns, what, old_r, new_r, check_n
             raise ProviderError(f"{what}: rows of {str(f.path)!r} are not sorted and unique", hint="run qlib-crypto validate")
         cut = int(np.searchsorted(ts, old_r, side="left"))
         entry = old.get(f.name)
+        base = None
         if entry is None:
             if cut and check_new:
                 raise _backfill(name, f"new {what} file {f.name} holds rows before the last dumped bar")
-        elif entry["sha256"] != f.sha256 and content_hash(ts[:cut], vals[:, :cut]) != entry["pre_hash"]:
-            raise _backfill(name, f"{what} rows in {f.name} were changed or added")
-        entries[f.name] = _file_entry(f, ts, vals, new_r, f.name == last_name)
+        elif entry["sha256"] != f.sha256:
+            base = RowsHash(ts, vals, cut)
+            if base.hexdigest() != entry["pre_hash"]:
+                raise _backfill(name, f"{what} rows in {f.name} were changed or added")
+        entries[f.name] = _file_entry(f, ts, vals, new_r, f.name == last_name, base)
         parts_ts.append(ts[cut:])
         parts_vals.append(vals[:, cut:])
     if parts_ts:
@@ -813,7 +809,6 @@ def _update(store, qlib_dir, tgt, src, names, explicit, state, top, window_days)
     with open(staged_root / fut_rel, "a") as fh:
         fh.write(calendar_text(last_key + 1, last_key + future_bars(tgt.ms), tgt.ms, freq))
     journal["staged"] = list(texts) + [fut_rel, cal_rel]  # the calendar is committed last
-    _fsync_dir_tree(staged_root)
     atomic_write_text(meta / JOURNAL_FILE, json.dumps(dict(journal, phase="commit")))
     for i, rel in enumerate(journal["staged"]):
         os.replace(staged_root / rel, qlib_dir / rel)

@@ -92,7 +92,8 @@ def read_series_file(f: StoreFile, columns: tuple[str, ...]) -> tuple[np.ndarray
             hint="the store fails validation: run qlib-crypto validate, then re-collect or re-import that period",
         )
     try:
-        table = pq.read_table(pa.BufferReader(data), columns=[TIME_COLUMN, *columns])
+        # ParquetFile, not read_table: read_table imports pyarrow.dataset, which imports pandas (0.5 s)
+        table = pq.ParquetFile(pa.BufferReader(data)).read(columns=[TIME_COLUMN, *columns], use_threads=False)
     except Exception as exc:  # pyarrow raises several types
         raise ProviderError(
             f"store file {str(f.path)!r} cannot be read ({exc})", hint="run qlib-crypto validate"
@@ -113,10 +114,25 @@ def read_series_file(f: StoreFile, columns: tuple[str, ...]) -> tuple[np.ndarray
     return ts, values
 
 
-def content_hash(ts: np.ndarray, values: np.ndarray) -> str:
-    """sha256 of the rows' raw bytes (times and values): identifies already-dumped rows independently of the
-    Parquet encoding."""
-    digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(ts, dtype="<i8").tobytes())
-    digest.update(np.ascontiguousarray(values, dtype="<f8").tobytes())
-    return digest.hexdigest()
+class RowsHash:
+    """Content hash of the first rows of a series (times and values), column by column, independent of the
+    Parquet encoding; :meth:`extended` adds further rows without hashing the first ones again."""
+
+    def __init__(self, ts: np.ndarray, values: np.ndarray, upto: int) -> None:
+        self._parts = [hashlib.sha256(np.ascontiguousarray(ts[:upto], dtype="<i8").data)]
+        for row in values:
+            self._parts.append(hashlib.sha256(np.ascontiguousarray(row[:upto], dtype="<f8").data))
+        self.rows = upto
+
+    def extended(self, ts: np.ndarray, values: np.ndarray, upto: int) -> "RowsHash":
+        new = object.__new__(RowsHash)
+        new._parts = [p.copy() for p in self._parts]
+        lo = self.rows
+        new._parts[0].update(np.ascontiguousarray(ts[lo:upto], dtype="<i8").data)
+        for part, row in zip(new._parts[1:], values):
+            part.update(np.ascontiguousarray(row[lo:upto], dtype="<f8").data)
+        new.rows = max(upto, lo)
+        return new
+
+    def hexdigest(self) -> str:
+        return hashlib.sha256("".join(p.hexdigest() for p in self._parts).encode()).hexdigest()
