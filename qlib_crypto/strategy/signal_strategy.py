@@ -117,6 +117,7 @@ class SignalStrategy(_CryptoStrategyBase):
         self.instrument_meta = dict(instrument_meta or {})
         self.desired: dict[str, float] = {}
         self.traded: dict[str, float] = {}
+        self._warned_no_price: set[str] = set()
 
     def reset(self, level_infra=None, common_infra=None, outer_trade_decision=None, **kwargs: Any) -> None:
         super().reset(level_infra=level_infra, common_infra=common_infra,
@@ -141,6 +142,9 @@ class SignalStrategy(_CryptoStrategyBase):
             current = self._amount(inst)
             price = self._price(inst, start, end)
             if not math.isfinite(price):
+                if inst not in self._warned_no_price:
+                    self._warned_no_price.add(inst)
+                    logger.warning("%s has no price at %s: its target %.4g stays pending", inst, start, target)
                 continue  # no bar: keep the target pending
             delta = order_delta(target, equity, price, current)
             self.traded[inst] = target
