@@ -250,3 +250,26 @@ def test_planted_reversal_is_weak_and_switchable(strength, low, high):
     ret = np.diff(logc, axis=0)
     ic = _mean_rank_ic(-ret[:-1], ret[1:])  # yesterday's loser is today's winner, a little
     assert low < ic < high, ic
+
+
+def test_reversal_is_stronger_after_low_volume_moves():
+    src = SyntheticSource(16, seed=5)
+    frames = {n: src.bars(n, "1h", "2021-01-01", "2021-07-01") for n in src.list_instruments()}
+    closes = pd.DataFrame({n: f["close"] for n, f in frames.items()}).asfreq("1h")
+    volumes = pd.DataFrame({n: f["volume"] for n, f in frames.items()}).asfreq("1h")
+    keep = closes.notna().mean() > 0.95
+    closes, volumes = closes.loc[:, keep], volumes.loc[:, keep]
+    r = np.log(closes).diff()
+    z = (r / r.rolling(24, min_periods=12).std()).clip(-4, 4)
+    log_v = np.log(volumes)
+    rel = log_v - log_v.rolling(24, min_periods=12).mean()
+    rel = rel.sub(rel.mean(axis=1), axis=0)  # relative volume versus the other instruments at the same bar
+    nxt = r.shift(-1).sub(r.shift(-1).mean(axis=1), axis=0)
+    df = pd.DataFrame({"z": z.stack(), "rel": rel.stack(), "y": nxt.stack()}).dropna()
+    busy = df["rel"] > df["rel"].quantile(0.7)
+
+    def reversal(d: pd.DataFrame) -> float:
+        return float(np.corrcoef(-d["z"], d["y"].clip(-0.05, 0.05))[0, 1])
+
+    assert reversal(df[~busy]) > 0.025
+    assert reversal(df[~busy]) > reversal(df[busy]) + 0.015
