@@ -54,7 +54,7 @@ JOURNAL_FILE = "journal.json"
 STAGED_DIR = "staged"
 STATE_SCHEMA = 1
 HOOK_ENV = "QLIB_CRYPTO_DUMP_HOOK"  # testing hook: "<point>:<marker file>" -> write marker, then sleep
-_KNOWN_ENTRIES = {"calendars", "instruments", "features", STATE_DIR}
+_KNOWN_ENTRIES = {"calendars", "instruments", "features", STATE_DIR, "features_cache", "dataset_cache"}
 
 
 @dataclass
