@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", default=None, help="keep data here (default: a temporary directory)")
     parser.add_argument("--no-backtest", action="store_true", help="records phase without the portfolio backtest")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a model (lr, num_leaves...) or handler (label_norm...) kwarg, YAML value")
     args = parser.parse_args(argv)
 
     tmp = None
@@ -147,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     with open(CONFIG) as fh:
         conf = yaml.safe_load(fh)
     task = conf["task"]
+    for item in args.set:
+        key, value = item.split("=", 1)
+        handler_kw = task["dataset"]["kwargs"]["handler"]["kwargs"]
+        target = handler_kw if key in ("label_norm", "horizon", "windows", "include", "exclude") else task["model"]["kwargs"]
+        target[key] = yaml.safe_load(value)
     segs = segments(args.start, args.end)
     n_bars = len(D.calendar(freq="60min"))
     print(f"{n_bars} hourly bars; segments: " + ", ".join(f"{k} {v[0]} .. {v[1]}" for k, v in segs.items()), flush=True)
@@ -162,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     from qlib_crypto.data import CryptoAlpha158
 
     with phase("features"):
-        handler = CryptoAlpha158(
+        handler_kwargs = dict(task["dataset"]["kwargs"]["handler"]["kwargs"])  # the workflow's choices
+        handler_kwargs.update(
             instruments="all",
             start_time=segs["train"][0],
             end_time=segs["test"][1],
@@ -170,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             fit_end_time=segs["train"][1],
             freq="60min",
         )
+        handler = CryptoAlpha158(**handler_kwargs)
         dataset = DatasetH(handler, segments=segs)
         dataset.prepare("train")  # materialise the learn frame
     n_features = len(handler.feature_names)

@@ -302,3 +302,12 @@ def test_no_look_ahead(loaded):
     lab_o = loaded["orig"]["plain"][("label", "LABEL0")].xs(t_cut, level="datetime")
     lab_c = loaded["changed"]["plain"][("label", "LABEL0")].xs(t_cut, level="datetime")
     assert not np.allclose(lab_o, lab_c)
+
+
+def test_label_normalisation_choice():
+    from qlib_crypto.data import default_learn_processors
+
+    assert [p["class"] for p in default_learn_processors()] == ["DropnaLabel", "CSZScoreLabel"]
+    assert default_learn_processors("rank")[1] == {"class": "CSRankNorm", "kwargs": {"fields_group": "label"}}
+    with pytest.raises(ConfigError, match="median"):
+        default_learn_processors("median")

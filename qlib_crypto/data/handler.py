@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 from qlib.contrib.data.handler import check_transform_proc
 from qlib.data.dataset.handler import DataHandlerLP
 
+from ..errors import ConfigError
 from .features import MARKET_FAMILIES, get_feature_config, get_label_config, get_raw_window_config, normalize_freq
 
 logger = logging.getLogger(__name__)
@@ -36,12 +37,19 @@ def default_infer_processors(fit: bool = True) -> list[dict[str, Any]]:
     return procs
 
 
-def default_learn_processors() -> list[dict[str, Any]]:
-    """Default learning processors: drop rows without a label, z-score the label across instruments per bar."""
-    return [
-        {"class": "DropnaLabel"},
-        {"class": "CSZScoreLabel", "module_path": _MODULE, "kwargs": {"fields_group": "label"}},
-    ]
+def default_learn_processors(label_norm: str = "zscore") -> list[dict[str, Any]]:
+    """Default learning processors: drop rows without a label, normalise the label across instruments per bar.
+
+    ``label_norm``: ``zscore`` (mean 0, std 1 per bar) or ``rank`` (Qlib's ``CSRankNorm``: percentile rank,
+    robust to fat-tailed returns).
+    """
+    if label_norm == "zscore":
+        norm: dict[str, Any] = {"class": "CSZScoreLabel", "module_path": _MODULE, "kwargs": {"fields_group": "label"}}
+    elif label_norm == "rank":
+        norm = {"class": "CSRankNorm", "kwargs": {"fields_group": "label"}}
+    else:
+        raise ConfigError(f"bad label_norm {label_norm!r}", hint="use zscore or rank")
+    return [{"class": "DropnaLabel"}, norm]
 
 
 def _proc_class_name(p: Any) -> str:
@@ -84,6 +92,7 @@ class _CryptoHandlerBase(DataHandlerLP):
         horizon: int,
         label: Any,
         label_price: str,
+        label_norm: str,
         cross_sectional: bool,
         kwargs: dict,
     ) -> None:
@@ -99,7 +108,7 @@ class _CryptoHandlerBase(DataHandlerLP):
         else:
             infer_processors = list(infer_processors)
         if learn_processors is None:
-            learn_processors = default_learn_processors()
+            learn_processors = default_learn_processors(label_norm)
         shared = kwargs.get("shared_processors") or []
         if cross_sectional and not any(
             _proc_class_name(p) == "CrossSectionalFeatures" for p in [*infer_processors, *shared]
@@ -141,6 +150,8 @@ class CryptoAlpha158(_CryptoHandlerBase):
     - ``include`` / ``exclude``: family names to keep / drop (``ROC``, ``MA``, ``KBAR``, ``FUND``...);
     - ``horizon``: label horizon in bars (label ``Ref($close, -(1+h))/Ref($close, -1) - 1``);
     - ``label``: a label expression (or ``[exprs, names]``) replacing the default one;
+    - ``label_norm``: ``zscore`` or ``rank``, the cross-sectional label normalisation of the default
+      learn processors;
     - ``infer_processors`` / ``learn_processors``: ``None`` means the crypto defaults.
     """
 
@@ -164,6 +175,7 @@ class CryptoAlpha158(_CryptoHandlerBase):
         horizon: int = 1,
         label: Any = None,
         label_price: str = "close",
+        label_norm: str = "zscore",
         **kwargs: Any,
     ) -> None:
         freq = normalize_freq(freq)
@@ -186,6 +198,7 @@ class CryptoAlpha158(_CryptoHandlerBase):
             horizon=horizon,
             label=label,
             label_price=label_price,
+            label_norm=label_norm,
             cross_sectional=cross_sectional,
             kwargs=kwargs,
         )
@@ -214,6 +227,7 @@ class CryptoAlpha360(_CryptoHandlerBase):
         horizon: int = 1,
         label: Any = None,
         label_price: str = "close",
+        label_norm: str = "zscore",
         **kwargs: Any,
     ) -> None:
         freq = normalize_freq(freq)
@@ -234,6 +248,7 @@ class CryptoAlpha360(_CryptoHandlerBase):
             horizon=horizon,
             label=label,
             label_price=label_price,
+            label_norm=label_norm,
             cross_sectional=False,
             kwargs=kwargs,
         )
