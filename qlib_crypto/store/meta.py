@@ -31,10 +31,10 @@ def _normalise(meta: pd.DataFrame) -> pd.DataFrame:
         if col not in frame.columns:
             frame[col] = np.nan if col in NUMERIC_COLUMNS or col == "listTime" else ""
     for col in NUMERIC_COLUMNS:
-        frame[col] = pd.to_numeric(frame[col].replace("", np.nan), errors="coerce").astype("float64")
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")  # "" -> NaN
     for col in STRING_COLUMNS:
         frame[col] = frame[col].fillna("").astype(str)
-    list_time = frame["listTime"].replace("", np.nan)
+    list_time = frame["listTime"]
     if pd.api.types.is_datetime64_any_dtype(list_time):
         lt = pd.to_datetime(list_time, utc=True)
     else:
