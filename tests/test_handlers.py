@@ -311,3 +311,14 @@ def test_label_normalisation_choice():
     assert default_learn_processors("rank")[1] == {"class": "CSRankNorm", "kwargs": {"fields_group": "label"}}
     with pytest.raises(ConfigError, match="median"):
         default_learn_processors("median")
+
+
+def test_data_loaders_carry_the_feature_sets():
+    from qlib_crypto.data import CryptoAlpha158DL, CryptoAlpha360DL
+
+    label = (["Ref($close, -2)/Ref($close, -1) - 1"], ["LABEL0"])
+    dl = CryptoAlpha158DL(freq="day", include=["ROC", "FUND"], config={"label": label})
+    assert dl.fields["feature"][1] == [f"ROC{d}" for d in [3, 5, 10, 20, 30, 60]] + [f"FUND{d}" for d in [1, 3, 7, 30]]
+    assert dl.fields["feature"][0][0] == "Ref($close, 3)/$close"
+    assert dl.fields["label"] == label
+    assert len(CryptoAlpha360DL(freq="60min", n_bars=4).fields["feature"][1]) == 7 * 4

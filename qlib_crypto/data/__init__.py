@@ -24,11 +24,15 @@ _LAZY = {
     "CrossSectionalFeatures": "processors",
     "CSZScoreLabel": "processors",
     "InfToNaN": "processors",
+    "CryptoAlpha158DL": "loader",
+    "CryptoAlpha360DL": "loader",
 }
 
 __all__ = [
     "CryptoAlpha158",
     "CryptoAlpha360",
+    "CryptoAlpha158DL",
+    "CryptoAlpha360DL",
     "CrossSectionalFeatures",
     "CSZScoreLabel",
     "InfToNaN",
