@@ -13,20 +13,42 @@ repository; it is run with the same Python.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
+# Commands are started by a small runner process launched before this script imports numpy/pandas: Linux keeps
+# ru_maxrss across fork+exec, so children of a big parent would report the parent's memory as their peak.
+RUNNER = r"""
+import json, os, subprocess, sys, time
+for line in sys.stdin:
+    cmd = json.loads(line)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = proc.stderr.read().decode(errors="replace")
+    _, status, usage = os.wait4(proc.pid, 0)
+    out = {"seconds": time.perf_counter() - t0, "maxrss_kib": usage.ru_maxrss,
+           "rc": os.waitstatus_to_exitcode(status), "stderr": err[-2000:]}
+    print(json.dumps(out), flush=True)
+"""
+_runner = None
 
 
-def make_bars(n_inst: int, n_bars: int, seed: int = 0) -> tuple[pd.DatetimeIndex, np.ndarray]:
+def start_runner() -> None:
+    global _runner
+    _runner = subprocess.Popen([sys.executable, "-c", RUNNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True)
+
+
+def make_bars(n_inst: int, n_bars: int, seed: int = 0):
     """(hourly index, array [instrument, field, bar]) of a random-walk market (fast numpy generator)."""
+    import numpy as np
+    import pandas as pd
+
     rng = np.random.default_rng(seed)
     idx = pd.date_range("2023-01-01", periods=n_bars, freq="h", tz="UTC")
     p0 = np.exp(rng.uniform(0, 10, (n_inst, 1)))
@@ -39,16 +61,13 @@ def make_bars(n_inst: int, n_bars: int, seed: int = 0) -> tuple[pd.DatetimeIndex
 
 
 def run(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of a whole command."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    if proc.returncode != 0:
-        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err[-2000:]}")
-    return elapsed, usage.ru_maxrss / 1024
+    """(wall seconds, peak RSS MiB) of a whole command, started by the runner."""
+    _runner.stdin.write(json.dumps(cmd) + "\n")
+    _runner.stdin.flush()
+    res = json.loads(_runner.stdout.readline())
+    if res["rc"] != 0:
+        raise SystemExit(f"command failed ({res['rc']}): {' '.join(cmd)}\n{res['stderr']}")
+    return res["seconds"], res["maxrss_kib"] / 1024
 
 
 def main() -> None:
@@ -59,6 +78,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs of each command; the best is reported")
     ap.add_argument("--workdir", help="keep the data here instead of a temporary directory")
     args = ap.parse_args()
+    start_runner()
+
+    import pandas as pd
 
     from qlib_crypto.store import write_bars
 
@@ -141,6 +163,8 @@ def main() -> None:
     t_start, _ = best(lambda: [py, "-c", "import qlib_crypto.cli"])
     print(f"python start + CLI import: {t_start:7.3f} s")
     print(f"update-to-full time ratio: {t_upd / t_full:5.2f}")
+    _runner.stdin.close()
+    _runner.wait()
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
 

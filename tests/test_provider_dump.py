@@ -329,11 +329,17 @@ def test_settings_and_init_config(tmp_path):
         settings.qlib_init_config(tmp_path / "store")
 
 
-def test_package_import_is_light():
+def test_package_import_and_cli_dump_are_light(tmp_path):
     code = "import sys, qlib_crypto, qlib_crypto.settings; print(sorted(m for m in ('pandas', 'qlib') if m in sys.modules))"
     out = subprocess.run([PY, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
     assert out == "[]"
-    code = ("import sys; from qlib_crypto.cli import main; import qlib_crypto.commands.dump, qlib_crypto.provider; "
-            "print(sorted(m for m in ('pandas', 'qlib') if m in sys.modules))")
+    store = tmp_path / "store"
+    write_bars(store, "AAA-USDT-SWAP", "1h", bars_frame("2024-01-01", 30, 9), "t")
+    write_funding(store, "AAA-USDT-SWAP", pd.DataFrame({"funding_time": pd.to_datetime(["2024-01-01 08:00"], utc=True),
+                                                        "funding_rate": [1e-4]}), "t")
+    code = ("import sys; from qlib_crypto.cli import main; "
+            f"rc = main(['dump', '--store', {str(store)!r}, '--qlib-dir', {str(tmp_path / 'q')!r}, '--timeframe', '1h']); "
+            "print(rc, sorted(m for m in ('pandas', 'qlib') if m in sys.modules))")
     out = subprocess.run([PY, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
-    assert out == "[]"
+    assert out.endswith("0 []")
+    assert (tmp_path / "q" / "features" / "aaa-usdt-swap" / "funding_rate.60min.bin").exists()

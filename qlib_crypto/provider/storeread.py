@@ -100,7 +100,7 @@ def read_series_file(f: StoreFile, columns: tuple[str, ...]) -> tuple[np.ndarray
         ) from exc
     tcol = table.column(TIME_COLUMN)
     ttype = tcol.type
-    ts = tcol.combine_chunks().cast(pa.int64()).to_numpy().astype(np.int64, copy=False)
+    ts = _to_numpy(tcol, "<i8").copy()
     unit = getattr(ttype, "unit", "ms")
     if unit == "s":
         ts = ts * 1000
@@ -110,8 +110,25 @@ def read_series_file(f: StoreFile, columns: tuple[str, ...]) -> tuple[np.ndarray
         ts = ts // 1_000_000
     values = np.empty((len(columns), len(ts)), dtype=np.float64)
     for j, c in enumerate(columns):
-        values[j] = table.column(c).combine_chunks().to_numpy(zero_copy_only=False)
+        values[j] = _to_numpy(table.column(c), "<f8")
     return ts, values
+
+
+def _to_numpy(column, dtype: str) -> np.ndarray:
+    """A fixed-width Arrow column as a numpy view of its data buffer (nulls become NaN, or are refused).
+
+    Arrow's own ``to_numpy``/``cast`` import pandas (half a second), which the dump path avoids."""
+    arr = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+    width = np.dtype(dtype).itemsize
+    if arr.type.bit_width != 8 * width:
+        raise ProviderError(f"unexpected Parquet column type {arr.type}", hint="run qlib-crypto validate")
+    out = np.frombuffer(arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * width)
+    if arr.null_count:
+        if out.dtype.kind != "f":
+            raise ProviderError("null timestamps in a store file", hint="run qlib-crypto validate")
+        valid = np.unpackbits(np.frombuffer(arr.buffers()[0], dtype=np.uint8), bitorder="little")
+        out = np.where(valid[arr.offset: arr.offset + len(arr)].astype(bool), out, np.nan)
+    return out
 
 
 class RowsHash:
