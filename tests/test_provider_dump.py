@@ -296,6 +296,9 @@ def test_cli_dump_and_errors(tmp_path, capsys):
     assert main(["dump", "--store", str(store), "--qlib-dir", str(out), "--timeframe", "1h"]) == 2
     assert "holds day data" in capsys.readouterr().err
     assert main(["dump", "--store", str(store), "--qlib-dir", str(out), "--timeframe", "day", "--top", "x"]) == 2
+    assert main(["dump", "--store", str(store), "--qlib-dir", str(out), "--timeframe", "day",
+                 "--from-timeframe", "1h", "--top", ""]) == 0
+    assert sorted(p.name for p in (out / "instruments").iterdir()) == ["all.txt", "okx_spot.txt", "okx_swap.txt"]
 
 
 # ------------------------------------------------------------------------------------ settings

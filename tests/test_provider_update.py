@@ -191,6 +191,8 @@ def test_interrupted_full_dump_keeps_old_dataset(tmp_path):
     args = ["dump", "--store", str(store), "--qlib-dir", str(out), "--timeframe", "1h"]
     proc = run_until_hook(args, "full-staged", tmp_path / "marker")
     assert snapshot(out) == old  # the new dataset is complete in the staging dir, not yet swapped in
+    with pytest.raises(ProviderError, match="another dump"):  # the running dump holds the lock
+        dump(store, out, "1h")
     kill(proc)
     assert snapshot(out) == old
     assert list((tmp_path / "okx").glob(".60min.staging-*"))

@@ -114,8 +114,6 @@ def _iso_ms(text) -> int:
 
 def _manifest_range(f: StoreFile) -> tuple[int, int, int]:
     """(first ms, last ms, rows) recorded in a file's manifest."""
-    import yaml  # noqa: F401  (already imported by series_files)
-
     m = f.manifest
     try:
         return _iso_ms(m["start_ts"]), _iso_ms(m["end_ts"]), int(m["row_count"])
@@ -426,7 +424,8 @@ def dump(
             result = _update(store, qlib_dir, tgt, src, names, explicit, state, top, window_days)
         else:
             result = _full(
-                store, qlib_dir, tgt, src, names, explicit, tuple(top or DEFAULT_TOP), window_days or DEFAULT_WINDOW_DAYS
+                store, qlib_dir, tgt, src, names, explicit, tuple(DEFAULT_TOP if top is None else top),
+                window_days or DEFAULT_WINDOW_DAYS,
             )
     result.seconds = time.perf_counter() - t0
     return result
@@ -566,7 +565,7 @@ def _text_files(state: dict, tgt: Timeframe, rows, names: list[str], amounts) ->
     out = {"instruments/all.txt": instrument_lines(rows, freq)}
     for market in ("okx_spot", "okx_swap"):
         out[f"instruments/{market}.txt"] = instrument_lines([r for r in rows if market_of(r[0]) == market], freq)
-    if state["top"]:
+    if state["top"]:  # an empty list: no liquidity universes
         daily, d0 = daily_amounts(amounts, state["first_key"], state["last_key"], tgt.ms)
         for n in state["top"]:
             spans = liquidity_spans(names, daily, d0, state["last_key"], tgt.ms, int(n), state["window_days"])
@@ -656,7 +655,7 @@ def _update(store, qlib_dir, tgt, src, names, explicit, state, top, window_days)
     for opt, value, key in (
         ("--from-timeframe", src.name, "source_timeframe"),
         ("--instruments", explicit, "instruments_filter"),
-        ("--top", list(top) if top else None, "top"),
+        ("--top", None if top is None else [int(n) for n in top], "top"),
         ("window_days", window_days, "window_days"),
     ):
         if value is not None and value != state[key]:
