@@ -156,6 +156,7 @@ READBACK = textwrap.dedent("""
         res["feat_" + freq] = D.features(D.instruments("all"), ["$open", "$high", "$low", "$close", "$volume",
                                          "$amount", "$factor"], freq=freq)
     res["fut"] = [str(t) for t in D.calendar(freq="60min", future=True)][-1]
+    res["extra"] = D.features(["ETH-USDT", "SOL-USDT-SWAP"], ["$bars", "$funding_rate", "$change"], freq="day")
     pickle.dump(res, open(out, "wb"))
 """)
 
@@ -175,6 +176,12 @@ def test_readback_through_qlib(tmp_path):
     assert res["cal_day"] == ["2024-03-01 00:00:00", "2024-03-02 00:00:00", "2024-03-03 00:00:00"]
     assert res["fut"] == "2024-03-04 23:00:00"
     assert sorted(res["inst_60min"]) == sorted(frames) == sorted(res["inst_day"])
+    extra = res["extra"]
+    assert list(extra.xs("ETH-USDT", level="instrument")["$bars"]) == [24, 22, 24]  # hours 30, 31 missing
+    sol = extra.xs("SOL-USDT-SWAP", level="instrument")
+    assert list(sol["$bars"]) == [24, 24] and sol["$funding_rate"].isna().all()
+    sol_close = frames["SOL-USDT-SWAP"]["close"]
+    assert sol["$change"].iloc[1] == np.float32(sol_close.iloc[47] / sol_close.iloc[23] - 1)
     f60 = res["feat_60min"]
     for name, df in frames.items():
         got = f60.xs(name, level="instrument")
