@@ -235,3 +235,25 @@ def test_interrupted_update_rolls_back_or_forward(tmp_path, point):
     assert not (out / ".qlib_crypto" / "journal.json").exists()
     dump(store, tmp_path / "fresh", "1h")
     assert snapshot(out) == snapshot(tmp_path / "fresh")
+
+
+def test_swap_fallback_and_recovery_between_renames(tmp_path, monkeypatch):
+    import importlib
+
+    dump_mod = importlib.import_module("qlib_crypto.provider.dump")  # the module, not the function
+
+    store, out = tmp_path / "store", tmp_path / "okx" / "60min"
+    two_instrument_store(store, 24)
+    dump(store, out, "1h")
+    old = snapshot(out)
+    # a filesystem without renameat2(RENAME_EXCHANGE): two renames
+    monkeypatch.setattr(dump_mod, "_exchange", lambda a, b: False)
+    write_bars(store, "AAA-USDT", "1h", bars("2024-01-01", 30, 1).iloc[24:], "t")
+    dump(store, out, "1h")
+    new = snapshot(out)
+    assert new != old and not list((tmp_path / "okx").glob(".60min.*-*"))
+    # interrupted between the two renames: the directory is missing and the old one sits beside it
+    os.rename(out, tmp_path / "okx" / ".60min.old-12345")
+    (tmp_path / "okx" / ".60min.staging-12345").mkdir()
+    dump_mod.recover(out)
+    assert snapshot(out) == new and not list((tmp_path / "okx").glob(".60min.*-*"))
