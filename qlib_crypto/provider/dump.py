@@ -39,7 +39,7 @@ from .storeread import (
 from .universe import (
     DEFAULT_TOP,
     DEFAULT_WINDOW_DAYS,
-    daily_amounts,
+    daily_amount_row,
     instrument_lines,
     liquidity_spans,
     market_of,
@@ -484,7 +484,7 @@ def _full(store, qlib_dir, tgt, src, names, explicit, top, window_days) -> DumpR
             arrays = _field_arrays(k0, last_key, keys, tv, counts, None, fkeys, frates)
             _write_features(staging / "features" / name.lower(), k0 - first_key, arrays, freq)
             bars_written += len(keys)
-            amounts.append((k0 - first_key, arrays["amount"]))
+            amounts.append(daily_amount_row(k0 - first_key, arrays["amount"], first_key, last_key, tgt.ms))
             rows.append((name, k0 * tgt.ms, int(keys[-1]) * tgt.ms))
             inst_state[name] = {
                 "first_key": k0,
@@ -559,14 +559,16 @@ def _write_features(inst_dir: Path, start_index: int, arrays: dict[str, np.ndarr
             fh.write(binfmt.encode_feature(start_index, arr))
 
 
-def _text_files(state: dict, tgt: Timeframe, rows, names: list[str], amounts) -> dict[str, str]:
-    """Instrument files (all, market types, liquidity universes) keyed by relative path."""
+def _text_files(state: dict, tgt: Timeframe, rows, names: list[str], amounts: list[np.ndarray]) -> dict[str, str]:
+    """Instrument files (all, market types, liquidity universes) keyed by relative path; ``amounts``: one
+    :func:`daily_amount_row` per instrument of ``names``."""
     freq = tgt.qlib_freq
     out = {"instruments/all.txt": instrument_lines(rows, freq)}
     for market in ("okx_spot", "okx_swap"):
         out[f"instruments/{market}.txt"] = instrument_lines([r for r in rows if market_of(r[0]) == market], freq)
     if state["top"]:  # an empty list: no liquidity universes
-        daily, d0 = daily_amounts(amounts, state["first_key"], state["last_key"], tgt.ms)
+        daily = np.vstack(amounts) if amounts else np.zeros((0, 1))
+        d0 = state["first_key"] * tgt.ms // DAY_MS
         for n in state["top"]:
             spans = liquidity_spans(names, daily, d0, state["last_key"], tgt.ms, int(n), state["window_days"])
             out[f"instruments/top{int(n)}.txt"] = instrument_lines(spans, freq)
@@ -792,7 +794,7 @@ def _update(store, qlib_dir, tgt, src, names, explicit, state, top, window_days)
     amounts = []
     for name in names_sorted:
         start, values = binfmt.read_feature(qlib_dir / "features" / name.lower() / f"amount.{freq}.bin")
-        amounts.append((start, values))
+        amounts.append(daily_amount_row(start, values, first_key, last_key, tgt.ms))
     texts = _text_files(new_state, tgt, rows, names_sorted, amounts)
     texts[f"{STATE_DIR}/{STATE_FILE}"] = _state_text(new_state)
     for rel, text in texts.items():

@@ -40,6 +40,20 @@ def instrument_lines(rows: Sequence[tuple[str, int, int]], freq: str) -> str:
     return "".join(f"{r[0].upper()}\t{s}\t{e}\n" for r, s, e in zip(rows, starts, ends))
 
 
+def daily_amount_row(start: int, values: np.ndarray, first_key: int, last_key: int, bar_ms: int) -> np.ndarray:
+    """Quote volume summed per UTC day (from the calendar's first day to its last) of one instrument whose
+    float32 ``amount`` values start at calendar index ``start``; NaN counts as 0."""
+    d0 = first_key * bar_ms // DAY_MS
+    d1 = last_key * bar_ms // DAY_MS
+    n = min(len(values), last_key - first_key + 1 - start)
+    if n <= 0:
+        return np.zeros(d1 - d0 + 1, dtype=np.float64)
+    keys = first_key + start + np.arange(n, dtype=np.int64)
+    day = keys * bar_ms // DAY_MS - d0
+    w = np.nan_to_num(np.asarray(values[:n], dtype=np.float64), nan=0.0)
+    return np.bincount(day, weights=w, minlength=d1 - d0 + 1)
+
+
 def daily_amounts(
     amounts: Sequence[tuple[int, np.ndarray]], first_key: int, last_key: int, bar_ms: int
 ) -> tuple[np.ndarray, int]:
@@ -49,13 +63,7 @@ def daily_amounts(
     d1 = last_key * bar_ms // DAY_MS
     out = np.zeros((len(amounts), d1 - d0 + 1), dtype=np.float64)
     for i, (start, values) in enumerate(amounts):
-        n = min(len(values), last_key - first_key + 1 - start)
-        if n <= 0:
-            continue
-        keys = first_key + start + np.arange(n, dtype=np.int64)
-        day = keys * bar_ms // DAY_MS - d0
-        w = np.nan_to_num(np.asarray(values[:n], dtype=np.float64), nan=0.0)
-        out[i] = np.bincount(day, weights=w, minlength=out.shape[1])
+        out[i] = daily_amount_row(start, values, first_key, last_key, bar_ms)
     return out, d0
 
 
