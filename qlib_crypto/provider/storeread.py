@@ -93,7 +93,7 @@ def read_series_file(f: StoreFile, columns: tuple[str, ...]) -> tuple[np.ndarray
         )
     try:
         # ParquetFile, not read_table: read_table imports pyarrow.dataset, which imports pandas (0.5 s)
-        table = pq.ParquetFile(pa.BufferReader(data)).read(columns=[TIME_COLUMN, *columns], use_threads=False)
+        table = pq.ParquetFile(pa.BufferReader(data)).read(columns=[TIME_COLUMN, *columns], use_threads=True)
     except Exception as exc:  # pyarrow raises several types
         raise ProviderError(
             f"store file {str(f.path)!r} cannot be read ({exc})", hint="run qlib-crypto validate"
