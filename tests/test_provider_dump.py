@@ -353,3 +353,19 @@ def test_package_import_and_cli_dump_are_light(tmp_path):
     out = subprocess.run([PY, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
     assert out.endswith("0 []")
     assert (tmp_path / "q" / "features" / "aaa-usdt-swap" / "funding_rate.60min.bin").exists()
+
+
+def test_misaligned_bars_in_a_hand_written_store_file_are_refused(tmp_path):
+    """The store quarantines misaligned bars; a file written behind its back is still refused."""
+    from qlib_crypto.store.manifest import build_manifest, write_manifest
+    from qlib_crypto.store.tables import write_table
+
+    path = tmp_path / "store" / "bars" / "1h" / "AAA-USDT" / "2024.parquet"
+    path.parent.mkdir(parents=True)
+    ts = np.array([1704067200000, 1704067200000 + 5_400_000], dtype=np.int64)  # 00:00 and 01:30
+    write_table(path, ts, np.ones((2, 6)), ["open", "high", "low", "close", "volume", "amount"])
+    write_manifest(path, build_manifest(path, kind="bars", instrument="AAA-USDT", timeframe="1h",
+                                        start_ms=int(ts[0]), end_ms=int(ts[1]), row_count=2, source="hand"))
+    with pytest.raises(ProviderError, match="01:30:00"):
+        dump(tmp_path / "store", tmp_path / "q", "1h")
+    assert not (tmp_path / "q").exists()

@@ -125,6 +125,12 @@ def _manifest_range(f: StoreFile) -> tuple[int, int, int]:
 
 def _aggregate(ts: np.ndarray, vals: np.ndarray, src_ms: int, tgt_ms: int):
     """(keys, values [6, m], source-bar counts or None) of target bars from sorted source bars."""
+    if len(ts) and np.any(ts % src_ms):
+        bad = int(ts[np.flatnonzero(ts % src_ms)[0]])
+        raise ProviderError(
+            f"a bar opens at {format_one(bad, 'min')} (epoch ms {bad}), not on a {src_ms // 60_000}-minute boundary",
+            hint="the store fails validation: run qlib-crypto validate and re-import those bars",
+        )
     keys_all = ts // tgt_ms
     if src_ms == tgt_ms:
         return keys_all, vals, None
