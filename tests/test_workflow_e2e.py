@@ -44,9 +44,13 @@ def small_workflow(conf: dict) -> dict:
     }
     conf["task"]["model"]["kwargs"].update(num_boost_round=20, min_data_in_leaf=20, num_leaves=7)
     for record in conf["task"]["record"]:
-        if record["class"] == "PortAnaRecord":
-            record["kwargs"]["config"]["backtest"].update(start_time="2023-02-15 00:00:00", end_time="2023-03-01 20:00:00")
-            record["kwargs"]["config"]["strategy"]["kwargs"].update(topk=2, n_drop=1)
+        if record["class"] == "CryptoBacktestRecord":
+            backtest = record["kwargs"]["config"]["backtest"]
+            backtest.update(start_time="2023-02-15 00:00:00", end_time="2023-03-01 20:00:00")
+            backtest["exchange"]["kwargs"]["instrument_meta"] = None  # no raw store in this test
+            record["kwargs"]["config"]["strategy"]["kwargs"].update(topk=1)
+        if record["class"] == "TrainingReportRecord":
+            record["kwargs"]["out_dir"] = "reports/training"
     for anchor in ("data_handler_config", "port_analysis_config"):
         conf.pop(anchor, None)
     return conf
@@ -110,8 +114,19 @@ def test_recorder_holds_metrics_predictions_and_model(qrun_result):
     excess = report["return"] - report["bench"] - report["cost"]
     ours = metrics["crypto.60min.excess_return_with_cost.annualized_return_365d"]
     assert ours == pytest.approx(excess.mean() * 8760, rel=1e-6)
-    assert metrics["60min.excess_return_with_cost.annualized_return"] == pytest.approx(excess.mean() * 952, rel=1e-6)
     assert (art / "portfolio_analysis" / "crypto_port_analysis_60min.pkl").exists()
+    # the crypto backtest record: report files and its metrics; the equity curve is the report's account
+    import json
+
+    crypto_metrics = json.loads((art / "crypto_backtest" / "metrics.json").read_text())
+    assert metrics["backtest.total_return"] == pytest.approx(crypto_metrics["total_return"], rel=1e-9)
+    assert crypto_metrics["total_return"] == pytest.approx(report["account"].iloc[-1] / 1_000_000 - 1, rel=1e-6)
+    assert (art / "crypto_backtest" / "report.html").exists() and (art / "crypto_backtest" / "fills.csv").exists()
+    # model with metadata for qlib-crypto predict, and the training report (recorder and user directory)
+    meta = yaml.safe_load(next((art / "model").glob("*.meta.yaml")).read_text())
+    assert len(meta["feature_names"]) == model.model.num_feature()
+    assert (art / "training_report" / "training_report.html").exists() or list((art / "training_report").glob("*.html"))
+    assert list((tmp / "reports" / "training").glob("*.html"))
 
 
 ROLLING_SCRIPT = """
