@@ -369,3 +369,24 @@ def test_misaligned_bars_in_a_hand_written_store_file_are_refused(tmp_path):
     with pytest.raises(ProviderError, match="01:30:00"):
         dump(tmp_path / "store", tmp_path / "q", "1h")
     assert not (tmp_path / "q").exists()
+
+
+def test_manifest_reader_matches_pyyaml(tmp_path):
+    import yaml
+
+    from qlib_crypto.provider.storeread import series_files
+
+    store = tmp_path / "store"
+    write_bars(store, "AAA-USDT", "1h", bars_frame("2024-01-01", 10, 10), "t")
+    (f,) = series_files(store / "bars" / "1h" / "AAA-USDT")
+    full = yaml.safe_load((f.path.parent / (f.path.name + ".manifest.yaml")).read_text())
+    assert {k: f.manifest[k] for k in ("sha256", "start_ts", "end_ts", "row_count")} == {
+        k: full[k] for k in ("sha256", "start_ts", "end_ts", "row_count")}
+    assert full["row_count"] == 10 and full["start_ts"] == "2024-01-01T00:00:00Z"
+    # a manifest written by hand in another YAML style is read by PyYAML
+    mpath = f.path.parent / (f.path.name + ".manifest.yaml")
+    mpath.write_text("{sha256: %s, start_ts: '2024-01-01T00:00:00Z', end_ts: '2024-01-01T09:00:00Z', "
+                     "row_count: 10}\n" % full["sha256"])
+    (g,) = series_files(store / "bars" / "1h" / "AAA-USDT")
+    assert g.manifest["sha256"] == full["sha256"] and g.manifest["row_count"] == 10
+    assert dump(store, tmp_path / "q", "1h").bars_written == 10

@@ -560,9 +560,16 @@ def _swap_in(staging: Path, qlib_dir: Path) -> None:
 
 def _write_features(inst_dir: Path, start_index: int, arrays: dict[str, np.ndarray], freq: str) -> None:
     inst_dir.mkdir(parents=True, exist_ok=True)
+    header = np.array([start_index], dtype=binfmt.DTYPE).tobytes()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
     for fname, arr in arrays.items():
-        with open(inst_dir / f"{fname}.{freq}.bin", "wb") as fh:
-            fh.write(binfmt.encode_feature(start_index, arr))
+        fd = os.open(inst_dir / f"{fname}.{freq}.bin", flags, 0o644)
+        try:
+            for chunk in (memoryview(header), np.ascontiguousarray(arr, dtype=binfmt.DTYPE).data.cast("B")):
+                while len(chunk):
+                    chunk = chunk[os.write(fd, chunk):]
+        finally:
+            os.close(fd)
 
 
 def _text_files(state: dict, tgt: Timeframe, rows, names: list[str], amounts: list[np.ndarray]) -> dict[str, str]:

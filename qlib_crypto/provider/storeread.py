@@ -42,7 +42,26 @@ def list_dirs(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+_NEEDED = ("sha256", "start_ts", "end_ts", "row_count")
+
+
 def _yaml_load(text: str):
+    """The manifest's top-level keys. The fields the dumper needs are plain ``key: scalar`` lines, read without
+    PyYAML (its import and parsing cost more than the rest of a small update); anything else falls back to
+    PyYAML."""
+    fast: dict = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(": ")
+        if sep and key in _NEEDED:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            fast[key] = value
+    if len(fast) == len(_NEEDED) and fast["row_count"].isdigit() and all(
+        "'" not in v and '"' not in v and "#" not in v for v in fast.values()
+    ):
+        fast["row_count"] = int(fast["row_count"])
+        return fast
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
