@@ -268,6 +268,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:  # noqa: N802
+        self.server.sim.record_headers(self.headers.items())
         status, ctype, body = self.server.sim._handle(self.path)
         if status < 0:  # timeout fault: the client gave up; answer late, ignoring a closed socket
             status = 200
@@ -281,6 +282,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 class OkxSimulator:
     """The loopback OKX v5 server. See the module docstring."""
+
+    def record_headers(self, items) -> None:
+        """Keep the distinct request headers seen (bounded), so tests can check what clients send."""
+        seen = self.__dict__.setdefault("seen_headers", set())
+        if len(seen) < 10_000:
+            seen.update((name.lower(), value) for name, value in items)
 
     def __init__(
         self,
