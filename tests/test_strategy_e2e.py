@@ -49,7 +49,7 @@ SCRIPT = textwrap.dedent(
     from qlib_crypto.workflow.backtest_record import run_backtest
     out = pathlib.Path(sys.argv[1])
     cfg = json.loads((out / "cfg.json").read_text())
-    for name in ("signal", "longshort"):
+    for name in ("signal", "longshort", "longshort_exit"):
         c = cfg[name]
         qlib.init(provider_uri=c["uri"], region="us", trade_unit=None, limit_threshold=None, deal_price="close",
                   kernels=1)
@@ -57,7 +57,7 @@ SCRIPT = textwrap.dedent(
             strategy = {"class": "SignalStrategy", "module_path": "qlib_crypto.strategy",
                         "kwargs": {"signals": str(out / "signals.parquet")}}
         else:
-            pred = pd.read_pickle(out / "pred.pkl")
+            pred = pd.read_pickle(out / ("pred.pkl" if name == "longshort" else "pred_exit.pkl"))
             strategy = {"class": "LongShortStrategy", "module_path": "qlib_crypto.strategy",
                         "kwargs": {"signal": pred, "topk": 1, "rebalance_every": 3}}
         run = run_backtest(strategy, start_time=c["start"], end_time=c["end"], freq="60min", account=c["account"],
@@ -120,6 +120,17 @@ def runs(tmp_path_factory):
             rows.append((ts, inst, float(4 - rank)))
     pd.DataFrame(rows, columns=["datetime", "instrument", "score"]).set_index(["datetime", "instrument"])[
         "score"].to_pickle(root / "pred.pkl")
+    # scores for a short that leaves the book: A > B > C > D up to bar 5, then A > B > D > C (D's short is closed
+    # to exactly zero at step 7 and C is shorted instead)
+    rows = []
+    for t, ts in enumerate(IDX):
+        order = ["A-USDT-SWAP", "B-USDT-SWAP", "C-USDT-SWAP", "D-USDT-SWAP"]
+        if t >= 6:
+            order = ["A-USDT-SWAP", "B-USDT-SWAP", "D-USDT-SWAP", "C-USDT-SWAP"]
+        for rank, inst in enumerate(order):
+            rows.append((ts, inst, float(4 - rank)))
+    pd.DataFrame(rows, columns=["datetime", "instrument", "score"]).set_index(["datetime", "instrument"])[
+        "score"].to_pickle(root / "pred_exit.pkl")
     exchange = {"fees": FEES, "slippage_bps": SLIP_BPS, "deal_price": "close"}
     cfg = {
         "signal": {"uri": uri_sig, "start": str(IDX[0]), "end": str(IDX[10]), "account": ACCOUNT,
@@ -127,6 +138,7 @@ def runs(tmp_path_factory):
         "longshort": {"uri": uri_ls, "start": str(IDX[0]), "end": str(IDX[10]), "account": ACCOUNT,
                       "benchmark": "A-USDT-SWAP", "exchange": dict(exchange, slippage_bps=0.0)},
     }
+    cfg["longshort_exit"] = cfg["longshort"]
     (root / "cfg.json").write_text(json.dumps(cfg))
     # cwd=root: Qlib's experiment lock path drops the leading "/" of a file: URI and lands relative to the cwd
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(root)], capture_output=True, text=True, timeout=300,
@@ -262,3 +274,22 @@ def test_record_template_logs_report_to_the_recorder(runs):
     final = float(pd.read_pickle(runs / "longshort" / "report_df.pkl")["account"].iloc[-1])
     assert rec["metrics"]["backtest.total_return"] == pytest.approx(final / ACCOUNT - 1, rel=1e-9)
     assert {f"backtest.{k}" for k in ("fees_paid", "slippage_paid", "funding_paid", "max_drawdown")} <= set(rec["metrics"])
+
+
+def test_longshort_short_leaving_the_book_is_closed_to_zero(runs):
+    """A short covered to exactly zero (D leaves the short book at step 7) and a new short (C) opened."""
+    fills = pd.read_pickle(runs / "longshort_exit" / "fills.pkl")
+    rep = pd.read_pickle(runs / "longshort_exit" / "report_df.pkl")
+    signed = fills.assign(q=np.where(fills["side"] == "buy", 1.0, -1.0) * fills["amount"])
+    held = signed.pivot_table(index="datetime", columns="instrument", values="q", aggfunc="sum").fillna(0).cumsum()
+    assert held.loc[IDX[4], "D-USDT-SWAP"] < 0 and held.loc[IDX[7], "D-USDT-SWAP"] == pytest.approx(0.0, abs=1e-12)
+    assert held.loc[IDX[7], "C-USDT-SWAP"] * LS["C-USDT-SWAP"][7] == pytest.approx(
+        -0.5 * float(rep["account"].loc[IDX[6]]), rel=1e-9)
+    # cash accounting by hand over every fill (fee 0.05% taker, no slippage) gives the final equity
+    cash = ACCOUNT
+    for _, f in fills.iterrows():
+        value = f["amount"] * f["fill_price"]
+        cash += (-value if f["side"] == "buy" else value) - value * FEES["swap"]["taker"]
+    final_held = held.iloc[-1]
+    equity = cash + sum(final_held[k] * LS[k][10] for k in final_held.index)
+    assert float(rep["account"].iloc[-1]) == pytest.approx(equity, rel=1e-9)
