@@ -1,15 +1,21 @@
 """Check the learnable structure planted in the synthetic market.
 
-Generates N instruments x one year of 1h bars, builds a few ordinary price/volume features with pandas,
-fits ``lightgbm.LGBMRegressor`` on the first 8 months (label: cross-sectional rank of the next bar's
-return) and prints the test-period mean rank IC (Spearman
-correlation across instruments per bar, averaged over bars, and the mean of daily means), for the market
-as configured and for a control market with the planted reversal switched off (``reversal_strength=0``).
+Generates N instruments x one year of 1h bars, builds a few ordinary price/volume features with pandas
+(information up to the close of bar t), and for each of two labels fits ``lightgbm.LGBMRegressor`` on the
+first 8 months (target: the label's cross-sectional rank) and prints the test-period mean rank IC (Spearman
+correlation across instruments per bar, averaged over bars, and the mean of daily means):
 
-The target band for the planted structure is an out-of-sample rank IC of about 0.02-0.06.
+- ``next``: the next bar's return, ``close[t+1] / close[t] - 1``;
+- ``delayed``: the return one bar later, ``close[t+2] / close[t+1] - 1``: the project's research label
+  (``CryptoAlpha158``, ``Ref($close, -2) / Ref($close, -1) - 1``: one bar of execution delay).
+
+It does so for the market as configured and for a control market with the planted reversal switched off
+(``reversal_strength=0``). The target band for the planted structure is an out-of-sample rank IC of about
+0.02-0.05 on the delayed label (a few percent, no more).
 
 Usage:
     python scripts/check_synthetic_signal.py [--instruments 30] [--seed 7] [--start 2023-07-01] [--months 12]
+                                             [--param reversal_decay=0.7 ...] [--no-control]
 """
 from __future__ import annotations
 
@@ -36,8 +42,11 @@ def load_panel(n_instruments: int, seed: int, start: str, end: str, **params: fl
     return pd.concat(frames).reset_index().set_index(["datetime", "instrument"]).sort_index()
 
 
-def build_features(panel: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
-    """Ordinary features per instrument (past only) and the label: next bar's log return."""
+LABELS = ("next", "delayed")
+
+
+def build_features(panel: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Ordinary features per instrument (past only) and the two labels (columns ``next``, ``delayed``)."""
     out = []
     for inst, bars in panel.groupby(level="instrument", sort=False):
         bars = bars.droplevel("instrument")
@@ -48,6 +57,7 @@ def build_features(panel: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
         f = pd.DataFrame(index=bars.index)
         f["ret_1"] = ret1
         f["ret_3"] = logc.diff(3)
+        f["ret_6"] = logc.diff(6)
         f["ret_12"] = logc.diff(12)
         f["ret_24"] = logc.diff(24)
         f["ret_1_z"] = ret1 / vol24
@@ -55,12 +65,14 @@ def build_features(panel: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
         f["range_1"] = np.log(bars["high"] / bars["low"]) / vol24
         f["rel_volume_1"] = logv - logv.rolling(24, min_periods=12).mean()
         f["rel_volume_3"] = logv.rolling(3).mean() - logv.rolling(24, min_periods=12).mean()
-        f["label"] = logc.shift(-1) - logc
+        close = bars["close"]
+        f["next"] = close.shift(-1) / close - 1.0
+        f["delayed"] = close.shift(-2) / close.shift(-1) - 1.0
         f["instrument"] = inst
         out.append(f)
     feats = pd.concat(out).reset_index().set_index(["datetime", "instrument"]).sort_index()
     feats = feats.replace([np.inf, -np.inf], np.nan).dropna()
-    return feats.drop(columns="label"), feats["label"]
+    return feats.drop(columns=list(LABELS)), feats[list(LABELS)]
 
 
 def rank_ic(pred: pd.Series, label: pd.Series) -> pd.Series:
@@ -73,16 +85,28 @@ def rank_ic(pred: pd.Series, label: pd.Series) -> pd.Series:
     return ranks.groupby(level="datetime").apply(lambda g: g["pred"].corr(g["label"]))
 
 
-def run(n_instruments: int, seed: int, start: str, months: int, **params: float) -> dict[str, float]:
-    import lightgbm as lgb
-
+def run(n_instruments: int, seed: int, start: str, months: int, **params: float) -> dict[str, dict[str, float]]:
+    """Fit and test one model per label; figures per label."""
     start_ts = pd.Timestamp(start, tz="UTC")
     end_ts = start_ts + pd.DateOffset(months=months)
     split = start_ts + pd.DateOffset(months=round(months * 8 / 12))
     panel = load_panel(n_instruments, seed, str(start_ts), str(end_ts), **params)
-    x, y = build_features(panel)
+    x, labels = build_features(panel)
     when = x.index.get_level_values("datetime")
-    train, test = when < split - pd.Timedelta(hours=1), when >= split
+    # a label known only after bar t+2 closes: keep 2 bars between the last training row and the test
+    train, test = when < split - pd.Timedelta(hours=2), when >= split
+    out = {}
+    for name in LABELS:
+        res = fit_and_test(x, labels[name], train, test, seed)
+        res["instruments"] = panel.index.get_level_values("instrument").nunique()
+        out[name] = res
+    return out
+
+
+def fit_and_test(x: pd.DataFrame, y: pd.Series, train: np.ndarray, test: np.ndarray, seed: int) -> dict[str, float]:
+    """Train LightGBM on the label's cross-sectional rank; out-of-sample rank IC figures."""
+    import lightgbm as lgb
+
     model = lgb.LGBMRegressor(
         n_estimators=300, learning_rate=0.03, num_leaves=15, min_child_samples=500,
         subsample=0.8, subsample_freq=1, colsample_bytree=0.8, reg_lambda=1.0, verbose=-1, n_jobs=1,
@@ -96,7 +120,6 @@ def run(n_instruments: int, seed: int, start: str, months: int, **params: float)
     ic = rank_ic(pred, y[test])
     daily = ic.groupby(ic.index.floor("D")).mean()
     return {
-        "instruments": panel.index.get_level_values("instrument").nunique(),
         "train_rows": int(train.sum()),
         "test_rows": int(test.sum()),
         "rank_ic_mean": float(ic.mean()),
@@ -113,20 +136,30 @@ def main() -> None:
     parser.add_argument("--start", default="2023-07-01")
     parser.add_argument("--months", type=int, default=12)
     parser.add_argument("--no-control", action="store_true", help="skip the control run without the planted reversal")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a SyntheticParams field (float), e.g. reversal_decay=0.7; repeatable")
     args = parser.parse_args()
-    runs = [("synthetic market (default parameters)", {})]
+    overrides = {}
+    for item in args.param:
+        key, _, value = item.partition("=")
+        overrides[key.strip()] = float(value)
+    title = "synthetic market (" + (", ".join(args.param) if args.param else "default parameters") + ")"
+    runs = [(title, overrides)]
     if not args.no_control:
-        runs.append(("control: reversal_strength=0", {"reversal_strength": 0.0}))
-    for label, params in runs:
+        runs.append(("control: reversal_strength=0", {**overrides, "reversal_strength": 0.0}))
+    for title, params in runs:
         t0 = time.perf_counter()
-        res = run(args.instruments, args.seed, args.start, args.months, **params)
+        by_label = run(args.instruments, args.seed, args.start, args.months, **params)
         took = time.perf_counter() - t0
-        print(f"{label}:")
-        print(f"  instruments {res['instruments']}, train rows {res['train_rows']}, test rows {res['test_rows']}")
-        print(
-            f"  test rank IC: mean per bar {res['rank_ic_mean']:+.4f}, mean of daily means "
-            f"{res['rank_ic_daily_mean']:+.4f} (t = {res['rank_ic_daily_t']:.1f}), per-bar ICIR {res['icir_bar']:.3f}"
-        )
+        first = by_label[LABELS[0]]
+        print(f"{title}:")
+        print(f"  instruments {first['instruments']}, train rows {first['train_rows']}, test rows {first['test_rows']}")
+        for name in LABELS:
+            res = by_label[name]
+            print(
+                f"  {name:7s} label, test rank IC: mean per bar {res['rank_ic_mean']:+.4f}, mean of daily means "
+                f"{res['rank_ic_daily_mean']:+.4f} (t = {res['rank_ic_daily_t']:.1f}), per-bar ICIR {res['icir_bar']:.3f}"
+            )
         print(f"  ({took:.1f} s)")
 
 

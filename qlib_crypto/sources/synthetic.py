@@ -92,8 +92,8 @@ class SyntheticParams:
     volume_shock_loading: float = 0.25  # log volume per unit of |standardised shock| above its mean
     volume_noise_std: float = 0.6
     volume_noise_halflife_h: float = 1.0
-    reversal_strength: float = 0.06  # planted reversal (fraction of next-bar volatility per unit shock)
-    reversal_decay: float = 0.3  # per-bar decay of the reversal memory
+    reversal_strength: float = 0.05  # planted reversal (fraction of next-bar volatility per unit shock)
+    reversal_decay: float = 0.7  # per-bar decay of the reversal memory
     reversal_volume_slope: float = 2.0  # how sharply the reversal fades as volume rises
     late_listing_fraction: float = 0.4  # share of instruments (beyond the first 6 bases) listed after origin
     late_listing_end: str = "2024-01-01"  # latest listing date
