@@ -54,7 +54,21 @@ def _provider_option(values: tuple[str, ...]):
 def command(model_path, experiment, run_id, tracking_uri, provider_dirs, freq, start, end, latest, rules_file, mode,
             buy_threshold, sell_threshold, buy_quantile, sell_quantile, max_position, max_total, vol_target,
             vol_window, long_only, warmup_bars, out) -> int:
-    """Score bars with a trained model and write BUY/SELL/HOLD signals with position sizes."""
+    """Score bars with a trained model and write BUY/SELL/HOLD signals with position sizes.
+
+    The signals Parquet file has columns datetime, instrument, score, signal, position_size (signed: negative
+    = short). Rules and defaults are in docs/predict.md.
+
+    \b
+    Examples:
+      # the latest bar, model from the demo's recorder run
+      qlib-crypto predict --experiment crypto_lightgbm_60min --provider-dir data/qlib/synthetic/60min \\
+          --out reports/signals_latest.parquet
+      # a range, model file, top/bottom 10% by score, at most 5% of equity per instrument
+      qlib-crypto predict --model models/lgb_60min.pkl --provider-dir 60min=data/qlib/synthetic/60min \\
+          --start 2024-06-01 --end 2024-06-30 --mode quantile --buy-quantile 0.1 --sell-quantile 0.1 \\
+          --max-position 0.05 --out reports/signals_june.parquet
+    """
     from ..workflow.signals import SignalRules
 
     if model_path is None and experiment is None:
