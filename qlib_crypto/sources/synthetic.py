@@ -7,7 +7,9 @@ The model (see ``docs/synthetic-market.md``):
 - per base currency an idiosyncratic return ``sigma_i,t * e_i,t`` (Student-t, its own log-volatility loaded
   on the market's), so the underlying log return is ``beta_i * m_t + sigma_i,t * e_i,t + mu_i,t``;
 - a planted, weak cross-sectional structure ``mu_i,t``: short-term reversal of idiosyncratic moves that
-  happened on *low* volume (moves on high volume do not revert), as in Campbell, Grossman and Wang (1993);
+  happened on *low* volume (moves on high volume do not revert), as in Campbell, Grossman and Wang (1993),
+  spread over the following bars with weights decaying by ``reversal_decay`` (0.7) per bar, so it still
+  reaches the research label's bar t+2 (one bar of execution delay);
 - volume that rises with volatility, absolute shocks, intraday and weekly seasonality (weekends quieter);
 - swaps follow their base's path plus a small mean-reverting basis, and pay funding every 8 hours;
 - listing dates (bars only from the listing), a few missing bars and rare market-wide outages.
@@ -93,7 +95,7 @@ class SyntheticParams:
     volume_noise_std: float = 0.6
     volume_noise_halflife_h: float = 1.0
     reversal_strength: float = 0.05  # planted reversal (fraction of next-bar volatility per unit shock)
-    reversal_decay: float = 0.7  # per-bar decay of the reversal memory
+    reversal_decay: float = 0.7  # per-bar decay of the reversal memory (half-life ~2 bars: reaches bar t+2)
     reversal_volume_slope: float = 2.0  # how sharply the reversal fades as volume rises
     late_listing_fraction: float = 0.4  # share of instruments (beyond the first 6 bases) listed after origin
     late_listing_end: str = "2024-01-01"  # latest listing date
