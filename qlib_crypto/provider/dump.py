@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import ConfigError, ProviderError
 from ..timeframes import Timeframe, get_timeframe
 from . import binfmt
-from .calendar import DAY_MS, calendar_text, format_one, format_times, future_bars
+from .calendar import DAY_MS, calendar_text, format_one, future_bars
 from .storeread import (
     BAR_COLUMNS,
     FUNDING_COLUMNS,
