@@ -257,3 +257,31 @@ def test_swap_fallback_and_recovery_between_renames(tmp_path, monkeypatch):
     (tmp_path / "okx" / ".60min.staging-12345").mkdir()
     dump_mod.recover(out)
     assert snapshot(out) == new and not list((tmp_path / "okx").glob(".60min.*-*"))
+
+
+def test_failing_update_rolls_back_at_once(tmp_path, monkeypatch):
+    import importlib
+
+    binfmt = importlib.import_module("qlib_crypto.provider.binfmt")
+    store, out = tmp_path / "store", tmp_path / "q"
+    two_instrument_store(store, 24)
+    dump(store, out, "1h")
+    old = snapshot(out)
+    write_bars(store, "AAA-USDT", "1h", bars("2024-01-01", 30, 1).iloc[24:], "t")
+    write_bars(store, "CCC-USDT", "1h", bars("2024-01-02 01:00", 3, 3), "t")
+    real, calls = binfmt.truncate_and_append, []
+
+    def failing(path, keep, values):
+        calls.append(path)
+        if len(calls) == 12:
+            raise OSError(28, "No space left on device")
+        return real(path, keep, values)
+
+    monkeypatch.setattr(binfmt, "truncate_and_append", failing)
+    with pytest.raises(OSError, match="No space"):
+        dump(store, out, "1h", update=True)
+    assert snapshot(out) == old and not (out / "features" / "ccc-usdt").exists()
+    monkeypatch.setattr(binfmt, "truncate_and_append", real)
+    dump(store, out, "1h", update=True)
+    dump(store, tmp_path / "fresh", "1h")
+    assert snapshot(out) == snapshot(tmp_path / "fresh")

@@ -783,47 +783,51 @@ def _update(store, qlib_dir, tgt, src, names, explicit, state, top, window_days)
     from .._atomic import atomic_write_text
 
     atomic_write_text(meta / JOURNAL_FILE, json.dumps(journal))
-    bars_written = 0
-    for name in names_sorted:
-        inst_dir = qlib_dir / "features" / name.lower()
-        if name in writes:
-            k0, arrays, keep = writes[name]
-            bars_written += int(np.count_nonzero(~np.isnan(arrays["close"])))
-            if keep is None:
-                _write_features(inst_dir, k0 - first_key, arrays, freq)
+    try:  # until the commit mark, any failure rolls the features back to the old dataset
+        bars_written = 0
+        for name in names_sorted:
+            inst_dir = qlib_dir / "features" / name.lower()
+            if name in writes:
+                k0, arrays, keep = writes[name]
+                bars_written += int(np.count_nonzero(~np.isnan(arrays["close"])))
+                if keep is None:
+                    _write_features(inst_dir, k0 - first_key, arrays, freq)
+                else:
+                    for fname, arr in arrays.items():
+                        binfmt.truncate_and_append(inst_dir / f"{fname}.{freq}.bin", keep, arr)
             else:
-                for fname, arr in arrays.items():
-                    binfmt.truncate_and_append(inst_dir / f"{fname}.{freq}.bin", keep, arr)
-        else:
-            pad = np.full(last_key - old_last, np.nan, dtype=np.float32)
-            if len(pad):
-                for fname in _field_names(name, src, tgt):
-                    binfmt.truncate_and_append(inst_dir / f"{fname}.{freq}.bin", pad_plan[name], pad)
-    _hook("update-written")
+                pad = np.full(last_key - old_last, np.nan, dtype=np.float32)
+                if len(pad):
+                    for fname in _field_names(name, src, tgt):
+                        binfmt.truncate_and_append(inst_dir / f"{fname}.{freq}.bin", pad_plan[name], pad)
+        _hook("update-written")
 
-    new_state = dict(state)
-    new_state.update(last_key=last_key, horizon_ms=horizon, rewrite_ms=new_r, instruments=new_state_inst)
-    rows = [(n, e["first_key"] * tgt.ms, e["last_key"] * tgt.ms) for n, e in sorted(new_state_inst.items())]
-    amounts = []
-    for name in names_sorted:
-        start, values = binfmt.read_feature(qlib_dir / "features" / name.lower() / f"amount.{freq}.bin")
-        amounts.append(daily_amount_row(start, values, first_key, last_key, tgt.ms))
-    texts = _text_files(new_state, tgt, rows, names_sorted, amounts)
-    texts[f"{STATE_DIR}/{STATE_FILE}"] = _state_text(new_state)
-    for rel, text in texts.items():
-        path = staged_root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    cal_rel, fut_rel = f"calendars/{freq}.txt", f"calendars/{freq}_future.txt"
-    (staged_root / "calendars").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(qlib_dir / cal_rel, staged_root / cal_rel)
-    with open(staged_root / cal_rel, "a") as fh:
-        fh.write(calendar_text(old_last + 1, last_key, tgt.ms, freq))
-    shutil.copyfile(staged_root / cal_rel, staged_root / fut_rel)
-    with open(staged_root / fut_rel, "a") as fh:
-        fh.write(calendar_text(last_key + 1, last_key + future_bars(tgt.ms), tgt.ms, freq))
-    journal["staged"] = list(texts) + [fut_rel, cal_rel]  # the calendar is committed last
-    atomic_write_text(meta / JOURNAL_FILE, json.dumps(dict(journal, phase="commit")))
+        new_state = dict(state)
+        new_state.update(last_key=last_key, horizon_ms=horizon, rewrite_ms=new_r, instruments=new_state_inst)
+        rows = [(n, e["first_key"] * tgt.ms, e["last_key"] * tgt.ms) for n, e in sorted(new_state_inst.items())]
+        amounts = []
+        for name in names_sorted:
+            start, values = binfmt.read_feature(qlib_dir / "features" / name.lower() / f"amount.{freq}.bin")
+            amounts.append(daily_amount_row(start, values, first_key, last_key, tgt.ms))
+        texts = _text_files(new_state, tgt, rows, names_sorted, amounts)
+        texts[f"{STATE_DIR}/{STATE_FILE}"] = _state_text(new_state)
+        for rel, text in texts.items():
+            path = staged_root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        cal_rel, fut_rel = f"calendars/{freq}.txt", f"calendars/{freq}_future.txt"
+        (staged_root / "calendars").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(qlib_dir / cal_rel, staged_root / cal_rel)
+        with open(staged_root / cal_rel, "a") as fh:
+            fh.write(calendar_text(old_last + 1, last_key, tgt.ms, freq))
+        shutil.copyfile(staged_root / cal_rel, staged_root / fut_rel)
+        with open(staged_root / fut_rel, "a") as fh:
+            fh.write(calendar_text(last_key + 1, last_key + future_bars(tgt.ms), tgt.ms, freq))
+        journal["staged"] = list(texts) + [fut_rel, cal_rel]  # the calendar is committed last
+        atomic_write_text(meta / JOURNAL_FILE, json.dumps(dict(journal, phase="commit")))
+    except BaseException:
+        _recover_journal(qlib_dir)
+        raise
     for i, rel in enumerate(journal["staged"]):
         os.replace(staged_root / rel, qlib_dir / rel)
         if i == 0:
