@@ -285,3 +285,28 @@ def test_failing_update_rolls_back_at_once(tmp_path, monkeypatch):
     dump(store, out, "1h", update=True)
     dump(store, tmp_path / "fresh", "1h")
     assert snapshot(out) == snapshot(tmp_path / "fresh")
+
+
+@pytest.mark.parametrize("timeframe, source", [("1m", None), ("15min", "1m")])
+def test_minute_updates_across_monthly_store_files_equal_full_dump(tmp_path, timeframe, source):
+    """1m bars are stored in monthly files: updates that cross a month end still equal a full dump."""
+    def minute_bars(start, n, seed, drop=()):
+        df = bars(start, n, seed, drop=drop)
+        df["datetime"] = pd.date_range(start, periods=n, freq="min", tz="UTC").delete(list(drop))
+        return df
+
+    store, upd, full = tmp_path / "store", tmp_path / "upd", tmp_path / "full"
+    frames = {"AAA-USDT": minute_bars("2024-01-31 22:00", 240, 1, drop=range(100, 130)),
+              "BBB-USDT": minute_bars("2024-01-31 23:10", 150, 2)}
+    cuts = pd.to_datetime(["2024-01-31 22:00", "2024-01-31 23:07", "2024-01-31 23:59", "2024-02-01 00:20",
+                           "2024-02-01 00:21", "2024-02-01 02:00"], utc=True)
+    for i, (lo, hi) in enumerate(zip(cuts[:-1], cuts[1:])):
+        for name, df in frames.items():
+            part = df[(df["datetime"] >= lo) & (df["datetime"] < hi)]
+            if len(part):
+                write_bars(store, name, "1m", part, "t")
+        dump(store, upd, timeframe, source_timeframe=source, update=i > 0)
+        dump(store, full, timeframe, source_timeframe=source)
+        assert snapshot(upd) == snapshot(full), (lo, hi)
+    assert sorted(p.name for p in (store / "bars" / "1m" / "AAA-USDT").glob("*.parquet")) == [
+        "2024-01.parquet", "2024-02.parquet"]
