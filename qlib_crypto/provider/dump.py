@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 FIELDS = ("open", "high", "low", "close", "volume", "amount", "vwap", "change", "factor")
 STATE_DIR = ".qlib_crypto"
 STATE_FILE = "state.json"
+DAILY_FILE = "daily_amount.npy"  # [instrument, UTC day] quote volume, so an update need not re-read every amount
 JOURNAL_FILE = "journal.json"
 STAGED_DIR = "staged"
 STATE_SCHEMA = 1
@@ -513,11 +514,14 @@ def _full(store, qlib_dir, tgt, src, names, explicit, top, window_days) -> DumpR
             "rewrite_ms": rewrite_ms,
             "instruments": inst_state,
         }
-        texts = _text_files(state, tgt, rows, sorted(bar_files), amounts)
+        daily = np.vstack(amounts)
+        texts = _text_files(state, tgt, rows, sorted(bar_files), daily)
         for rel, text in texts.items():
             path = staging / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
+        (staging / STATE_DIR).mkdir(exist_ok=True)
+        (staging / STATE_DIR / DAILY_FILE).write_bytes(_npy_bytes(daily))
         (staging / "calendars").mkdir()
         cal = staging / "calendars" / f"{freq}.txt"
         cal.write_text(calendar_text(first_key, last_key, tgt.ms, freq))
@@ -572,15 +576,22 @@ def _write_features(inst_dir: Path, start_index: int, arrays: dict[str, np.ndarr
             os.close(fd)
 
 
-def _text_files(state: dict, tgt: Timeframe, rows, names: list[str], amounts: list[np.ndarray]) -> dict[str, str]:
-    """Instrument files (all, market types, liquidity universes) keyed by relative path; ``amounts``: one
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array, dtype="<f8"), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _text_files(state: dict, tgt: Timeframe, rows, names: list[str], daily: np.ndarray) -> dict[str, str]:
+    """Instrument files (all, market types, liquidity universes) keyed by relative path; ``daily``: one
     :func:`daily_amount_row` per instrument of ``names``."""
     freq = tgt.qlib_freq
     out = {"instruments/all.txt": instrument_lines(rows, freq)}
     for market in ("okx_spot", "okx_swap"):
         out[f"instruments/{market}.txt"] = instrument_lines([r for r in rows if market_of(r[0]) == market], freq)
     if state["top"]:  # an empty list: no liquidity universes
-        daily = np.vstack(amounts) if amounts else np.zeros((0, 1))
         d0 = state["first_key"] * tgt.ms // DAY_MS
         for n in state["top"]:
             spans = liquidity_spans(names, daily, d0, state["last_key"], tgt.ms, int(n), state["window_days"])
@@ -805,12 +816,11 @@ def _update(store, qlib_dir, tgt, src, names, explicit, state, top, window_days)
         new_state = dict(state)
         new_state.update(last_key=last_key, horizon_ms=horizon, rewrite_ms=new_r, instruments=new_state_inst)
         rows = [(n, e["first_key"] * tgt.ms, e["last_key"] * tgt.ms) for n, e in sorted(new_state_inst.items())]
-        amounts = []
-        for name in names_sorted:
-            start, values = binfmt.read_feature(qlib_dir / "features" / name.lower() / f"amount.{freq}.bin")
-            amounts.append(daily_amount_row(start, values, first_key, last_key, tgt.ms))
-        texts = _text_files(new_state, tgt, rows, names_sorted, amounts)
+        daily = _update_daily(qlib_dir, tgt, sorted(old_inst), names_sorted, writes, first_key, last_key, rewrite_key)
+        texts = _text_files(new_state, tgt, rows, names_sorted, daily)
         texts[f"{STATE_DIR}/{STATE_FILE}"] = _state_text(new_state)
+        (staged_root / STATE_DIR).mkdir(parents=True, exist_ok=True)
+        (staged_root / STATE_DIR / DAILY_FILE).write_bytes(_npy_bytes(daily))
         for rel, text in texts.items():
             path = staged_root / rel
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -823,7 +833,8 @@ def _update(store, qlib_dir, tgt, src, names, explicit, state, top, window_days)
         shutil.copyfile(staged_root / cal_rel, staged_root / fut_rel)
         with open(staged_root / fut_rel, "a") as fh:
             fh.write(calendar_text(last_key + 1, last_key + future_bars(tgt.ms), tgt.ms, freq))
-        journal["staged"] = list(texts) + [fut_rel, cal_rel]  # the calendar is committed last
+        # the calendar is committed last
+        journal["staged"] = list(texts) + [f"{STATE_DIR}/{DAILY_FILE}", fut_rel, cal_rel]
         atomic_write_text(meta / JOURNAL_FILE, json.dumps(dict(journal, phase="commit")))
     except BaseException:
         _recover_journal(qlib_dir)
@@ -847,6 +858,37 @@ def _update(store, qlib_dir, tgt, src, names, explicit, state, top, window_days)
         new_calendar_bars=last_key - old_last,
         universes=sorted(k[len("instruments/"):-4] for k in texts if k.startswith("instruments/")),
     )
+
+
+def _update_daily(qlib_dir, tgt, old_names, names, writes, first_key, last_key, rewrite_key) -> np.ndarray:
+    """Daily quote volume matrix after an update: the stored one for days before the rewrite point's day,
+    recomputed from the amount files' tails (the same additions in the same order as a full dump) after it."""
+    freq, bar_ms = tgt.qlib_freq, tgt.ms
+    d0 = first_key * bar_ms // DAY_MS
+    n_days = last_key * bar_ms // DAY_MS - d0 + 1
+    path = qlib_dir / STATE_DIR / DAILY_FILE
+    try:
+        old = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ProviderError(f"dump state {str(path)!r} is unreadable ({exc})", hint="run a full dump") from exc
+    if old.ndim != 2 or old.shape[0] != len(old_names) or old.shape[1] > n_days:
+        raise ProviderError(f"dump state {str(path)!r} does not match the dump", hint="run a full dump")
+    daily = np.zeros((len(names), n_days), dtype=np.float64)
+    row_of = {n: i for i, n in enumerate(old_names)}
+    redo = rewrite_key * bar_ms // DAY_MS - d0  # first day whose sums may change
+    redo_index = (d0 + redo) * DAY_MS // bar_ms - first_key  # its first bar's calendar index
+    for i, name in enumerate(names):
+        if name in row_of:
+            daily[i, : old.shape[1]] = old[row_of[name]]
+        if name not in writes:
+            continue
+        fpath = qlib_dir / "features" / name.lower() / f"amount.{freq}.bin"
+        start = int(np.fromfile(fpath, dtype=binfmt.DTYPE, count=1)[0])
+        skip = max(redo_index - start, 0)
+        values = np.fromfile(fpath, dtype=binfmt.DTYPE, offset=4 * (1 + skip))
+        row = daily_amount_row(start + skip, values, first_key, last_key, bar_ms)
+        daily[i, redo:] = row[redo:]
+    return daily
 
 
 def _carry(entry: dict, is_last: bool) -> dict:
