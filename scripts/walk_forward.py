@@ -7,7 +7,10 @@ Run from the directory qrun would run in (the repository root after `qlib-crypto
 
 Each test window of `--step` bars gets a model trained on everything before it (expanding window; or a
 sliding window of constant length with --rtype sliding). The merged out-of-sample predictions and their
-evaluation (IC, portfolio report, 24/7 metrics) land in the experiment `<workflow experiment>_walk_forward`.
+evaluation land in the experiment `<workflow experiment>_walk_forward`: the workflow's records re-run on
+them (SigAnaRecord: IC metrics; CryptoBacktestRecord: the crypto backtest of the whole predicted range,
+`crypto_backtest/`; CryptoRiskRecord: 24/7 metrics; TrainingReportRecord without a model). Records that
+need one model (ModelArtifactRecord) are skipped: each window's model is in the models experiment.
 """
 from __future__ import annotations
 
@@ -36,9 +39,15 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     print(f"walk-forward: {result['n_windows']} windows; models in experiment {result['rolling_experiment']!r}")
     print(f"merged predictions: experiment {result['experiment']!r}, recorder {result['recorder_id']}")
-    for key in ("IC", "ICIR", "Rank IC", "Rank ICIR"):
-        if key in result["metrics"]:
-            print(f"{key}: {result['metrics'][key]:.4f}")
+    if result["records"]:
+        print("records run on them: " + ", ".join(result["records"]))
+    metrics = result["metrics"]
+    for key in ("IC", "ICIR", "Rank IC", "Rank ICIR", "Long-Short Ann Return",
+                "backtest.total_return", "backtest.annualized_return", "backtest.sharpe", "backtest.max_drawdown",
+                "crypto.60min.excess_return_with_cost.annualized_return_365d",
+                "crypto.day.excess_return_with_cost.annualized_return_365d"):
+        if key in metrics:
+            print(f"{key}: {metrics[key]:.4f}")
     return 0
 
 

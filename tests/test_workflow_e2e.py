@@ -177,3 +177,43 @@ def test_walk_forward_windows_in_bars(tmp_path):
         assert t["fit"] == t["train"]
         assert pd.Timestamp(t["end"]) >= pd.Timestamp(t["test"][1])
         assert t["records"] == ["SignalRecord"]
+
+
+def test_walk_forward_analysis_records_of_the_60min_workflow():
+    """The repository's 60min records, as the walk-forward re-runs them on the merged predictions."""
+    import copy
+
+    from qlib_crypto.workflow.rolling import _analysis_records
+
+    with open(CONFIG) as fh:
+        conf = yaml.safe_load(fh)
+    original = copy.deepcopy(conf)
+    yaml_records = {r["class"]: r for r in conf["task"]["record"]}
+    assert {"SignalRecord", "ModelArtifactRecord", "TrainingReportRecord", "SigAnaRecord",
+            "CryptoBacktestRecord", "CryptoRiskRecord"} <= set(yaml_records)
+    # merged walk-forward predictions over 2024-03-20 00:00 .. 2024-07-01 05:00 (wider than the test segment)
+    times = pd.date_range("2024-03-20", periods=24 * 103 + 6, freq="h")
+    index = pd.MultiIndex.from_product([times, ["BTC-USDT", "ETH-USDT-SWAP"]], names=["datetime", "instrument"])
+    pred = pd.DataFrame({"score": np.arange(len(index), dtype=float)}, index=index).sample(frac=1.0, random_state=3)
+
+    records = _analysis_records(conf, pred, "60min")
+    # the signal is already merged and the model artifact needs one model: both dropped, order kept
+    expected = [r["class"] for r in original["task"]["record"] if r["class"] not in ("SignalRecord", "ModelArtifactRecord")]
+    assert [r["class"] for r in records] == expected
+    by_class = {r["class"]: r for r in records}
+    # the backtest covers the predicted range, ending one bar before the last predicted bar
+    backtest = by_class["CryptoBacktestRecord"]["kwargs"]["config"]["backtest"]
+    assert pd.Timestamp(backtest["start_time"]) == pd.Timestamp("2024-03-20 00:00")
+    assert pd.Timestamp(backtest["end_time"]) == pd.Timestamp("2024-07-01 04:00")
+    old_backtest = yaml_records["CryptoBacktestRecord"]["kwargs"]["config"]["backtest"]
+    assert {k: v for k, v in backtest.items() if k not in ("start_time", "end_time")} == \
+        {k: v for k, v in old_backtest.items() if k not in ("start_time", "end_time")}
+    assert by_class["CryptoBacktestRecord"]["kwargs"]["config"]["strategy"] == \
+        yaml_records["CryptoBacktestRecord"]["kwargs"]["config"]["strategy"]
+    # the training report runs without a model or dataset, into its own directory
+    report_kwargs = by_class["TrainingReportRecord"]["kwargs"]
+    assert report_kwargs["model"] is None and report_kwargs["dataset"] is None
+    assert report_kwargs["out_dir"] == yaml_records["TrainingReportRecord"]["kwargs"]["out_dir"] + "_walk_forward"
+    assert by_class["SigAnaRecord"] == yaml_records["SigAnaRecord"]
+    assert by_class["CryptoRiskRecord"] == yaml_records["CryptoRiskRecord"]
+    assert conf == original  # the workflow config is not modified

@@ -5,7 +5,9 @@ calendar of the workflow's frequency, so ``step=720`` means 720 hourly bars (30 
 label-leak truncation (``horizon + 1``) is in bars too. :func:`run_walk_forward` takes a ``qrun`` workflow
 YAML, generates one task per test window (expanding or sliding train window), trains them with
 ``TrainerR``, merges the out-of-sample predictions with ``RecorderCollector`` + ``RollingEnsemble`` into
-one recorder, and runs the workflow's analysis records (``SigAnaRecord``, portfolio records, ...) on it.
+one recorder, and re-runs the workflow's analysis records on it (``SigAnaRecord``, ``CryptoBacktestRecord``
+on the predicted range, ``CryptoRiskRecord``, the training report without a model; see
+:func:`_analysis_records`).
 """
 from __future__ import annotations
 
@@ -93,21 +95,68 @@ def _qlib_init(conf: dict) -> None:
     qlib.init(**init)
 
 
+MODEL_PLACEHOLDERS = ("<MODEL>", "<DATASET>")
+
+
+def _uses_placeholder(value: Any, names: tuple[str, ...] = MODEL_PLACEHOLDERS) -> bool:
+    """Whether a record's kwargs (nested) use one of the placeholders ``names``."""
+    if isinstance(value, str):
+        return value in names
+    if isinstance(value, dict):
+        return any(_uses_placeholder(v, names) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_uses_placeholder(v, names) for v in value)
+    return False
+
+
 def _analysis_records(conf: dict, pred: pd.DataFrame, freq: str) -> list[dict]:
-    """The workflow's records except the signal record, with backtests moved onto the predicted range."""
+    """The workflow's records to re-run on the merged walk-forward recorder.
+
+    - ``SignalRecord`` (and subclasses) is dropped: the merged recorder already holds ``pred.pkl``/``label.pkl``.
+    - ``TrainingReportRecord`` runs without a model or dataset (there is one model per window): IC, rank IC
+      and the prediction distribution of the whole out-of-sample series, no feature importance or loss
+      curves; its ``out_dir`` gets a ``_walk_forward`` suffix so the qrun report is not overwritten.
+    - Any other record that needs ``<MODEL>`` or ``<DATASET>`` (``ModelArtifactRecord``...) is skipped:
+      each window's model is in its own recorder of the rolling experiment.
+    - Records with a ``config.backtest`` block (``CryptoBacktestRecord``, Qlib's ``PortAnaRecord``) have
+      the backtest moved onto the predicted range, ending one bar before its last bar (the exchange needs
+      the next bar to fill and value).
+
+    The other records (``SigAnaRecord``, ``CryptoRiskRecord``...) are kept as they are. ``conf`` is not
+    modified.
+    """
     from qlib.utils import get_cls_kwargs
     from qlib.workflow.record_temp import SignalRecord
+
+    from .report_record import TrainingReportRecord
 
     records = conf["task"].get("record", [])
     records = [records] if isinstance(records, dict) else list(records)
     out = []
     times = pred.index.get_level_values("datetime").unique().sort_values()
     for record in records:
-        if issubclass(get_cls_kwargs(record, "qlib.workflow.record_temp")[0], SignalRecord):
+        cls = get_cls_kwargs(record, "qlib.workflow.record_temp")[0]
+        name = getattr(cls, "__name__", str(cls))
+        if issubclass(cls, SignalRecord):
             continue
         record = copy.deepcopy(record)
-        backtest = (record.get("kwargs") or {}).get("config", {}).get("backtest") if isinstance(record, dict) else None
-        if backtest is not None and len(times) > 2:
+        if not isinstance(record, dict):
+            raise ConfigError(f"walk-forward: record {record!r} is not a class/module_path/kwargs block",
+                              hint="write each task.record entry as a dict in the workflow YAML")
+        kwargs = record.get("kwargs") or {}
+        record["kwargs"] = kwargs
+        if issubclass(cls, TrainingReportRecord):
+            kwargs["model"] = kwargs["dataset"] = None
+            if kwargs.get("out_dir"):
+                kwargs["out_dir"] = str(kwargs["out_dir"]).rstrip("/") + "_walk_forward"
+            kwargs.setdefault("title", f"Walk-forward training report ({freq})")
+        elif _uses_placeholder(kwargs):
+            logger.info("walk-forward: skipping %s (it needs one model/dataset; the window models are in "
+                        "the rolling experiment)", name)
+            continue
+        config = kwargs.get("config")
+        backtest = config.get("backtest") if isinstance(config, dict) else None
+        if isinstance(backtest, dict) and len(times) > 2:
             # the walk-forward covers more than the original test segment; stop a bar early (the exchange
             # needs the next bar)
             backtest["start_time"], backtest["end_time"] = str(times[0]), str(times[-2])
@@ -126,12 +175,14 @@ def run_walk_forward(
 ) -> dict[str, Any]:
     """Run a ``qrun`` workflow as a walk-forward.
 
-    Returns ``{"experiment", "recorder_id", "rolling_experiment", "n_windows", "metrics"}`` where the
-    recorder holds the merged results and ``metrics`` its logged metrics.
+    Returns ``{"experiment", "recorder_id", "rolling_experiment", "n_windows", "records", "metrics"}`` where
+    the recorder holds the merged results, ``records`` names the analysis records run on it and ``metrics``
+    its logged metrics.
 
     The merged recorder (experiment ``experiment_name``, default ``<workflow experiment>_walk_forward``)
     holds ``pred.pkl``/``label.pkl`` over every test window and, with ``analyse``, the workflow's analysis
-    records (IC metrics, portfolio report, 24/7 metrics). Each window's model is in its own recorder of
+    records (IC metrics, crypto backtest report of the predicted range, 24/7 metrics, training report).
+    Each window's model is in its own recorder of
     ``rolling_experiment`` (default ``<experiment_name>_models_<timestamp>``).
     """
     from qlib.model.ens.ensemble import RollingEnsemble
@@ -168,13 +219,16 @@ def run_walk_forward(
         R.save_objects(**{"pred.pkl": pred, "label.pkl": label})
         recorder_id = R.get_recorder().id
     recorder = R.get_recorder(experiment_name=experiment_name, recorder_id=recorder_id)
+    ran: list[str] = []
     if analyse:
         for record in _analysis_records(conf, pred, freq):
             init_instance_by_config(record, recorder=recorder, default_module="qlib.workflow.record_temp").generate()
+            ran.append(str(record.get("class")))
     return {
         "experiment": experiment_name,
         "recorder_id": recorder_id,
         "rolling_experiment": rolling_experiment,
         "n_windows": len(tasks),
+        "records": ran,
         "metrics": dict(recorder.list_metrics()),
     }
