@@ -10,8 +10,14 @@ Builds a store and 60min + day provider directories from the synthetic market in
 - features: ``CryptoAlpha158`` (expressions + processors) and ``DatasetH`` segments;
 - fit:      ``LGBModel.fit`` (the 60min workflow's parameters);
 - predict:  ``LGBModel.predict`` on the test segment;
-- records:  ``SignalRecord``, ``SigAnaRecord`` (ann_scaler 8760), ``PortAnaRecord`` with an hourly backtest
-            of the test segment and ``CryptoRiskRecord``, in a throwaway MLflow store.
+- records:  the 60min workflow's own records in its order (``SignalRecord``, ``ModelArtifactRecord``,
+            ``TrainingReportRecord``, ``SigAnaRecord`` with ann_scaler 8760, ``CryptoBacktestRecord`` with an
+            hourly crypto backtest of the test segment, ``CryptoRiskRecord``), in a throwaway MLflow store;
+            the time of each record is printed too.
+
+Everything runs inside the work directory (a temporary directory by default, also the working directory
+of the research phases): MLflow's store, the training report's ``out_dir`` and Qlib's experiment lock stay
+there. The backtest reads lot sizes from the work directory's store (``instrument_meta``).
 
 Peak memory is the process's peak resident set size sampled every 20 ms during the phase. Prints the
 test-segment IC, ICIR, rank IC and rank ICIR.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import tempfile
 import threading
 import time
@@ -100,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--end", default="2024-01-01")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", default=None, help="keep data here (default: a temporary directory)")
-    parser.add_argument("--no-backtest", action="store_true", help="records phase without the portfolio backtest")
+    parser.add_argument("--no-backtest", action="store_true",
+                        help="records phase without CryptoBacktestRecord and CryptoRiskRecord")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a model (lr, num_leaves...) or handler (label_norm...) kwarg, YAML value")
     args = parser.parse_args(argv)
@@ -113,6 +121,42 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(args.workdir)
         workdir.mkdir(parents=True, exist_ok=True)
 
+    workdir = workdir.resolve()
+    cwd = os.getcwd()
+    os.chdir(workdir)  # relative paths of the records (reports/...) and Qlib's lock stay in the work directory
+    try:
+        return run(args, workdir)
+    finally:
+        os.chdir(cwd)
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def bench_records(task: dict, workdir: Path, test_times: list, no_backtest: bool) -> list[dict]:
+    """The workflow's record configs made to run here: the backtest over the test segment (ending a bar
+    early: the exchange needs the next bar), lot sizes from the bench store, reports in the work directory."""
+    records = []
+    for record in copy.deepcopy(task["record"]):
+        kwargs = record.setdefault("kwargs", {}) or {}
+        record["kwargs"] = kwargs
+        if record["class"] in ("CryptoBacktestRecord", "CryptoRiskRecord") and no_backtest:
+            continue
+        if record["class"] == "CryptoBacktestRecord":
+            backtest = kwargs["config"]["backtest"]
+            backtest.update(start_time=test_times[0], end_time=test_times[-2])
+            exchange = backtest.get("exchange")
+            if isinstance(exchange, dict) and isinstance(exchange.get("kwargs"), dict):
+                exchange["kwargs"]["instrument_meta"] = str(workdir / "store")
+        if kwargs.get("out_dir"):
+            kwargs["out_dir"] = str(workdir / "reports" / Path(kwargs["out_dir"]).name)
+        if kwargs.get("out_path"):
+            kwargs["out_path"] = str(workdir / "models" / Path(kwargs["out_path"]).name)
+        records.append(record)
+    return records
+
+
+def run(args: argparse.Namespace, workdir: Path) -> int:
+    """The timed phases (setup, load, features, fit, predict, records) in ``workdir``."""
     results: list[tuple[str, float, int, int]] = []
 
     def phase(name: str):
@@ -193,21 +237,19 @@ def main(argv: list[str] | None = None) -> int:
         with phase("predict"):
             pred = model.predict(dataset, segment="test")
         recorder = R.get_recorder()
-        from qlib.workflow.record_temp import PortAnaRecord, SigAnaRecord, SignalRecord
+        from qlib.utils import fill_placeholder, init_instance_by_config
 
-        from qlib_crypto.workflow.records import CryptoRiskRecord
-
-        port = next(r for r in task["record"] if r["class"] == "PortAnaRecord")["kwargs"]["config"]
-        port = copy.deepcopy(port)
-        test_times = D.calendar(start_time=segs["test"][0], end_time=segs["test"][1], freq="60min")
-        port["backtest"].update(start_time=test_times[0], end_time=test_times[-2])
-        port["strategy"]["kwargs"]["topk"] = max(1, args.instruments // 4)
+        test_times = list(D.calendar(start_time=segs["test"][0], end_time=segs["test"][1], freq="60min"))
+        record_times: list[tuple[str, float]] = []
         with phase("records"):
-            SignalRecord(model=model, dataset=dataset, recorder=recorder).generate()
-            SigAnaRecord(recorder=recorder, ana_long_short=True, ann_scaler=8760).generate()
-            if not args.no_backtest:
-                PortAnaRecord(recorder=recorder, config=port).generate()
-                CryptoRiskRecord(recorder=recorder).generate()
+            for record in bench_records(task, workdir, test_times, args.no_backtest):
+                t0 = time.perf_counter()
+                record = fill_placeholder(record, {"<MODEL>": model, "<DATASET>": dataset})
+                init_instance_by_config(record, recorder=recorder, default_module="qlib.workflow.record_temp",
+                                        try_kwargs={"model": model, "dataset": dataset}).generate()
+                record_times.append((record["class"], time.perf_counter() - t0))
+        for name, dt in record_times:
+            print(f"    {name:<22} {dt:7.1f} s", flush=True)
     metrics = recorder.list_metrics()  # after the run ended: Qlib logs metrics asynchronously
 
     print()
@@ -222,12 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("IC", "ICIR", "Rank IC", "Rank ICIR", "Long-Short Ann Return"):
         if key in metrics:
             print(f"test {key}: {metrics[key]:.4f}")
-    for key in ("60min.excess_return_with_cost.annualized_return",
-                "crypto.60min.excess_return_with_cost.annualized_return_365d"):
+    for key in ("backtest.total_return", "backtest.annualized_return", "backtest.sharpe", "backtest.max_drawdown",
+                "backtest.turnover", "crypto.60min.excess_return_with_cost.annualized_return_365d"):
         if key in metrics:
             print(f"{key}: {metrics[key]:.4f}")
-    if tmp is not None:
-        tmp.cleanup()
     return 0
 
 
