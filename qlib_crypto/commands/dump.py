@@ -25,7 +25,20 @@ def _split(values: tuple[str, ...]) -> list[str]:
               help="Liquidity universes top<N>.txt to write, comma-separated (default 10,20; empty for none).")
 @click.option("--window-days", type=int, default=None, help="Trailing window of the liquidity universes (30).")
 def command(store_dir, qlib_dir, timeframe, instruments, update, source_timeframe, top, window_days) -> int:
-    """Dump the store into Qlib's binary format (full, or --update to append new bars)."""
+    """Dump the store into Qlib's binary format (full, or --update to append new bars).
+
+    One frequency per directory (Qlib's names: 1min 5min 15min 60min 240min day); give Qlib the
+    directories as a dict, e.g. qlib_crypto.init({"60min": DIR60, "day": DIRDAY}). A full dump is staged
+    beside the target and swapped in; an update appends only bars after the last dumped one and refuses
+    (asking for a full dump) if earlier store data changed. See docs/provider.md.
+
+    \b
+    Examples:
+      qlib-crypto dump --store data/store/okx --qlib-dir ~/.qlib/qlib_data/crypto/okx/60min --timeframe 1h
+      qlib-crypto dump --store data/store/okx --qlib-dir ~/.qlib/qlib_data/crypto/okx/day \\
+          --timeframe day --from-timeframe 1h
+      qlib-crypto dump --store data/store/okx --qlib-dir ~/.qlib/qlib_data/crypto/okx/60min --timeframe 1h --update
+    """
     from ..errors import ConfigError
     from ..provider import dump
 
