@@ -60,6 +60,7 @@ def command(instruments: int, seed: int, start: str, end: str, data_dir: str, re
                  IC analysis, crypto backtest, 24/7 risk figures), recorded in ./mlruns
     4. predict   signals for the test period from the recorded model -> REPORTS/signals_60min.parquet
     5. backtest  those signals with CryptoExchange + CryptoExecutor -> REPORTS/backtest_60min/report.html
+    6. sweep     the same backtest at fee multipliers 0, 0.5, 1 and slippage 0, 2 bps -> REPORTS/sweep_60min
 
     Re-running is cheap for the data steps: the collector fetches only what is missing.
 
@@ -76,12 +77,12 @@ def command(instruments: int, seed: int, start: str, end: str, data_dir: str, re
     quiet_flag = ["--quiet"] if quiet else []
     t_all = time.perf_counter()
 
-    t0 = _step(f"1/5 collect: {instruments} synthetic instruments, 1h bars, {start} .. {end} -> {store}", quiet)
+    t0 = _step(f"1/6 collect: {instruments} synthetic instruments, 1h bars, {start} .. {end} -> {store}", quiet)
     _run(["collect", "--source", "synthetic", "--instruments", str(instruments), "--seed", str(seed),
           "--timeframe", "1h", "--start", start, "--end", end, "--store", str(store), "--quiet"])
     _done(t0, quiet)
 
-    t0 = _step(f"2/5 dump: Qlib provider -> {qlib_60} and {qlib_day}", quiet)
+    t0 = _step(f"2/6 dump: Qlib provider -> {qlib_60} and {qlib_day}", quiet)
     _run(["dump", "--store", str(store), "--qlib-dir", str(qlib_60), "--timeframe", "1h"])
     _run(["dump", "--store", str(store), "--qlib-dir", str(qlib_day), "--timeframe", "1d", "--from-timeframe", "1h"])
     _done(t0, quiet)
@@ -92,7 +93,7 @@ def command(instruments: int, seed: int, start: str, end: str, data_dir: str, re
 
             raise ConfigError(f"workflow file {str(WORKFLOW_60MIN)!r} not found in {str(Path.cwd())!r}",
                               hint="run the demo from the repository root, or pass --skip-research")
-        t0 = _step(f"3/5 qrun {WORKFLOW_60MIN} (features, LightGBM, IC, backtest; recorded in ./mlruns)", quiet)
+        t0 = _step(f"3/6 qrun {WORKFLOW_60MIN} (features, LightGBM, IC, backtest; recorded in ./mlruns)", quiet)
         code = subprocess.call(
             [sys.executable, "-c", "import sys; from qlib.cli.run import run; sys.argv[0] = 'qrun'; run()",
              str(WORKFLOW_60MIN)],
@@ -106,17 +107,24 @@ def command(instruments: int, seed: int, start: str, end: str, data_dir: str, re
         _done(t0, quiet)
 
         signals = reports / "signals_60min.parquet"
-        t0 = _step(f"4/5 predict: test-period signals from the recorded model -> {signals}", quiet)
+        t0 = _step(f"4/6 predict: test-period signals from the recorded model -> {signals}", quiet)
         _run(["predict", "--experiment", "crypto_lightgbm_60min", "--provider-dir", f"60min={qlib_60}",
               "--provider-dir", f"day={qlib_day}", "--freq", "60min", "--start", "2024-04-01",
               "--end", "2024-06-30 22:00", "--out", str(signals)])
         _done(t0, quiet)
 
         backtest_dir = reports / "backtest_60min"
-        t0 = _step(f"5/5 backtest: the signals with CryptoExchange + CryptoExecutor -> {backtest_dir}", quiet)
+        t0 = _step(f"5/6 backtest: the signals with CryptoExchange + CryptoExecutor -> {backtest_dir}", quiet)
         _run(["backtest", "--signals", str(signals), "--provider-dir", str(qlib_60), "--freq", "60min",
               "--start", "2024-04-01", "--end", "2024-06-30 22:00", "--slippage-bps", "2",
               "--out", str(backtest_dir)])
+        _done(t0, quiet)
+
+        sweep_dir = reports / "sweep_60min"
+        t0 = _step(f"6/6 sweep: the same backtest over fee and slippage levels -> {sweep_dir}", quiet)
+        _run(["sweep", "--signals", str(signals), "--provider-dir", str(qlib_60), "--freq", "60min",
+              "--start", "2024-04-01", "--end", "2024-06-30 22:00", "--fee-multipliers", "0,0.5,1",
+              "--slippage-bps", "0,2", "--out", str(sweep_dir)])
         _done(t0, quiet)
 
     click.secho(f"\nqlib-crypto demo finished in {time.perf_counter() - t_all:.0f} s", bold=True)
@@ -129,4 +137,5 @@ def command(instruments: int, seed: int, start: str, end: str, data_dir: str, re
         click.echo("  recorder         mlflow ui --backend-store-uri ./mlruns --host 127.0.0.1")
         click.echo(f"  signals          {reports / 'signals_60min.parquet'}")
         click.echo(f"  backtest report  {reports / 'backtest_60min' / 'report.html'}")
+        click.echo(f"  cost sweep       {reports / 'sweep_60min' / 'sweep.html'}")
     return 0
