@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
+from types import FunctionType
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -22,8 +23,10 @@ import numpy as np
 import pandas as pd
 from qlib.backtest.decision import BaseTradeDecision, Order
 from qlib.backtest.executor import SimulatorExecutor
+from qlib.backtest.high_performance_ds import NumpyOrderIndicator
 from qlib.backtest.position import Position
 from qlib.backtest.report import PortfolioMetrics
+from qlib.utils import index_data as idd
 
 from ..errors import BacktestError, ConfigError
 from .exchange import CryptoExchange, FillRecord, OrderReport
@@ -33,6 +36,48 @@ logger = logging.getLogger(__name__)
 
 #: extra per-bar columns added to Qlib's portfolio metrics DataFrame
 EXTRA_COLUMNS = ("fees", "slippage", "funding", "gross_exposure", "leverage")
+
+
+_NS_PER_DAY = 86_400_000_000_000
+
+
+class FastOrderIndicator(NumpyOrderIndicator):
+    """Qlib's ``NumpyOrderIndicator`` whose ``transfer`` reads a function's parameter names from its code object.
+
+    Qlib calls ``inspect.signature`` on every metric function every bar; the names (and so the results) are the
+    same, read from ``func.__code__`` and cached. ``assign`` builds the instrument index once for the metrics of
+    a bar that share the same instruments (Qlib's read-only index sharing) instead of once per metric.
+    """
+
+    _param_cache: Dict[Any, Tuple[str, ...]] = {}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._index_cache: Optional[Tuple[tuple, idd.Index]] = None
+
+    def assign(self, col: str, metric: dict) -> None:  # noqa: D102 (BaseOrderIndicator's contract)
+        if type(metric) is not dict or not metric:
+            return super().assign(col, metric)
+        keys = tuple(metric)
+        cached = self._index_cache
+        if cached is None or cached[0] != keys:
+            cached = self._index_cache = (keys, idd.Index(keys))
+        self.data[col] = idd.SingleData(list(metric.values()), cached[1])
+
+    def transfer(self, func, new_col: str | None = None):  # noqa: D102 (BaseOrderIndicator's contract)
+        code = func.__code__ if type(func) is FunctionType else None
+        if code is None or code.co_flags & 0x0C or code.co_kwonlyargcount or code.co_posonlyargcount:
+            return super().transfer(func, new_col)  # *args / **kwargs / keyword-only: Qlib's own path
+        names = self._param_cache.get(code)
+        if names is None:
+            names = code.co_varnames[: code.co_argcount]
+            self._param_cache[code] = names
+        data = self.data
+        metric = func(**{name: data[name] for name in names})
+        if new_col is not None:
+            data[new_col] = metric
+            return None
+        return metric
 
 
 class CryptoPortfolioMetrics(PortfolioMetrics):
@@ -142,6 +187,7 @@ class CryptoExecutor(SimulatorExecutor):
         self._funding: List[dict] = []
         self._liquidations: List[dict] = []
         self._bar_columns: Dict[str, Dict[pd.Timestamp, float]] = {name: {} for name in EXTRA_COLUMNS}
+        self._deal_day_key: Any = None
         self.totals: Dict[str, float] = {"fees_paid": 0.0, "slippage_paid": 0.0, "funding_paid": 0.0}
 
     @property
@@ -192,6 +238,9 @@ class CryptoExecutor(SimulatorExecutor):
             pm.__class__ = CryptoPortfolioMetrics
         if isinstance(pm, CryptoPortfolioMetrics):
             pm.crypto_executor = self
+        indicator = getattr(account, "indicator", None)
+        if indicator is not None and indicator.order_indicator_cls is NumpyOrderIndicator:
+            indicator.order_indicator_cls = FastOrderIndicator
 
     @property
     def crypto_exchange(self) -> CryptoExchange:
@@ -214,11 +263,17 @@ class CryptoExecutor(SimulatorExecutor):
 
         fees = slippage = 0.0
         execute_result: list = []
-        for order in self._get_order_iterator(trade_decision):
-            deal_day = start.floor(freq="D")
-            if self.deal_day is None or deal_day > self.deal_day:
-                self.dealt_order_amount = defaultdict(float)
-                self.deal_day = deal_day
+        orders = self._get_order_iterator(trade_decision)
+        if orders:
+            # Qlib's per-order ``floor("D")`` (about 30 us each), done once per UTC day
+            day_key = start.value // _NS_PER_DAY if start.tzinfo is None else start.floor(freq="D")
+            if day_key != self._deal_day_key or self.deal_day is None:
+                deal_day = start.floor(freq="D")
+                if self.deal_day is None or deal_day > self.deal_day:
+                    self.dealt_order_amount = defaultdict(float)
+                    self.deal_day = deal_day
+                self._deal_day_key = day_key
+        for order in orders:
             trade_val, trade_cost, trade_price = exchange.deal_order(
                 order, trade_account=self.trade_account, dealt_order_amount=self.dealt_order_amount
             )
