@@ -97,9 +97,11 @@ class FastQuote(BaseQuote):
         super().__init__(quote_df, freq)
         self._quote_df, self._freq, self._region = quote_df, freq, region
         self._numpy_quote: Optional[NumpyQuote] = None
-        times = quote_df.index.get_level_values("datetime").unique().sort_values()
+        dt_level = quote_df.index.get_level_values("datetime")
+        inst_level = quote_df.index.get_level_values("instrument")
+        times = dt_level.unique().sort_values()
         self.times = times
-        self.instruments = sorted(quote_df.index.get_level_values("instrument").unique())
+        self.instruments = sorted(inst_level.unique())
         self.col_of = {inst: i for i, inst in enumerate(self.instruments)}
         self.row_of = {t: i for i, t in enumerate(times)}
         if len(times) > 1:
@@ -110,13 +112,22 @@ class FastQuote(BaseQuote):
         self._next = nxt
         self.arrays: Dict[str, np.ndarray] = {}
         self.bool_fields = set()
+        # scatter every column into a [bar, instrument] array (missing cells: NaN, or True for bool columns)
+        rows = times.get_indexer(dt_level)
+        cols = pd.Index(self.instruments).get_indexer(inst_level)
+        shape = (len(times), len(self.instruments))
         for column in quote_df.columns:
-            wide = quote_df[column].unstack(level="instrument").reindex(index=times, columns=self.instruments)
-            if quote_df[column].dtype == bool:
+            series = quote_df[column]
+            if series.dtype == bool:
                 self.bool_fields.add(column)
-                self.arrays[column] = wide.fillna(True).to_numpy(dtype=bool)
+                arr = np.ones(shape, dtype=bool)
+                arr[rows, cols] = series.to_numpy(dtype=bool)
             else:
-                self.arrays[column] = wide.to_numpy(dtype=np.float64)
+                arr = np.full(shape, np.nan)
+                arr[rows, cols] = series.to_numpy(dtype=np.float64, na_value=np.nan)
+            self.arrays[column] = arr
+        # True where the bar has no $close (Qlib's "suspended"): one lookup answers every tradability check
+        self.suspended = np.isnan(self.arrays["$close"]) if "$close" in self.arrays else None
         self._last_key: Tuple[Any, Any] = (None, None)
         self._last_row: Optional[int] = None
 
@@ -140,6 +151,14 @@ class FastQuote(BaseQuote):
         self._last_key = (start_time, end_time)
         self._last_row = row
         return row
+
+    def locate(self, stock_id: str, start_time: Any, end_time: Any) -> Optional[Tuple[int, int]]:
+        """``(row, col)`` of ``stock_id`` on the one bar ``[start_time, end_time]`` covers, else None."""
+        col = self.col_of.get(stock_id)
+        if col is None:
+            return None
+        row = self.single_row(start_time, end_time)
+        return None if row is None else (row, col)
 
     def get_data(self, stock_id, start_time, end_time, field, method=None):  # noqa: D102 (BaseQuote's contract)
         col = self.col_of.get(stock_id)
@@ -272,6 +291,7 @@ class CryptoExchange(Exchange):
         self.impact_coef = float(impact_coef)
         self.max_participation = None if max_participation is None else float(max_participation)
         self.instrument_specs = load_instrument_specs(instrument_meta)
+        self._markets: Dict[str, str] = {}
         for key, forced in (("trade_unit", None), ("min_cost", 0.0), ("limit_threshold", None)):
             if kwargs.get(key, forced) != forced:
                 logger.warning("CryptoExchange ignores %s=%r (crypto: always %r)", key, kwargs[key], forced)
@@ -308,10 +328,15 @@ class CryptoExchange(Exchange):
 
     def market_of(self, instrument: str) -> str:
         """``spot`` or ``swap``: from the metadata's instType, else from the name (``-SWAP`` = swap)."""
-        spec = self.instrument_specs.get(instrument)
-        if spec is not None:
-            return spec.market
-        return "swap" if instrument.upper().endswith("-SWAP") else "spot"
+        market = self._markets.get(instrument)
+        if market is None:
+            spec = self.instrument_specs.get(instrument)
+            if spec is not None:
+                market = spec.market
+            else:
+                market = "swap" if instrument.upper().endswith("-SWAP") else "spot"
+            self._markets[instrument] = market
+        return market
 
     def taker_fee(self, instrument: str) -> float:
         return self.fees[self.market_of(instrument)]["taker"]
@@ -330,10 +355,14 @@ class CryptoExchange(Exchange):
         return float(fast.arrays[field][row, col])
 
     def check_stock_suspended(self, stock_id: str, start_time: pd.Timestamp, end_time: pd.Timestamp) -> bool:
-        close = self._cell(stock_id, start_time, end_time, "$close")
-        if close is None:
-            return super().check_stock_suspended(stock_id, start_time, end_time)
-        return math.isnan(close)
+        fast = self._fast
+        if fast is not None and fast.suspended is not None:
+            col = fast.col_of.get(stock_id)
+            if col is not None:
+                row = fast.single_row(start_time, end_time)
+                if row is not None:
+                    return bool(fast.suspended[row, col])
+        return super().check_stock_suspended(stock_id, start_time, end_time)
 
     def check_stock_limit(self, stock_id, start_time, end_time, direction=None) -> bool:
         # limit_threshold is always None: limited == suspended (no price bands in crypto)
@@ -341,6 +370,9 @@ class CryptoExchange(Exchange):
 
     def is_stock_tradable(self, stock_id, start_time, end_time, direction=None) -> bool:
         return not self.check_stock_suspended(stock_id, start_time, end_time)
+
+    def check_order(self, order: Order) -> bool:
+        return not self.check_stock_suspended(order.stock_id, order.start_time, order.end_time)
 
     def get_close(self, stock_id, start_time, end_time, method="ts_data_last"):
         if method == "ts_data_last":
@@ -406,10 +438,24 @@ class CryptoExchange(Exchange):
         market = self.market_of(stock)
         spec = self.instrument_specs.get(stock)
         fee_rate = self.fees[market]["taker"]
-        deal = float(self.get_deal_price(stock, start, end, direction=order.direction))
-        volume = self.get_volume(stock, start, end)
-        volume = 0.0 if volume is None or math.isnan(volume) else float(volume)
-        order.factor = self.get_factor(stock, start, end)
+        fast = self._fast
+        loc = fast.locate(stock, start, end) if fast is not None else None
+        arrays = fast.arrays if fast is not None else {}
+        if loc is not None and "$volume" in arrays and "$factor" in arrays:
+            # one bar: read the deal price, volume and factor straight from the quote arrays
+            row, col = loc
+            deal = float(arrays[self.sell_price if side < 0 else self.buy_price][row, col])
+            if not deal > 1e-8:  # missing/zero deal price: get_deal_price's $close fallback (and warning)
+                deal = float(self.get_deal_price(stock, start, end, direction=order.direction))
+            volume = float(arrays["$volume"][row, col])
+            if math.isnan(volume):
+                volume = 0.0
+            order.factor = float(arrays["$factor"][row, col])
+        else:
+            deal = float(self.get_deal_price(stock, start, end, direction=order.direction))
+            volume = self.get_volume(stock, start, end)
+            volume = 0.0 if volume is None or math.isnan(volume) else float(volume)
+            order.factor = self.get_factor(stock, start, end)
         requested = float(order.amount)
         q = requested
         reasons: list[str] = []

@@ -289,9 +289,14 @@ class CryptoExecutor(SimulatorExecutor):
             if self.verbose:
                 logger.info("%s %s %s deal %s at %s", start, order.stock_id, order.direction, order.deal_amount, trade_price)
 
+        marked: Optional[Tuple[float, float]] = None
         if self.liquidate and isinstance(position, CryptoPosition):
-            liq_fees = self._check_liquidation(exchange, position, start, end, execute_result)
+            marked = self._marked_gross_equity(exchange, position, start, end)
+            n_fills = len(self._fills)
+            liq_fees = self._check_liquidation(exchange, position, start, end, execute_result, marked)
             fees += liq_fees
+            if len(self._fills) != n_fills:
+                marked = None  # positions were closed: mark again
 
         self.totals["fees_paid"] += fees
         self.totals["slippage_paid"] += slippage
@@ -301,7 +306,7 @@ class CryptoExecutor(SimulatorExecutor):
         cols["slippage"][start] = slippage
         cols["funding"][start] = funding
         if isinstance(position, CryptoPosition):
-            gross, equity = self._marked_gross_equity(exchange, position, start, end)
+            gross, equity = marked if marked is not None else self._marked_gross_equity(exchange, position, start, end)
             cols["gross_exposure"][start] = gross
             cols["leverage"][start] = gross / equity if equity > 0 else (math.inf if gross > 0 else 0.0)
         return execute_result, {"trade_info": execute_result}
@@ -330,17 +335,32 @@ class CryptoExecutor(SimulatorExecutor):
         """Gross exposure and equity with every holding marked at this bar's close (last mark when missing)."""
         gross = 0.0
         equity = position.get_cash(include_settle=True)
+        fast = exchange._fast
+        row = fast.single_row(start, end) if fast is not None else None
+        closes = fast.arrays.get("$close") if row is not None else None
+        col_of = fast.col_of if closes is not None else {}
+        entries = position.position
         for code in position.get_stock_list():
-            amount = position.get_stock_amount(code)
-            close = exchange.get_bar_field(code, start, end, "$close")
+            entry = entries[code]
+            amount = entry["amount"]
+            col = col_of.get(code)
+            close = float(closes[row, col]) if col is not None else exchange.get_bar_field(code, start, end, "$close")
             if math.isnan(close):
-                close = position.get_stock_price(code)
+                close = entry["price"]
             gross += abs(amount) * close
             equity += amount * close
         return gross, equity
 
-    def _check_liquidation(self, exchange: CryptoExchange, position: CryptoPosition, start, end, execute_result: list) -> float:
-        gross, equity = self._marked_gross_equity(exchange, position, start, end)
+    def _check_liquidation(
+        self,
+        exchange: CryptoExchange,
+        position: CryptoPosition,
+        start,
+        end,
+        execute_result: list,
+        marked: Optional[Tuple[float, float]] = None,
+    ) -> float:
+        gross, equity = marked if marked is not None else self._marked_gross_equity(exchange, position, start, end)
         if not (gross > 0 and equity < self.maintenance_margin * gross):
             return 0.0
         logger.warning(
