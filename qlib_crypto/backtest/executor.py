@@ -25,7 +25,7 @@ from qlib.backtest.decision import BaseTradeDecision, Order
 from qlib.backtest.executor import SimulatorExecutor
 from qlib.backtest.high_performance_ds import NumpyOrderIndicator
 from qlib.backtest.position import Position
-from qlib.backtest.report import PortfolioMetrics
+from qlib.backtest.report import Indicator, PortfolioMetrics
 from qlib.utils import index_data as idd
 
 from ..errors import BacktestError, ConfigError
@@ -78,6 +78,71 @@ class FastOrderIndicator(NumpyOrderIndicator):
             data[new_col] = metric
             return None
         return metric
+
+
+class FastIndicator(Indicator):
+    """Qlib's ``Indicator`` with the per-bar order and trade metrics of an atomic executor computed on the arrays.
+
+    Same values as Qlib's (same numpy reductions on the same float64 arrays): ``ffr = deal_amount / amount``,
+    ``pa`` and ``pos`` from the (zero) price advantages, ``deal_amount``/``value`` = sums of absolute values,
+    ``count`` = number of orders. Bars without orders, non-default ``indicator_config`` or an order indicator
+    other than ``FastOrderIndicator`` take Qlib's own path.
+    """
+
+    def _fast_data(self) -> Optional[dict]:
+        order_indicator = self.order_indicator
+        if type(order_indicator) is not FastOrderIndicator:
+            return None
+        data = order_indicator.data
+        amount = data.get("amount")
+        if amount is None or not len(amount.data):
+            return None
+        return data
+
+    def update_order_indicators(self, trade_info: list) -> None:  # noqa: D102 (Indicator's contract)
+        self._update_order_trade_info(trade_info=trade_info)
+        data = self._fast_data()
+        deal = data.get("deal_amount") if data is not None else None
+        if deal is None or deal.indices[0] is not data["amount"].indices[0]:
+            self._update_order_fulfill_rate()
+            return
+        amount = data["amount"]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            data["ffr"] = idd.SingleData(deal.data / amount.data, deal.indices[0])
+
+    def cal_trade_indicators(self, trade_start_time: Any, freq: str, indicator_config: dict = {}) -> None:  # noqa: D102
+        data = self._fast_data()
+        if (
+            data is None
+            or indicator_config.get("show_indicator", False)
+            or indicator_config.get("ffr_config", {}).get("weight_method", "mean") != "mean"
+            or indicator_config.get("pa_config", {}).get("weight_method", "mean") != "mean"
+            or any(name not in data for name in ("ffr", "pa", "deal_amount", "trade_value"))
+        ):
+            return super().cal_trade_indicators(trade_start_time, freq, indicator_config)
+        pa = data["pa"].data
+        amount = data["amount"].data
+        trade = self.trade_indicator
+        trade["ffr"] = _nanmean(data["ffr"].data)
+        trade["pa"] = _nanmean(pa)
+        trade["pos"] = _nansum((pa > 0).astype(np.float64)) / len(pa[~np.isnan(pa)])
+        trade["deal_amount"] = _nansum(np.absolute(data["deal_amount"].data))
+        trade["value"] = _nansum(np.absolute(data["trade_value"].data))
+        trade["count"] = len(amount[~np.isnan(amount)])
+
+
+def _nansum(values: np.ndarray) -> np.float64:
+    """``np.nansum`` of a 1-d float64 array (the same ``add.reduce`` when there is no NaN, without its copy)."""
+    if np.isnan(values).any():
+        return np.nansum(values)
+    return np.add.reduce(values)
+
+
+def _nanmean(values: np.ndarray) -> np.float64:
+    """``np.nanmean`` of a non-empty 1-d float64 array (sum / count as numpy computes it when there is no NaN)."""
+    if not len(values) or np.isnan(values).any():
+        return np.nanmean(values)
+    return np.float64(np.add.reduce(values) / np.intp(len(values)))
 
 
 class CryptoPortfolioMetrics(PortfolioMetrics):
@@ -239,7 +304,8 @@ class CryptoExecutor(SimulatorExecutor):
         if isinstance(pm, CryptoPortfolioMetrics):
             pm.crypto_executor = self
         indicator = getattr(account, "indicator", None)
-        if indicator is not None and indicator.order_indicator_cls is NumpyOrderIndicator:
+        if type(indicator) is Indicator and indicator.order_indicator_cls is NumpyOrderIndicator:
+            indicator.__class__ = FastIndicator
             indicator.order_indicator_cls = FastOrderIndicator
 
     @property
