@@ -82,7 +82,7 @@ def test_topk_dropout_same_fills_and_account_values_as_qlib_stock():
         for k in hq[ts]:
             assert ho[ts][k] == pytest.approx(hq[ts][k], rel=1e-12, abs=1e-9)
     # the same trades: Qlib's per-step traded value/amount indicators agree, and our fill list adds up to them
-    for col in ("value", "deal_amount", "count"):
+    for col in ("value", "deal_amount", "count", "ffr", "pa", "pos"):
         np.testing.assert_allclose(io[col].to_numpy(), iq[col].to_numpy(), rtol=1e-12, atol=1e-9, err_msg=col)
     fills = ex.fills
     assert len(fills) > 20

@@ -116,6 +116,8 @@ class FastQuote(BaseQuote):
         rows = times.get_indexer(dt_level)
         cols = pd.Index(self.instruments).get_indexer(inst_level)
         shape = (len(times), len(self.instruments))
+        self.present = np.zeros(shape, dtype=bool)  # False where the (bar, instrument) row is missing
+        self.present[rows, cols] = True
         for column in quote_df.columns:
             series = quote_df[column]
             if series.dtype == bool:
@@ -168,6 +170,8 @@ class FastQuote(BaseQuote):
         row = self.single_row(start_time, end_time) if arr is not None else None
         if row is None:
             return self.numpy_quote.get_data(stock_id, start_time, end_time, field, method)
+        if not self.present[row, col]:
+            return None  # Qlib's answer for a bar without a row
         value = arr[row, col]
         if field in self.bool_fields:
             return bool(value)
