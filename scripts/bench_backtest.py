@@ -14,6 +14,7 @@ and quote set-up included); both start from empty Qlib data caches with the stra
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -96,12 +97,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--order", choices=["qlib-first", "ours-first"], default="qlib-first")
     args = ap.parse_args(argv)
 
+    insts = [f"C{i:03d}-USDT" for i in range(args.instruments)]
+    tmp = tempfile.mkdtemp(prefix="bench_backtest_")
+    try:
+        return _bench(args, insts, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _bench(args: argparse.Namespace, insts: list[str], tmp: str) -> int:
     import qlib
 
     from qlib_crypto.backtest.testing import random_walk_bars, write_provider
 
-    insts = [f"C{i:03d}-USDT" for i in range(args.instruments)]
-    tmp = tempfile.mkdtemp(prefix="bench_backtest_")
     uri = write_provider(tmp, random_walk_bars(insts, args.bars, seed=7))
     qlib.init(provider_uri=uri, region="us", trade_unit=None, limit_threshold=None, deal_price="close", kernels=1)
     import logging
