@@ -130,7 +130,14 @@ def use_provider(name: str, bars: Mapping[str, pd.DataFrame], root: str | Path |
 
     uri = _PROVIDERS.get(name)
     if uri is None:
-        base = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix=f"qc_bt_{name}_"))
+        if root is not None:
+            base = Path(root)
+        else:  # a scratch directory of this process, removed when it exits
+            import atexit
+            import shutil
+
+            base = Path(tempfile.mkdtemp(prefix=f"qc_bt_{name}_"))
+            atexit.register(shutil.rmtree, base, True)
         uri = write_provider(base, bars)
         _PROVIDERS[name] = uri
     current = C.get("provider_uri") if C.registered else None
