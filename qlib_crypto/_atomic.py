@@ -8,6 +8,13 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _default_mode() -> int:
+    """0666 minus the process umask (what ``open(path, "w")`` would give)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed over ``path``.
@@ -17,6 +24,7 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=str(target.parent))
+    os.fchmod(fd, _default_mode())  # mkstemp makes 0600 files; data files get the usual umask-based mode
     os.close(fd)
     tmp_path = Path(tmp)
     try:

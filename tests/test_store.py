@@ -191,3 +191,17 @@ def test_funding_and_metadata(tmp_path):
     assert old.loc["BTC-USDT", "listTime"] == pd.Timestamp(1548133413000, unit="ms", tz="UTC")
     assert read_instrument_meta(tmp_path).set_index("instId").loc["BTC-USDT-SWAP", "lotSz"] == 0.1
     assert validate_store(tmp_path).ok
+
+
+def test_files_get_the_umask_mode_not_0600(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        write_bars(tmp_path, "BTC-USDT", "1h", make_bars("2024-01-01", 3), "test")
+    finally:
+        os.umask(old)
+    data = tmp_path / "bars/1h/BTC-USDT/2024.parquet"
+    for path in (data, data.with_name(data.name + ".manifest.yaml")):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
