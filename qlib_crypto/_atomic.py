@@ -8,11 +8,18 @@ from pathlib import Path
 from typing import Iterator
 
 
-def _default_mode() -> int:
-    """0666 minus the process umask (what ``open(path, "w")`` would give)."""
+def _read_umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+_UMASK_AT_IMPORT = _read_umask()  # read once: os.umask is process-wide and not thread-safe to probe
+
+
+def _default_mode() -> int:
+    """0666 minus the umask (what ``open(path, "w")`` would give)."""
+    return 0o666 & ~_UMASK_AT_IMPORT
 
 
 @contextlib.contextmanager

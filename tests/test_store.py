@@ -197,11 +197,13 @@ def test_files_get_the_umask_mode_not_0600(tmp_path):
     import os
     import stat
 
-    old = os.umask(0o022)
-    try:
-        write_bars(tmp_path, "BTC-USDT", "1h", make_bars("2024-01-01", 3), "test")
-    finally:
-        os.umask(old)
+    from qlib_crypto import _atomic
+
+    write_bars(tmp_path, "BTC-USDT", "1h", make_bars("2024-01-01", 3), "test")
+    umask = os.umask(0)
+    os.umask(umask)
+    expected = 0o666 & ~umask
+    assert expected != 0o600 and _atomic._UMASK_AT_IMPORT == umask
     data = tmp_path / "bars/1h/BTC-USDT/2024.parquet"
     for path in (data, data.with_name(data.name + ".manifest.yaml")):
-        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
