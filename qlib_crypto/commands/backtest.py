@@ -144,6 +144,18 @@ def load_config(path: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
     return dict(exchange), dict(executor)
 
 
+def check_input_files(opts: dict[str, Any]) -> None:
+    """Fail fast, before Qlib is imported: exactly one of --signals/--pred, and it must exist."""
+    signals_path, pred_path = opts.get("signals_path"), opts.get("pred_path")
+    if bool(signals_path) == bool(pred_path):
+        raise ConfigError("give exactly one of --signals and --pred",
+                          hint="--signals for BUY/SELL/HOLD signals, --pred for model scores (pred.pkl)")
+    path = Path(signals_path or pred_path)
+    if not path.is_file():
+        option = "--signals" if signals_path else "--pred"
+        raise ConfigError(f"{option} file {str(path)!r} does not exist", hint="give the path of an existing file")
+
+
 def build_inputs(opts: dict[str, Any]) -> dict[str, Any]:
     """Initialise Qlib and turn the CLI options into ``run_backtest`` arguments (strategy config, times, ...)."""
     import pandas as pd
@@ -236,6 +248,7 @@ def command(out_dir: str, slippage_bps: float | None, fee_multiplier: float, **o
       qlib-crypto backtest --signals reports/signals.parquet \\
           --provider-dir data/qlib/synthetic/60min --freq 60min --slippage-bps 2 --out reports/backtest
     """
+    check_input_files(opts)
     from ..workflow.backtest_record import run_backtest
 
     inputs = build_inputs(opts)

@@ -79,9 +79,11 @@ def command(fee_multipliers: str, slippage_grid: str, out_dir: str, **opts: Any)
       qlib-crypto sweep --signals reports/signals.parquet --provider-dir data/qlib/synthetic/60min \\
           --fee-multipliers 0,0.5,1,2 --slippage-bps 0,2,5,10 --out reports/sweep
     """
+    from .backtest import build_inputs, check_input_files
+
+    check_input_files(opts)
     from .._atomic import atomic_path, atomic_write_text
     from ..workflow.backtest_record import cost_sweep
-    from .backtest import build_inputs
 
     mults = parse_grid(fee_multipliers, "fee multiplier")
     slips = parse_grid(slippage_grid, "slippage")
