@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,8 +35,14 @@ def test_demo_runs_the_whole_chain(tmp_path):
     runs = [p for p in (tmp_path / "mlruns").glob("*/*") if (p / "metrics").is_dir() and (p / "metrics" / "IC").exists()]
     assert len(runs) == 1
     ic = float((runs[0] / "metrics" / "IC").read_text().split()[1])
-    assert np.isfinite(ic)
-    assert (runs[0] / "artifacts" / "pred.pkl").exists() and (runs[0] / "artifacts" / "crypto_backtest" / "report.html").exists()
+    art = runs[0] / "artifacts"
+    pred, label = pd.read_pickle(art / "pred.pkl"), pd.read_pickle(art / "label.pkl")
+    joined = pd.concat([pred.iloc[:, 0].rename("score"), label.iloc[:, 0].rename("label")], axis=1).dropna()
+    per_bar = [np.corrcoef(g["score"], g["label"])[0, 1] for _, g in joined.groupby(level="datetime")
+               if g["score"].std() > 0 and g["label"].std() > 0]
+    assert len(per_bar) > 2000  # the test quarter, hourly
+    assert ic == pytest.approx(np.mean(per_bar), abs=1e-6)
+    assert (art / "crypto_backtest" / "report.html").read_text().count("data:image/png;base64") >= 2
 
     # signals of the test quarter with the documented columns and rules
     sig = pd.read_parquet(tmp_path / "reports/signals_60min.parquet")
@@ -48,6 +55,19 @@ def test_demo_runs_the_whole_chain(tmp_path):
     # the backtest report and the cost sweep: more cost never gives a higher net return
     metrics = json.loads((tmp_path / "reports/backtest_60min/metrics.json").read_text())
     assert {"total_return", "sharpe", "fees_paid", "slippage_paid", "funding_paid"} <= set(metrics)
+    # every fill: taker fee (OKX base tier: spot 0.10%, swap 0.05%) and 2 bps slippage, by hand
+    fills = pd.read_csv(tmp_path / "reports/backtest_60min/fills.csv")
+    assert len(fills) > 0
+    taker = np.where(fills["instrument"].str.endswith("-SWAP"), 0.0005, 0.0010)
+    fee = fills["amount"].abs() * fills["price"] * taker
+    np.testing.assert_allclose(fills["fee"], fee, rtol=1e-9)
+    side = np.where(fills["side"] == "buy", 1.0, -1.0)
+    np.testing.assert_allclose(fills["price"], fills["deal_price"] * (1 + side * 2e-4), rtol=1e-12)
+    assert metrics["fees_paid"] == pytest.approx(fee.sum(), rel=1e-9)
+    slippage = (fills["amount"].abs() * (fills["price"] - fills["deal_price"]).abs()).sum()
+    assert metrics["slippage_paid"] == pytest.approx(slippage, rel=1e-9)
+    equity = pd.read_csv(tmp_path / "reports/backtest_60min/equity.csv")["equity"]
+    assert metrics["total_return"] == pytest.approx(equity.iloc[-1] / equity.iloc[0] - 1, rel=1e-9)
     sweep = pd.read_csv(tmp_path / "reports/sweep_60min/sweep.csv")
     assert len(sweep) == 6
     fee_col = next(c for c in sweep.columns if "fee" in c and "mult" in c)

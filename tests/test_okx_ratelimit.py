@@ -81,8 +81,7 @@ def test_threads_never_exceed_the_window():
             window_q.popleft()
         window_q.append(t)
         worst = max(worst, len(window_q))
-    assert worst <= n
-    assert worst == n  # and the limiter did fill the window (it is not just slow)
+    assert worst <= n  # that the limiter fills the window is checked deterministically with FakeClock above
 
 
 FAST = {"history-candles": (20, 0.5, None), "candles": (40, 0.5, None)}

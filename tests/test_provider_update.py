@@ -165,10 +165,14 @@ def run_until_hook(args, point: str, marker: Path) -> subprocess.Popen:
     proc = subprocess.Popen([PY, "-m", "qlib_crypto", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while not marker.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    try:
+        while not marker.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    except BaseException:
+        kill(proc)  # never leave the child (asleep in its hook, holding the dump lock) behind
+        raise
     return proc
 
 
@@ -190,10 +194,12 @@ def test_interrupted_full_dump_keeps_old_dataset(tmp_path):
     write_bars(store, "AAA-USDT", "1h", bars("2024-01-01", 48, 1).iloc[24:], "t")
     args = ["dump", "--store", str(store), "--qlib-dir", str(out), "--timeframe", "1h"]
     proc = run_until_hook(args, "full-staged", tmp_path / "marker")
-    assert snapshot(out) == old  # the new dataset is complete in the staging dir, not yet swapped in
-    with pytest.raises(ProviderError, match="another dump"):  # the running dump holds the lock
-        dump(store, out, "1h")
-    kill(proc)
+    try:
+        assert snapshot(out) == old  # the new dataset is complete in the staging dir, not yet swapped in
+        with pytest.raises(ProviderError, match="another dump"):  # the running dump holds the lock
+            dump(store, out, "1h")
+    finally:
+        kill(proc)
     assert snapshot(out) == old
     assert list((tmp_path / "okx").glob(".60min.staging-*"))
     res = tmp_path / "res.pkl"
