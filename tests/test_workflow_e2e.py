@@ -121,11 +121,33 @@ def test_recorder_holds_metrics_predictions_and_model(qrun_result):
     crypto_metrics = json.loads((art / "crypto_backtest" / "metrics.json").read_text())
     assert metrics["backtest.total_return"] == pytest.approx(crypto_metrics["total_return"], rel=1e-9)
     assert crypto_metrics["total_return"] == pytest.approx(report["account"].iloc[-1] / 1_000_000 - 1, rel=1e-6)
-    assert (art / "crypto_backtest" / "report.html").exists() and (art / "crypto_backtest" / "fills.csv").exists()
+    assert (art / "crypto_backtest" / "report.html").exists()
+    # every fill recomputed from the workflow config: taker fee by market type, slippage around the deal price
+    exchange = next(r for r in conf["task"]["record"] if r["class"] == "CryptoBacktestRecord")[
+        "kwargs"]["config"]["backtest"]["exchange"]["kwargs"]
+    assert exchange["fees"]["spot"]["taker"] == 0.0010 and exchange["fees"]["swap"]["taker"] == 0.0005
+    slippage_bps = float(exchange["slippage_bps"])
+    fills = pd.read_csv(art / "crypto_backtest" / "fills.csv")
+    assert len(fills) > 0
+    assert set(fills["side"]) <= {"buy", "sell"} and set(fills["role"]) == {"taker"}
+    amount = fills["amount"].abs().to_numpy(dtype="float64")
+    deal = fills["deal_price"].to_numpy(dtype="float64")
+    price = fills["price"].to_numpy(dtype="float64")
+    sign = np.where(fills["side"] == "buy", 1.0, -1.0)
+    np.testing.assert_allclose(price, deal * (1 + sign * slippage_bps / 1e4), rtol=1e-9)
+    taker = np.where(fills["instrument"].str.endswith("-SWAP"), 0.0005, 0.0010)
+    np.testing.assert_allclose(fills["fee"].to_numpy(dtype="float64"), amount * price * taker, rtol=1e-9)
+    slippage = amount * np.abs(price - deal)
+    np.testing.assert_allclose(fills["slippage"].to_numpy(dtype="float64"), slippage, rtol=1e-9)
+    assert crypto_metrics["fees_paid"] == pytest.approx((amount * price * taker).sum(), rel=1e-9)
+    assert crypto_metrics["slippage_paid"] == pytest.approx(slippage.sum(), rel=1e-9)
     # model with metadata for qlib-crypto predict, and the training report (recorder and user directory)
     meta = yaml.safe_load(next((art / "model").glob("*.meta.yaml")).read_text())
     assert len(meta["feature_names"]) == model.model.num_feature()
-    assert (art / "training_report" / "training_report.html").exists() or list((art / "training_report").glob("*.html"))
+    training = json.loads((art / "training_report" / "training_report.json").read_text())
+    assert training["metrics"]["IC"] == pytest.approx(per_bar.mean(), abs=1e-6)
+    assert training["metrics"]["n_datetimes"] == len(per_bar)
+    assert (art / "training_report" / "training_report.html").exists()
     assert list((tmp / "reports" / "training").glob("*.html"))
 
 
