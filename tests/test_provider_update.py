@@ -48,6 +48,38 @@ def history():
     return {"AAA-USDT": a, "BBB-USDT-SWAP": b, "CCC-USDT-SWAP": c, "DDD-USDT": d}, fund
 
 
+def read_back(qdir: Path, freq: str, name: str, field: str) -> tuple[pd.DatetimeIndex, np.ndarray]:
+    """Read one field's ``.bin`` by hand: float32 little-endian, first value = start index in the calendar;
+    returns the calendar times it covers and its values."""
+    cal = pd.to_datetime((qdir / "calendars" / f"{freq}.txt").read_text().splitlines(), utc=True)
+    raw = np.fromfile(qdir / "features" / name.lower() / f"{field}.{freq}.bin", dtype="<f4")
+    start = int(raw[0])
+    assert start + len(raw) - 1 == len(cal)  # every instrument ends at the calendar end
+    return cal[start:], raw[1:]
+
+
+def assert_close_matches_input(qdir: Path, freq: str, frames, lo, hi, fund=None, swaps=()):
+    """``close`` equals the input bars in [lo, hi) reindexed to the calendar from the first bar (NaN where
+    missing); ``funding_rate`` of ``swaps`` is the settlement rate in the bar it falls in, NaN elsewhere."""
+    for name, df in frames.items():
+        part = df[(df["datetime"] >= lo) & (df["datetime"] < hi)].set_index("datetime")
+        if part.empty:  # not listed yet: no files
+            assert not (qdir / "features" / name.lower()).exists(), name
+            continue
+        times, close = read_back(qdir, freq, name, "close")
+        assert times[0] == part.index[0], name
+        np.testing.assert_array_equal(close, part["close"].reindex(times).to_numpy(np.float32), err_msg=name)
+        if name in swaps:
+            ftimes, rate = read_back(qdir, freq, name, "funding_rate")
+            assert ftimes.equals(times)
+            f = fund[(fund["funding_time"] >= times[0]) & (fund["funding_time"] <= times[-1])]
+            expected = np.full(len(times), np.nan, np.float32)
+            expected[times.get_indexer(f["funding_time"])] = f["funding_rate"].to_numpy(np.float32)
+            assert (times.get_indexer(f["funding_time"]) >= 0).all()
+            assert np.isfinite(expected).sum() >= 3
+            np.testing.assert_array_equal(rate, expected, err_msg=name)
+
+
 def write_until(store: Path, frames, fund, lo, hi):
     for name, df in frames.items():
         part = df[(df["datetime"] >= lo) & (df["datetime"] < hi)]
@@ -88,6 +120,9 @@ def test_updates_equal_full_dump(tmp_path, timeframe, source):
     start_c = int(np.fromfile(upd / "features" / "ccc-usdt-swap" / f"close.{freq}.bin", dtype="<f4")[0])
     cal = (upd / "calendars" / f"{freq}.txt").read_text().splitlines()
     assert cal[start_c] == {"60min": "2024-01-01 13:00:00", "day": "2024-01-01", "240min": "2024-01-01 12:00:00"}[freq]
+    if timeframe == "1h":
+        # independent read-back of the updated directory against the input bars and funding
+        assert_close_matches_input(upd, freq, frames, cuts[0], cuts[-1], fund, swaps=("BBB-USDT-SWAP", "CCC-USDT-SWAP"))
 
 
 def test_update_appends_in_place_and_pads_idle_instruments(tmp_path):
@@ -314,5 +349,8 @@ def test_minute_updates_across_monthly_store_files_equal_full_dump(tmp_path, tim
         dump(store, upd, timeframe, source_timeframe=source, update=i > 0)
         dump(store, full, timeframe, source_timeframe=source)
         assert snapshot(upd) == snapshot(full), (lo, hi)
+        if timeframe == "1m":
+            # independent read-back of the updated directory against the input bars so far
+            assert_close_matches_input(upd, "1min", frames, cuts[0], hi)
     assert sorted(p.name for p in (store / "bars" / "1m" / "AAA-USDT").glob("*.parquet")) == [
         "2024-01.parquet", "2024-02.parquet"]
