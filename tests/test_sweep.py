@@ -77,6 +77,11 @@ def test_sweep_table_shape_and_files(cli_run):
     assert sorted(zip(table.fee_multiplier, table.slippage_bps)) == [(0, 0), (0, 10), (2, 0), (2, 10)]
     runs = json.loads((root / "sweep" / "sweep.json").read_text())["runs"]
     assert len(runs) == 4
+    q = SIZE * ACCOUNT / CLOSE[2]
+    for run in runs:  # each cell by hand: one BUY at bar 2 held to bar 8
+        m, s = run["fee_multiplier"], run["slippage_bps"]
+        assert run["final_equity"] == pytest.approx(ACCOUNT * (1 + hand_total_return(m, s)), rel=1e-9)
+        assert run["fees_paid"] == pytest.approx(q * CLOSE[2] * (1 + s / 1e4) * TAKER * m, rel=1e-9, abs=1e-12)
     assert (root / "sweep" / "sweep.png").stat().st_size > 1000
     assert "data:image/png;base64," in (root / "sweep" / "sweep.html").read_text()
 
@@ -102,8 +107,18 @@ def test_backtest_cli_writes_report(cli_run):
     fills = pd.read_csv(root / "bt" / "fills.csv")
     assert len(fills) == 1 and fills["side"].iloc[0] == "buy"
     assert pd.Timestamp(fills["datetime"].iloc[0]) == IDX[2]
-    for name in ("report.html", "report.json", "trades.csv", "equity.csv", "monthly_returns.csv"):
+    for name in ("report.html", "report.json", "monthly_returns.csv"):
         assert (root / "bt" / name).is_file()
+    # one BUY never closed: a single open round trip of q coins
+    trades = pd.read_csv(root / "bt" / "trades.csv")
+    assert len(trades) == 1
+    assert trades["side"].iloc[0] == "long" and not bool(trades["closed"].iloc[0])
+    assert trades["max_amount"].iloc[0] == pytest.approx(SIZE * ACCOUNT / CLOSE[2], rel=1e-9)
+    assert trades["entry_price"].iloc[0] == pytest.approx(CLOSE[2] * (1 + 5.0 / 1e4), rel=1e-9)
+    # one equity row per bar from --start (bar 0) to --end (bar 8), ending at the hand final equity
+    equity = pd.read_csv(root / "bt" / "equity.csv", index_col="datetime", parse_dates=True)
+    assert len(equity) == 9 and list(equity.index) == list(IDX[:9])
+    assert equity["equity"].iloc[-1] == pytest.approx(ACCOUNT * (1 + hand_total_return(0.5, 5.0)), rel=1e-9)
 
 
 def test_cli_errors_are_one_line_with_exit_code(cli_run):
