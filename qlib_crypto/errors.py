@@ -26,6 +26,12 @@ class StoreError(QlibCryptoError):
     """The raw Parquet store cannot be read or written (unwritable directory, corrupt file...)."""
 
 
+class StoreLocked(StoreError):
+    """Another process holds the store's writer lock and did not release it within the lock timeout."""
+
+    exit_code = 5
+
+
 class ValidationError(StoreError):
     """Data failed validation (hash mismatch, bad OHLC rows, duplicates...)."""
 
@@ -58,3 +64,13 @@ class ModelError(QlibCryptoError):
 
 class BacktestError(QlibCryptoError):
     """A backtest is configured or run wrongly."""
+
+
+class PagingError(SourceError):
+    """The exchange answered pages that do not advance the paging cursor (it ignores the paging parameters)."""
+
+
+class ExchangeUnreachable(CollectionIncomplete):
+    """The exchange host cannot be reached at all (connection refused, unknown host, no route): nothing fetched."""
+
+    exit_code = 3

@@ -20,6 +20,12 @@ What it models (see docs/collect.md):
   (OKX JSON body that ccxt maps to a plain ExchangeError), ``502`` (non-JSON HTML), ``503`` (50001,
   maintenance), ``timeout`` (sleep past the client timeout), ``truncated`` (200 with cut JSON), and the silent
   ``empty`` (200, valid JSON, no rows).
+- Hostile answers (:data:`HOSTILE_KINDS`, through :meth:`add_fault_rule` / :meth:`plan_faults`; ``rows=`` picks
+  the candle rows by open time): ``ignore_paging`` (``after``/``before`` ignored: the newest ``limit`` rows, any
+  endpoint), and on candle answers ``unconfirmed`` (a past bar with confirm "0"), ``misaligned`` (open time
+  shifted off the bar grid), ``duplicate_conflicting`` (the row twice, the second with other volumes),
+  ``duplicate_identical`` (the row twice, identical), ``nan`` (close "NaN"), ``ohlc_bad`` (high below low).
+  ``request_cap`` answers HTTP 400 to every request beyond it, so a client that loops forever terminates.
 - Its own deterministic bar generator (a counter-based hash of instrument, bar and timestamp), independent of
   the package's synthetic market: :meth:`expected_bars` and :meth:`expected_funding` are the ground truth.
 """
@@ -66,6 +72,9 @@ OKX_LIMITS: dict[str, tuple[int, float, str | None]] = {
 }
 FAULT_KINDS = ("429", "500", "502", "503", "timeout", "truncated")
 ALL_FAULT_KINDS = FAULT_KINDS + ("empty",)
+ROW_KINDS = ("unconfirmed", "misaligned", "duplicate_conflicting", "duplicate_identical", "nan", "ohlc_bad")
+HOSTILE_KINDS = ("ignore_paging",) + ROW_KINDS
+CANDLE_ENDPOINTS = ("market/candles", "market/history-candles")
 FUNDING_RETENTION_MS = 92 * DAY
 CANDLES_KEEP = 1440
 
@@ -208,6 +217,7 @@ class FaultRule:
     predicate: Callable[[dict], bool] | None = None
     times: int | None = None  # None = forever
     hits: int = 0
+    rows: Callable[[int], bool] | None = None  # row kinds: which candle rows (by open time); None = every one
 
 
 @dataclass
@@ -305,6 +315,9 @@ class OkxSimulator:
                                           "public/instruments", "market/tickers"),
         timeout_sleep_s: float = 1.0,
         log_requests: bool = True,
+        funding_retention_ms: int = FUNDING_RETENTION_MS,
+        misaligned_offset_ms: int = 30_000,
+        request_cap: int | None = None,
     ) -> None:
         self.now = to_ms(now)
         self.instruments = {i.inst_id: i for i in (instruments if instruments is not None else DEFAULT_INSTRUMENTS)}
@@ -320,12 +333,15 @@ class OkxSimulator:
         self.fault_seed = fault_seed
         self.fault_endpoints = set(fault_endpoints)
         self.timeout_sleep_s = timeout_sleep_s
+        self.funding_retention_ms = int(funding_retention_ms)
+        self.misaligned_offset_ms = int(misaligned_offset_ms)
+        self.request_cap = request_cap
         self.stats = SimStats()
         self.log: list[tuple[str, dict, int, str]] = []  # (endpoint, params, status, fault kind or "")
         self.log_requests = log_requests
         self._lock = threading.Lock()
         self._arrivals: dict[tuple[str, str], collections.deque] = collections.defaultdict(collections.deque)
-        self._planned: list[tuple[str, str | None]] = []
+        self._planned: list[tuple[str, str | None]] = []  # (kind, endpoint)
         self._rules: list[FaultRule] = []
         self._stop = threading.Event()
         self._server: _Server | None = None
@@ -368,15 +384,29 @@ class OkxSimulator:
         return f"http://127.0.0.1:{self.port}"
 
     # -- fault control --------------------------------------------------------------------------------
+    @staticmethod
+    def _check_kind(kind: str) -> None:
+        if kind not in ALL_FAULT_KINDS + HOSTILE_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; use one of {ALL_FAULT_KINDS + HOSTILE_KINDS}")
+
     def plan_faults(self, kinds: Iterable[str], endpoint: str | None = "market/history-candles") -> None:
         """Queue faults answered, in order, to the next requests of ``endpoint`` (None: any endpoint)."""
+        kinds = list(kinds)
+        for k in kinds:
+            self._check_kind(k)
         with self._lock:
             self._planned.extend((k, endpoint) for k in kinds)
 
     def add_fault_rule(self, kind: str, *, endpoint: str | None = "market/history-candles", inst_id: str | None = None,
-                       predicate: Callable[[dict], bool] | None = None, times: int | None = None) -> FaultRule:
-        """Answer ``kind`` to every matching request (``times`` times, or forever)."""
-        rule = FaultRule(kind, endpoint, inst_id, predicate, times)
+                       predicate: Callable[[dict], bool] | None = None, times: int | None = None,
+                       rows: Callable[[int], bool] | None = None) -> FaultRule:
+        """Answer ``kind`` to every matching request (``times`` times, or forever).
+
+        For the row kinds (:data:`ROW_KINDS`) ``rows(open_time_ms)`` picks the confirmed candle rows to spoil
+        (default: every one).
+        """
+        self._check_kind(kind)
+        rule = FaultRule(kind, endpoint, inst_id, predicate, times, rows=rows)
         with self._lock:
             self._rules.append(rule)
         return rule
@@ -448,7 +478,7 @@ class OkxSimulator:
 
     def _funding(self, inst: SimInstrument, before: int | None, after: int | None, limit: int) -> list[dict]:
         period = 8 * HOUR
-        lo = max(self.now - FUNDING_RETENTION_MS, inst.list_time)
+        lo = max(self.now - self.funding_retention_ms, inst.list_time)
         if before is not None:
             lo = max(lo, before + 1)
         lo = -(-lo // period) * period
@@ -498,12 +528,16 @@ class OkxSimulator:
     def _json(status: int, code: str, data: object, msg: str = "") -> tuple[int, str, bytes]:
         return status, "application/json", json.dumps({"code": code, "msg": msg, "data": data}).encode()
 
-    def _pick_fault(self, endpoint: str, params: dict, n: int) -> str:
-        """Fault kind for this request ('' for none). Called under the lock."""
+    def _pick_fault(self, endpoint: str, params: dict, n: int) -> tuple[str, Callable[[int], bool] | None]:
+        """(fault kind, row selector) for this request (kind '' for none). Called under the lock."""
+        kind, rule = self._pick_rule(endpoint, params, n)
+        return kind, (rule.rows if rule is not None else None)
+
+    def _pick_rule(self, endpoint: str, params: dict, n: int) -> tuple[str, FaultRule | None]:
         for i, (kind, ep) in enumerate(self._planned):
             if ep is None or ep == endpoint:
                 del self._planned[i]
-                return kind
+                return kind, None
         for rule in self._rules:
             if rule.times is not None and rule.hits >= rule.times:
                 continue
@@ -514,12 +548,12 @@ class OkxSimulator:
             if rule.predicate is not None and not rule.predicate(params):
                 continue
             rule.hits += 1
-            return rule.kind
+            return rule.kind, rule
         if self.fault_rate > 0 and endpoint in self.fault_endpoints:
             rng = random.Random(f"{self.fault_seed}:{endpoint}:{n}")
             if rng.random() < self.fault_rate:
-                return rng.choice(self.fault_kinds)
-        return ""
+                return rng.choice(self.fault_kinds), None
+        return "", None
 
     def _handle(self, raw_path: str) -> tuple[int, str, bytes]:
         arrival = time.monotonic()
@@ -532,6 +566,7 @@ class OkxSimulator:
         with self._lock:
             n = self.stats.requests[endpoint]
             self.stats.requests[endpoint] += 1
+            capped = self.request_cap is not None and self.stats.total_requests > self.request_cap
             limited = False
             if endpoint in self.limits:
                 max_n, window, key_param = self.limits[endpoint]
@@ -541,7 +576,7 @@ class OkxSimulator:
                     q.popleft()
                 q.append(arrival)  # every arrival counts, rejected ones too
                 limited = len(q) > max_n
-            fault = "" if limited else self._pick_fault(endpoint, params, n)
+            fault, select = ("", None) if limited else self._pick_fault(endpoint, params, n)
             if limited:
                 self.stats.rate_limited[endpoint] += 1
             elif fault:
@@ -549,6 +584,8 @@ class OkxSimulator:
         if self.log_requests:
             with self._lock:
                 self.log.append((endpoint, params, 429 if limited else 0, fault))
+        if capped:
+            return self._json(400, "51000", [], "Parameter error: simulator request cap reached")
         if limited:
             return self._json(429, "50011", [], "Too Many Requests")
         if fault == "429":
@@ -561,7 +598,13 @@ class OkxSimulator:
             return self._json(503, "50001", [], "Service temporarily unavailable, please try again later")
         if fault == "timeout":
             self._stop.wait(self.timeout_sleep_s)
+        if fault == "ignore_paging":  # a server (or proxy) that drops the paging parameters
+            params = {k: v for k, v in params.items() if k not in ("after", "before")}
         status, ctype, body = self._route(endpoint, params)
+        if fault in ROW_KINDS and status == 200 and endpoint in CANDLE_ENDPOINTS:
+            answer = json.loads(body)
+            answer["data"] = self._spoil_rows(fault, answer["data"], select)
+            body = json.dumps(answer).encode()
         if fault == "timeout":
             return -1, ctype, body
         if fault == "truncated" and status == 200:
@@ -569,6 +612,31 @@ class OkxSimulator:
         if fault == "empty" and status == 200:
             return self._json(200, "0", [])
         return status, ctype, body
+
+    def _spoil_rows(self, kind: str, rows: list[list[str]], select: Callable[[int], bool] | None) -> list[list[str]]:
+        """Candle rows (newest first) with the chosen confirmed rows spoiled as ``kind`` says."""
+        out: list[list[str]] = []
+        for row in rows:
+            if row[8] != "1" or (select is not None and not select(int(row[0]))):
+                out.append(row)
+                continue
+            r = list(row)
+            if kind == "unconfirmed":
+                r[8] = "0"
+            elif kind == "misaligned":
+                r[0] = str(int(r[0]) + self.misaligned_offset_ms)
+            elif kind == "nan":
+                r[4] = "NaN"
+            elif kind == "ohlc_bad":
+                r[2] = f"{float(r[3]) * 0.5:.10g}"  # high below low
+            out.append(r)
+            if kind == "duplicate_identical":
+                out.append(list(r))
+            elif kind == "duplicate_conflicting":
+                twin = list(r)
+                twin[5], twin[6], twin[7] = (f"{float(x) * 2:.4f}" for x in (r[5], r[6], r[7]))
+                out.append(twin)
+        return out
 
     def _int_param(self, params: dict, name: str) -> int | None:
         v = params.get(name)

@@ -247,9 +247,14 @@ def _check_fees(fees: Mapping[str, Mapping[str, float]] | None) -> Dict[str, Dic
         for role, rate in (rates or {}).items():
             if role not in ("maker", "taker"):
                 raise ConfigError(f"unknown fee role {role!r} for {market}", hint="use maker and taker")
-            if rate is None or not (-0.01 <= float(rate) < 0.1):
-                raise ConfigError(f"fee rate {rate!r} for {market}.{role} is out of range", hint="give a fraction, e.g. 0.001 for 0.1%")
-            merged[market][role] = float(rate)
+            try:
+                value = float(rate) if rate is not None and not isinstance(rate, bool) else float("nan")
+            except (TypeError, ValueError):
+                value = float("nan")
+            if not (-0.01 <= value < 0.1):
+                raise ConfigError(f"fee rate {rate!r} for {market}.{role} is not a number in [-0.01, 0.1)",
+                                  hint="give a fraction, e.g. 0.001 for 0.1%")
+            merged[market][role] = value
     return merged
 
 
@@ -324,6 +329,9 @@ class CryptoExchange(Exchange):
 
     # ------------------------------------------------------------------ data
     def get_quote_from_qlib(self) -> None:
+        # Qlib builds ``all_fields`` as ``list(set(...))``: its order (the quote frame's column order) changes with
+        # PYTHONHASHSEED. A sorted list gives every run the same frame.
+        self.all_fields = sorted(self.all_fields)
         super().get_quote_from_qlib()
         # NaN volume on a bar with a price: no traded volume is known; treat it as 0 (documented).
         vol = self.quote_df["$volume"]

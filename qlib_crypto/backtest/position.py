@@ -14,7 +14,7 @@ dotted class name); ``CryptoExecutor`` also upgrades a plain ``Position`` with n
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Union
+from typing import Any, Dict, List, Union
 
 from qlib.backtest.decision import Order
 from qlib.backtest.position import Position
@@ -123,6 +123,16 @@ class CryptoPosition(Position):
         closed.clear()
         closed[stock_id] = self.position[stock_id]["price"]
         super()._del_stock(stock_id)
+
+    def get_stock_list(self) -> List[str]:
+        """Held instruments, sorted by name.
+
+        Qlib's ``Position.get_stock_list`` returns ``list(set(...))``, whose order changes with
+        ``PYTHONHASHSEED``; ``calculate_value`` sums the holdings in that order and ``TopkDropoutStrategy`` ranks
+        them from it, so the last digits of equity (and from them order sizes and trade counts) changed from run to
+        run. A fixed order makes every run with the same inputs give the same bytes.
+        """
+        return sorted(k for k in self.position if k not in _SPECIAL_KEYS)
 
     def get_stock_amount_dict(self) -> dict:
         return {k: v["amount"] for k, v in self.position.items() if k not in _SPECIAL_KEYS}

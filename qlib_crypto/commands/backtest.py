@@ -5,6 +5,7 @@ Heavy imports (Qlib, pandas) happen inside the functions so that ``qlib-crypto -
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,9 +23,12 @@ def input_options(func: Callable) -> Callable:
     """The options that say what to backtest and where (shared by ``backtest`` and ``sweep``)."""
     options = [
         click.option("--signals", "signals_path", type=click.Path(dir_okay=False),
-                     help="Signals Parquet from `qlib-crypto predict` (datetime, instrument, signal, position_size)."),
+                     help="Signals file from `qlib-crypto predict`: Parquet or CSV with datetime, instrument, signal, "
+                          "position_size. Signals are data: pickles are refused (convert them to Parquet/CSV)."),
         click.option("--pred", "pred_path", type=click.Path(dir_okay=False),
-                     help="Model scores (pred.pkl: a Series on a (datetime, instrument) index)."),
+                     help="Model scores: Qlib's pred.pkl (a Series on a (datetime, instrument) index), or Parquet/CSV "
+                          "with datetime, instrument, score. A pickle runs code when it is loaded: give only a "
+                          "pred.pkl from a trusted source (your own qrun run)."),
         click.option("--provider-dir", required=True, type=click.Path(file_okay=False),
                      help="Qlib provider directory of --freq (its sibling `day` directory is used too), "
                           "or a parent holding <freq>/ and day/."),
@@ -99,24 +103,74 @@ def parse_fees(text: str | None) -> dict[str, dict[str, float]] | None:
             market, _, role = key.strip().partition(".")
             if not market or not role or not value.strip():
                 raise ConfigError(f"bad fee item {part.strip()!r}", hint="write market.role=rate, e.g. swap.taker=0.0005")
-            try:
-                out.setdefault(market, {})[role] = float(value)
-            except ValueError:
-                raise ConfigError(f"fee rate {value.strip()!r} is not a number", hint="e.g. swap.taker=0.0005") from None
-        return out
+            out.setdefault(market, {})[role] = value.strip()
+        return check_fees(out, f"--fees {text!r}")
     import yaml
 
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--fees {text!r} is not valid YAML: {exc}", hint="e.g. '{swap: {taker: 0.0005}}'") from None
+        raise ConfigError(f"--fees {text!r} is not valid YAML: {_one_line(exc)}",
+                          hint="e.g. '{swap: {taker: 0.0005}}'") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--fees {text!r} is not a mapping", hint="e.g. spot.taker=0.001,swap.taker=0.0005")
-    return data
+    return check_fees(data, f"--fees {text!r}")
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's text on one line (YAML and Arrow errors span several)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_number(value: Any, what: str, *, minimum: float | None = None, above: float | None = None,
+                 hint: str = "give a finite number") -> float:
+    """``value`` as a finite float (>= ``minimum`` / > ``above``), else a ConfigError naming ``what`` and the value."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} {value!r} is not a number", hint=hint) from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{what} {value!r} is not a finite number", hint=hint)
+    if minimum is not None and number < minimum:
+        raise ConfigError(f"{what} {value!r} is below {minimum:g}", hint=hint)
+    if above is not None and not number > above:
+        raise ConfigError(f"{what} {value!r} must be above {above:g}", hint=hint)
+    return number
+
+
+def check_fees(fees: Any, where: str) -> dict[str, dict[str, float]]:
+    """Fee rates ``{spot|swap: {maker|taker: rate}}``, each a finite fraction in [-0.01, 0.1) as CryptoExchange
+    accepts; anything else is a ConfigError naming ``where`` and the value."""
+    example = "e.g. spot.taker=0.001,swap.taker=0.0005 or '{swap: {taker: 0.0005}}'"
+    if not isinstance(fees, dict):
+        raise ConfigError(f"{where} {fees!r} is not a mapping of markets to rates", hint=example)
+    out: dict[str, dict[str, float]] = {}
+    for market, rates in fees.items():
+        if market not in ("spot", "swap"):
+            raise ConfigError(f"{where}: unknown market {market!r}", hint="use the markets spot and swap; " + example)
+        if not isinstance(rates, dict):
+            raise ConfigError(f"{where}: {market} {rates!r} is not a mapping of maker/taker rates", hint=example)
+        for role, rate in rates.items():
+            if role not in ("maker", "taker"):
+                raise ConfigError(f"{where}: unknown fee role {market}.{role}", hint="use maker and taker; " + example)
+            number = check_number(rate, f"{where}: rate {market}.{role}", hint="give a fraction, e.g. 0.001 for 0.1%")
+            if not -0.01 <= number < 0.1:
+                raise ConfigError(f"{where}: rate {market}.{role} {rate!r} is outside [-0.01, 0.1)",
+                                  hint="give a fraction, e.g. 0.001 for 0.1%")
+            out.setdefault(market, {})[role] = number
+    return out
+
+
+# numeric CryptoExchange / CryptoExecutor kwargs a config file may set: (minimum, strictly above)
+_EXCHANGE_NUMBERS = {"slippage_bps": (0.0, None), "impact_coef": (0.0, None), "max_participation": (None, 0.0)}
+_EXECUTOR_NUMBERS = {"max_leverage": (None, 0.0), "maintenance_margin": (0.0, None)}
 
 
 def load_config(path: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(exchange config, executor kwargs) from an exchange YAML file."""
+    """(exchange config, executor kwargs) from an exchange YAML file, its structure and numbers checked."""
     if not path:
         return {}, {}
     import yaml
@@ -126,13 +180,19 @@ def load_config(path: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
         raise ConfigError(f"config file {str(p)!r} does not exist", hint="give the path of an exchange YAML file")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(p)!r} is not a text file", hint="give an exchange YAML file") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}", hint="fix the YAML syntax") from None
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {_one_line(exc)}",
+                          hint="fix the YAML syntax") from None
+    hint = "write a YAML mapping of CryptoExchange kwargs, or `exchange:` and `executor:` mappings"
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(p)!r} holds a {type(data).__name__}", hint="write a YAML mapping")
+        raise ConfigError(f"config file {str(p)!r} holds a {type(data).__name__}, not a mapping", hint=hint)
     executor = data.pop("executor", None) or {}
     if isinstance(executor, dict) and "kwargs" in executor:
         executor = executor["kwargs"] or {}
+    if not isinstance(executor, dict):
+        raise ConfigError(f"config file {str(p)!r}: executor {executor!r} is not a mapping", hint=hint)
     exchange = data.pop("exchange", None)
     if exchange is None:
         exchange = data
@@ -140,24 +200,145 @@ def load_config(path: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
         raise ConfigError(f"config file {str(p)!r} has unknown top-level keys {sorted(data)}",
                           hint="use `exchange:` and `executor:` blocks, or only CryptoExchange kwargs")
     if isinstance(exchange, dict) and "kwargs" in exchange:
-        exchange = dict(exchange.get("kwargs") or {})
-    return dict(exchange), dict(executor)
+        exchange = exchange.get("kwargs") or {}
+    if not isinstance(exchange, dict):
+        raise ConfigError(f"config file {str(p)!r}: exchange {exchange!r} is not a mapping", hint=hint)
+    exchange, executor = dict(exchange), dict(executor)
+    for block, numbers in ((exchange, _EXCHANGE_NUMBERS), (executor, _EXECUTOR_NUMBERS)):
+        for key, (minimum, above) in numbers.items():
+            if block.get(key) is not None:
+                block[key] = check_number(block[key], f"config file {str(p)!r}: {key}", minimum=minimum,
+                                          above=above)
+    if exchange.get("fees") is not None:
+        exchange["fees"] = check_fees(exchange["fees"], f"config file {str(p)!r}: fees")
+    return exchange, executor
+
+
+SIGNAL_SUFFIXES = (".parquet", ".csv")
+PRED_SUFFIXES = (".pkl", ".pickle", ".parquet", ".csv")
 
 
 def check_input_files(opts: dict[str, Any]) -> None:
-    """Fail fast, before Qlib is imported: exactly one of --signals/--pred, and it must exist."""
+    """Fail fast, before Qlib is imported: exactly one of --signals/--pred, an existing file of a data type
+    (signals: Parquet or CSV, never a pickle), and every shared option (see :func:`check_options`)."""
     signals_path, pred_path = opts.get("signals_path"), opts.get("pred_path")
     if bool(signals_path) == bool(pred_path):
         raise ConfigError("give exactly one of --signals and --pred",
                           hint="--signals for BUY/SELL/HOLD signals, --pred for model scores (pred.pkl)")
     path = Path(signals_path or pred_path)
+    option = "--signals" if signals_path else "--pred"
     if not path.is_file():
-        option = "--signals" if signals_path else "--pred"
         raise ConfigError(f"{option} file {str(path)!r} does not exist", hint="give the path of an existing file")
+    suffix = path.suffix.lower()
+    if signals_path and suffix in (".pkl", ".pickle"):
+        raise ConfigError(
+            f"--signals file {str(path)!r} is a pickle: signals are data and are never unpickled (loading a pickle "
+            "runs code)",
+            hint="convert it to Parquet or CSV (columns datetime, instrument, signal, position_size), or write it "
+                 "with `qlib-crypto predict`",
+        )
+    allowed = SIGNAL_SUFFIXES if signals_path else PRED_SUFFIXES
+    if suffix not in allowed:
+        raise ConfigError(f"{option} file {str(path)!r} has the unsupported type {suffix or '(no suffix)'!r}",
+                          hint=f"give a {', '.join(allowed)} file")
+    check_options(opts)
+
+
+def check_options(opts: dict[str, Any]) -> None:
+    """Every option shared by ``backtest`` and ``sweep`` checked before any work: numbers finite and in
+    range, times parseable, fees and the config file well-formed."""
+    check_number(opts.get("account"), "--account", above=0.0, hint="give the initial equity, e.g. 1000000")
+    check_number(opts.get("gross_exposure"), "--gross-exposure", above=0.0, hint="e.g. 1.0")
+    if opts.get("max_leverage") is not None:
+        check_number(opts["max_leverage"], "--max-leverage", above=0.0, hint="e.g. 3")
+    for name, low in (("topk", 1), ("rebalance_every", 1), ("n_drop", 0)):
+        value = opts.get(name)
+        if value is not None and int(value) < low:
+            raise ConfigError(f"--{name.replace('_', '-')} {value} is below {low}", hint=f"give an integer >= {low}")
+    times = {name: parse_time(opts.get(name), f"--{name}") for name in ("start", "end")}
+    if times["start"] is not None and times["end"] is not None and times["start"] > times["end"]:
+        raise ConfigError(f"--start {opts['start']} is after --end {opts['end']}", hint="swap them")
+    from ..timeframes import get_timeframe
+
+    get_timeframe(opts["freq"])
+    parse_fees(opts.get("fees"))
+    load_config(opts.get("config_path"))
+
+
+def parse_time(value: Any, option: str):
+    """A --start/--end value as a pandas Timestamp (None stays None); junk is a ConfigError naming it."""
+    if value is None or str(value).strip() == "":
+        return None
+    import pandas as pd
+
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError, OverflowError):
+        raise ConfigError(f"{option} {value!r} is not a time", hint="use e.g. 2024-04-01 or '2024-04-01 12:00' (UTC)") from None
+    if ts is pd.NaT:
+        raise ConfigError(f"{option} {value!r} is not a time", hint="use e.g. 2024-04-01 or '2024-04-01 12:00' (UTC)")
+    return ts
+
+
+def check_output_dir(out_dir: str | Path) -> None:
+    """Refuse an --out directory that cannot be written (a file, under a file, read-only, /proc...)."""
+    from ..provider.dump import check_output_location
+
+    check_output_location(out_dir, "--out", kind="dir", beside=True, error=ConfigError)  # staged beside it
+
+
+def read_table(path: str | Path, option: str):
+    """Read a --signals/--pred file: Parquet or CSV (and for --pred only, Qlib's pickle). An empty, binary or
+    unreadable file is a ConfigError naming it; the result must hold rows."""
+    import pandas as pd
+
+    p = Path(path)
+    suffix = p.suffix.lower()
+    kind = {".parquet": "Parquet", ".csv": "CSV"}.get(suffix, "pickle")
+    hint = ("write signals with `qlib-crypto predict`, or a Parquet/CSV file with datetime, instrument, signal, "
+            "position_size" if option == "--signals" else "give Qlib's pred.pkl, or a Parquet/CSV file with "
+            "datetime, instrument, score")
+    if p.stat().st_size == 0:
+        raise ConfigError(f"{option} file {str(p)!r} is empty", hint=hint)
+    if kind == "CSV":
+        with open(p, "rb") as fh:
+            if b"\0" in fh.read(1 << 16):
+                raise ConfigError(f"{option} file {str(p)!r} is a binary file, not CSV text", hint=hint)
+    try:
+        if kind == "Parquet":
+            obj = pd.read_parquet(p)
+        elif kind == "CSV":
+            obj = pd.read_csv(p)
+        else:  # Qlib's pred.pkl: trusted input, see --help
+            obj = pd.read_pickle(p)
+    except Exception as exc:  # Arrow, CSV parser, decoding and unpickling errors alike
+        raise ConfigError(f"{option} file {str(p)!r} is not a readable {kind} file ({type(exc).__name__}: "
+                          f"{_one_line(exc)})", hint=hint) from None
+    if not isinstance(obj, (pd.DataFrame, pd.Series)):
+        raise ConfigError(f"{option} file {str(p)!r} holds a {type(obj).__name__}, not a table", hint=hint)
+    if len(obj) == 0:
+        raise ConfigError(f"{option} file {str(p)!r} holds no rows", hint=hint)
+    return obj
+
+
+def check_benchmark(provider_uri: dict[str, str], freq: str, benchmark: str | None) -> None:
+    """An explicit --benchmark must be an instrument of the provider (its instruments/all.txt)."""
+    if not benchmark:
+        return
+    listing = Path(provider_uri[freq]) / "instruments" / "all.txt"
+    try:
+        known = [line.split("\t")[0].strip() for line in listing.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except OSError:
+        return  # no universe file: Qlib will say what is wrong
+    if str(benchmark).upper() not in {k.upper() for k in known}:
+        raise ConfigError(f"--benchmark {benchmark!r} is not an instrument of {provider_uri[freq]!r}",
+                          hint=f"pick one of {', '.join(known[:8])}{', ...' if len(known) > 8 else ''}, "
+                               "or leave --benchmark out (BTC-USDT when present)")
 
 
 def build_inputs(opts: dict[str, Any]) -> dict[str, Any]:
-    """Initialise Qlib and turn the CLI options into ``run_backtest`` arguments (strategy config, times, ...)."""
+    """Check and read every input, then initialise Qlib and turn the CLI options into ``run_backtest``
+    arguments (strategy config, times, ...). Nothing is read by Qlib before all of it checked out."""
     import pandas as pd
 
     from ..strategy.targets import scores_frame, signals_frame
@@ -167,28 +348,45 @@ def build_inputs(opts: dict[str, Any]) -> dict[str, Any]:
     if bool(signals_path) == bool(pred_path):
         raise ConfigError("give exactly one of --signals and --pred",
                           hint="--signals for BUY/SELL/HOLD signals, --pred for model scores (pred.pkl)")
+    check_options(opts)
     strategy_name = opts.get("strategy") or ("signal" if signals_path else "longshort")
     freq = opts["freq"]
     bar = pd.Timedelta(milliseconds=get_timeframe(freq).ms)
-    if signals_path:
-        frame = signals_frame(signals_path)
-        if strategy_name != "signal":
-            raw = pd.read_parquet(signals_path) if str(signals_path).endswith(".parquet") else None
-            if raw is None or "score" not in raw.columns:
-                raise ConfigError(f"--strategy {strategy_name} needs scores; {signals_path!r} has no score column",
-                                  hint="use --strategy signal, or --pred pred.pkl")
-            scores = scores_frame(raw[["datetime", "instrument", "score"]])
-    else:
-        if strategy_name == "signal":
-            raise ConfigError("--strategy signal needs --signals", hint="use --strategy longshort or topk with --pred")
-        scores = scores_frame(pred_path)
-        frame = scores
+    option = "--signals" if signals_path else "--pred"
+    if strategy_name == "signal" and not signals_path:
+        raise ConfigError("--strategy signal needs --signals", hint="use --strategy longshort or topk with --pred")
+    raw = read_table(signals_path or pred_path, option)
+    try:
+        if signals_path:
+            frame = signals_frame(raw)
+            if strategy_name != "signal":
+                if not isinstance(raw, pd.DataFrame) or "score" not in raw.columns:
+                    raise ConfigError(f"--strategy {strategy_name} needs scores; {signals_path!r} has no score column",
+                                      hint="use --strategy signal, or --pred pred.pkl")
+                scores = scores_frame(raw[["datetime", "instrument", "score"]])
+        else:
+            scores = scores_frame(raw)
+            frame = scores
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise ConfigError(f"{option} file {str(signals_path or pred_path)!r} has unreadable values "
+                          f"({type(exc).__name__}: {_one_line(exc)})",
+                          hint="check its datetime, instrument and signal/score columns") from None
     if len(frame) == 0:
         raise ConfigError("the input holds no rows", hint="check the signals/pred file")
-    for name in ("topk", "rebalance_every"):
-        if int(opts.get(name) or 0) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} {opts.get(name)} is below 1", hint="give an integer >= 1")
-    init_qlib(resolve_provider(opts["provider_dir"], freq))
+    exchange, executor = load_config(opts.get("config_path"))
+    fees = parse_fees(opts.get("fees"))
+    if fees is not None:
+        merged = {m: dict(r) for m, r in (exchange.get("fees") or {}).items()}
+        for market, rates in fees.items():
+            merged.setdefault(market, {}).update(rates)
+        exchange["fees"] = merged
+    if opts.get("max_leverage") is not None:
+        executor["max_leverage"] = float(opts["max_leverage"])
+    provider_uri = resolve_provider(opts["provider_dir"], freq)
+    check_benchmark(provider_uri, freq, opts.get("benchmark"))
+    init_qlib(provider_uri)
     if strategy_name == "signal":
         strategy = {"class": "SignalStrategy", "module_path": "qlib_crypto.strategy", "kwargs": {"signals": frame}}
     else:
@@ -201,15 +399,6 @@ def build_inputs(opts: dict[str, Any]) -> dict[str, Any]:
         else:
             strategy = {"class": "TopkDropoutStrategy", "module_path": "qlib.contrib.strategy",
                         "kwargs": {"signal": pred, "topk": int(opts["topk"]), "n_drop": int(opts["n_drop"])}}
-    exchange, executor = load_config(opts.get("config_path"))
-    fees = parse_fees(opts.get("fees"))
-    if fees is not None:
-        merged = {m: dict(r) for m, r in (exchange.get("fees") or {}).items()}
-        for market, rates in fees.items():
-            merged.setdefault(market, {}).update(rates)
-        exchange["fees"] = merged
-    if opts.get("max_leverage") is not None:
-        executor["max_leverage"] = float(opts["max_leverage"])
     start = opts.get("start") or frame["datetime"].min()
     end = opts.get("end") or (frame["datetime"].max() + bar)
     return {"strategy": strategy, "strategy_name": strategy_name, "freq": freq, "start_time": start, "end_time": end,
@@ -237,11 +426,14 @@ def apply_fee_multiplier(exchange: dict[str, Any], multiplier: float) -> dict[st
 @input_options
 @click.option("--slippage-bps", type=float, default=None, help="Fixed slippage in basis points (default: config or 0).")
 @click.option("--fee-multiplier", type=float, default=1.0, show_default=True, help="Multiply every fee rate.")
-@click.option("--out", "out_dir", default="reports/backtest", show_default=True, type=click.Path(file_okay=False),
+@click.option("--out", "out_dir", default="reports/backtest", show_default=True, type=click.Path(), metavar="DIR",
               help="Output directory: metrics.json, report.json, report.html, fills.csv, trades.csv, equity.csv...")
 def command(out_dir: str, slippage_bps: float | None, fee_multiplier: float, **opts: Any) -> int:
     """Backtest signals (SignalStrategy) or model scores (LongShortStrategy / TopkDropoutStrategy) with
     CryptoExchange + CryptoExecutor; write the report as JSON, HTML and CSV.
+
+    Trust: --signals files are data (Parquet or CSV; pickles are refused). A --pred pred.pkl is a pickle,
+    which runs code when loaded: give only one from a trusted source (your own qrun run).
 
     \b
     Example:
@@ -249,29 +441,26 @@ def command(out_dir: str, slippage_bps: float | None, fee_multiplier: float, **o
           --provider-dir data/qlib/synthetic/60min --freq 60min --slippage-bps 2 --out reports/backtest
     """
     check_input_files(opts)
+    if slippage_bps is not None:
+        check_number(slippage_bps, "--slippage-bps", minimum=0.0, hint="give basis points >= 0, e.g. 2")
+    check_number(fee_multiplier, "--fee-multiplier", minimum=0.0, hint="give a number >= 0, e.g. 1")
+    check_output_dir(out_dir)
+    inputs = build_inputs(opts)
     from ..workflow.backtest_record import run_backtest
 
-    inputs = build_inputs(opts)
     exchange = dict(inputs["exchange"])
     if slippage_bps is not None:
-        if slippage_bps < 0:
-            raise ConfigError(f"--slippage-bps {slippage_bps} is negative", hint="give basis points >= 0")
         exchange["slippage_bps"] = float(slippage_bps)
     if fee_multiplier != 1.0:
-        if not fee_multiplier >= 0:
-            raise ConfigError(f"--fee-multiplier {fee_multiplier} is negative", hint="give a number >= 0")
         exchange = apply_fee_multiplier(exchange, fee_multiplier)
     run = run_backtest(inputs["strategy"], start_time=inputs["start_time"], end_time=inputs["end_time"],
                        freq=inputs["freq"], account=inputs["account"], benchmark=inputs["benchmark"],
                        exchange=exchange, executor=inputs["executor"])
     report = run.report({"strategy": inputs["strategy_name"], "slippage_bps": float(exchange.get("slippage_bps", 0.0)),
                          "fee_multiplier": float(fee_multiplier)})
-    paths = report.write(out_dir, title=f"qlib-crypto backtest ({inputs['strategy_name']}, {inputs['freq']})")
-    from .._atomic import atomic_path
-
-    for name, frame in (("order_reports.csv", run.order_reports), ("funding.csv", run.funding_events)):
-        with atomic_path(Path(out_dir) / name) as tmp:
-            frame.to_csv(tmp, index=False)
+    # one unit: the report files and these two are staged beside out_dir and swapped in together
+    paths = report.write(out_dir, title=f"qlib-crypto backtest ({inputs['strategy_name']}, {inputs['freq']})",
+                         extra={"order_reports.csv": run.order_reports, "funding.csv": run.funding_events})
     m = report.metrics
     click.echo(f"backtest {inputs['strategy_name']} {report.info['start']} .. {report.info['end']}: "
                f"{report.info['n_bars']} bars, {len(report.fills)} fills, {len(report.trades)} trades")

@@ -13,7 +13,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
 
 @click.command("dump")
 @click.option("--store", "store_dir", required=True, type=click.Path(file_okay=False), help="Raw store directory.")
-@click.option("--qlib-dir", required=True, type=click.Path(file_okay=False),
+@click.option("--qlib-dir", required=True, type=click.Path(), metavar="DIR",  # checked by dump(): one-line errors
               help="Provider directory for this one frequency, e.g. ~/.qlib/qlib_data/crypto/okx/60min.")
 @click.option("--timeframe", required=True,
               help="Frequency to write: 1m 5m 15m 1h 4h 1d or Qlib names 1min 5min 15min 60min 240min day.")
@@ -23,7 +23,8 @@ def _split(values: tuple[str, ...]) -> list[str]:
               help="Store timeframe to build from (e.g. 1h for --timeframe day). Default: --timeframe.")
 @click.option("--top", default=None,
               help="Liquidity universes top<N>.txt to write, comma-separated (default 10,20; empty for none).")
-@click.option("--window-days", type=int, default=None, help="Trailing window of the liquidity universes (30).")
+@click.option("--window-days", type=int, default=None,
+              help="Trailing window of the liquidity universes in whole days >= 1 (default 30).")
 def command(store_dir, qlib_dir, timeframe, instruments, update, source_timeframe, top, window_days) -> int:
     """Dump the store into Qlib's binary format (full, or --update to append new bars).
 
@@ -41,6 +42,7 @@ def command(store_dir, qlib_dir, timeframe, instruments, update, source_timefram
     """
     from ..errors import ConfigError
     from ..provider import dump
+    from ..provider.dump import os_errors_as_provider_errors
 
     tops = None
     if top is not None:
@@ -51,8 +53,9 @@ def command(store_dir, qlib_dir, timeframe, instruments, update, source_timefram
         if any(n <= 0 for n in tops):
             raise ConfigError(f"bad --top value {top!r}", hint="universe sizes must be positive")
     names = _split(instruments) or None
-    res = dump(store_dir, qlib_dir, timeframe, instruments=names, update=update, source_timeframe=source_timeframe,
-               top=tops, window_days=window_days)
+    with os_errors_as_provider_errors(qlib_dir):  # disk full, read-only filesystem...: one line, exit 2
+        res = dump(store_dir, qlib_dir, timeframe, instruments=names, update=update,
+                   source_timeframe=source_timeframe, top=tops, window_days=window_days)
     if res.mode == "noop":
         click.echo(f"{res.qlib_dir}: up to date ({res.instruments} instruments, calendar {res.calendar_start} .. "
                    f"{res.calendar_end})")

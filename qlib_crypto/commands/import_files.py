@@ -33,10 +33,13 @@ import click
               help="Files without quote volume: set amount = volume x (high + low + close) / 3.")
 @click.option("--overwrite", is_flag=True,
               help="Replace stored bars that conflict with the file (default: keep the stored ones and report).")
+@click.option("--lock-timeout", default=None, type=float, metavar="S",
+              help="Seconds to wait while another command writes the store (default 3600, env "
+                   "QLIB_CRYPTO_LOCK_TIMEOUT; 0 = refuse at once, exit code 5).")
 def command(
     files: tuple[str, ...], instrument: str | None, timeframe: str, store_dir: str, columns: tuple[str, ...],
     datetime_column: str | None, symbol_column: str | None, time_format: str, timezone: str,
-    derive_amount: bool, overwrite: bool,
+    derive_amount: bool, overwrite: bool, lock_timeout: float | None,
 ) -> int:
     """Import OHLCV bars from CSV or Parquet FILES into the store, with the store's validation.
 
@@ -59,7 +62,7 @@ def command(
     results = import_files(
         store_dir, list(files), timeframe, overwrite=overwrite, instrument=instrument, symbol_column=symbol_column,
         columns=list(columns), datetime_column=datetime_column, time_format=time_format, timezone=timezone,
-        derive_amount=derive_amount,
+        derive_amount=derive_amount, lock_timeout=lock_timeout,
     )
     header = f"{'file':<28} {'instrument':<18} {'read':>8} {'added':>8} {'identical':>9} {'conflicts':>9} {'quarantined':>11}"
     click.echo(header)
@@ -84,7 +87,14 @@ def command(
         if res.conflicts:
             ex = res.conflict_examples[0] if res.conflict_examples else None
             action = "replaced by the file's values (--overwrite)" if res.rows_replaced else "kept the stored values (pass --overwrite to replace them)"
-            detail = f"; first at {ex['datetime']}: stored close {ex['stored']['close']} vs file close {ex['incoming']['close']}" if ex else ""
+            detail = ""
+            if ex:  # every field that differs, stored vs file (not the close when only the volume differs)
+                fields = ex.get("fields") or [
+                    k for k, a in ex["stored"].items()
+                    if not (a == ex["incoming"].get(k) or (a != a and ex["incoming"].get(k) != ex["incoming"].get(k)))
+                ]
+                diffs = ", ".join(f"{k} stored {ex['stored'][k]!r} vs file {ex['incoming'][k]!r}" for k in fields)
+                detail = f"; first at {ex['datetime']}: {diffs}"
             click.echo(f"conflicts: {res.instrument} from {res.file}: {res.conflicts} bars differ from the store, {action}{detail}")
         if res.quarantined:
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(res.quarantine_reasons.items()))

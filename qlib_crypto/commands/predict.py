@@ -28,10 +28,15 @@ def _provider_option(values: tuple[str, ...]):
 
 
 @click.command("predict")
-@click.option("--model", "model_path", type=click.Path(), help="Model file written by save_model / ModelArtifactRecord.")
-@click.option("--experiment", help="Recorder experiment to load the model from (instead of --model).")
+@click.option("--model", "model_path", type=click.Path(),
+              help="Model file written by save_model / ModelArtifactRecord. A model file is a pickle, which runs "
+                   "code when loaded: use only models from a trusted source. It is checked against its "
+                   ".meta.yaml (sha256 of both) before anything is loaded.")
+@click.option("--experiment", help="Recorder experiment to load the model from (instead of --model); the run's "
+                                   "artifacts are pickles too: use only a trusted tracking store.")
 @click.option("--run-id", default="latest", show_default=True, help="Recorder run id, or 'latest' finished run.")
-@click.option("--tracking-uri", help="MLflow tracking URI of the recorder (default: $MLFLOW_TRACKING_URI or ./mlruns).")
+@click.option("--tracking-uri", help="MLflow tracking URI of the recorder (default: $MLFLOW_TRACKING_URI or ./mlruns); "
+                                     "a local store must exist (it is never created).")
 @click.option("--provider-dir", "provider_dirs", multiple=True,
               help="Qlib provider directory, or freq=DIR pairs (repeatable).")
 @click.option("--freq", help="Bar frequency (60min, day, 1h...); default: the model's.")
@@ -49,8 +54,9 @@ def _provider_option(values: tuple[str, ...]):
 @click.option("--vol-target", type=float, help="Annualised volatility target per position (default off).")
 @click.option("--vol-window", type=int, help="Bars of realised volatility (default one week of bars, >= 20).")
 @click.option("--long-only", is_flag=True, default=None, help="SELL means flat (size 0) instead of short.")
-@click.option("--warmup-bars", type=int, help="History bars loaded before the first scored bar (default 400).")
-@click.option("--out", required=True, type=click.Path(), help="Signals Parquet file to write.")
+@click.option("--warmup-bars", type=int,
+              help="History bars (>= 0) loaded before the first scored bar (default: the model's, else 400).")
+@click.option("--out", required=True, type=click.Path(), help="Signals Parquet file to write (not a directory).")
 def command(model_path, experiment, run_id, tracking_uri, provider_dirs, freq, start, end, latest, rules_file, mode,
             buy_threshold, sell_threshold, buy_quantile, sell_quantile, max_position, max_total, vol_target,
             vol_window, long_only, warmup_bars, out) -> int:
@@ -58,6 +64,11 @@ def command(model_path, experiment, run_id, tracking_uri, provider_dirs, freq, s
 
     The signals Parquet file has columns datetime, instrument, score, signal, position_size (signed: negative
     = short). Rules and defaults are in docs/predict.md.
+
+    Trust: model files and recorder artifacts are pickles, which run code when loaded; use only models from a
+    trusted source. Before loading, the model file is checked against the sha256 in its .meta.yaml, the
+    .meta.yaml against its own metadata_sha256, and every module its handler config names must be an
+    installed module (file paths are refused, never imported).
 
     \b
     Examples:
@@ -77,10 +88,21 @@ def command(model_path, experiment, run_id, tracking_uri, provider_dirs, freq, s
         raise ConfigError("both --model and --experiment given", hint="pass only one of them")
     if latest and start is not None:
         raise ConfigError(f"--latest and --start {start} both given", hint="use --latest, or --start/--end for a range")
-    if model_path is not None:  # fail fast (before importing Qlib) on a missing file
-        from ..workflow.model_io import _resolve_model_path
+    if warmup_bars is not None and warmup_bars < 0:
+        raise ConfigError(f"--warmup-bars {warmup_bars} is negative",
+                          hint="give the history bars to load before the first scored bar, e.g. 400")
+    from ..provider.dump import check_output_location
 
-        _resolve_model_path(model_path)
+    check_output_location(out, "--out", kind="file", error=ConfigError)
+    # fail fast, before Qlib is imported and before anything is unpickled
+    if model_path is not None:  # the model and its metadata must match (sha256 of both), modules installed
+        from ..workflow.model_io import verify_model
+
+        verify_model(model_path)
+    else:  # a local tracking store must exist (MLflow would create an empty one)
+        from ..workflow.model_io import check_tracking_uri, default_tracking_uri
+
+        check_tracking_uri(tracking_uri or default_tracking_uri())
     provider = _provider_option(provider_dirs)
     rules = SignalRules.from_yaml(rules_file) if rules_file else SignalRules()
     rules = rules.updated(mode=mode, buy_threshold=buy_threshold, sell_threshold=sell_threshold,

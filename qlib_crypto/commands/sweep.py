@@ -10,6 +10,9 @@ import click
 from ..errors import ConfigError
 from .backtest import input_options
 
+#: the files a sweep --out directory holds (written and replaced as one unit)
+SWEEP_FILES = ("sweep.csv", "sweep.json", "sweep.png", "sweep.html")
+
 
 def parse_grid(text: str, name: str) -> list[float]:
     """``"0,0.5,1,2"`` -> ``[0.0, 0.5, 1.0, 2.0]`` (each value finite and >= 0, no duplicates)."""
@@ -69,25 +72,29 @@ def sweep_figure_html(table: Any, out_dir: Path) -> tuple[Path, Path]:
               help="Comma-separated multipliers applied to every fee rate.")
 @click.option("--slippage-bps", "slippage_grid", default="0,2,5,10", show_default=True,
               help="Comma-separated slippage values in basis points.")
-@click.option("--out", "out_dir", default="reports/sweep", show_default=True, type=click.Path(file_okay=False),
+@click.option("--out", "out_dir", default="reports/sweep", show_default=True, type=click.Path(), metavar="DIR",
               help="Output directory: sweep.csv, sweep.json, sweep.png, sweep.html.")
 def command(fee_multipliers: str, slippage_grid: str, out_dir: str, **opts: Any) -> int:
     """Re-run a backtest for every (fee multiplier, slippage) pair and tabulate net performance.
+
+    Trust: --signals files are data (Parquet or CSV; pickles are refused). A --pred pred.pkl is a pickle,
+    which runs code when loaded: give only one from a trusted source (your own qrun run).
 
     \b
     Example:
       qlib-crypto sweep --signals reports/signals.parquet --provider-dir data/qlib/synthetic/60min \\
           --fee-multipliers 0,0.5,1,2 --slippage-bps 0,2,5,10 --out reports/sweep
     """
-    from .backtest import build_inputs, check_input_files
+    from .backtest import build_inputs, check_input_files, check_output_dir
 
     check_input_files(opts)
-    from .._atomic import atomic_path, atomic_write_text
+    mults = parse_grid(fee_multipliers, "--fee-multipliers")
+    slips = parse_grid(slippage_grid, "--slippage-bps")
+    check_output_dir(out_dir)
+    inputs = build_inputs(opts)  # every input checked before Qlib's backtest modules are imported
+    from .._atomic import atomic_dir, atomic_path, atomic_write_text
     from ..workflow.backtest_record import cost_sweep
 
-    mults = parse_grid(fee_multipliers, "fee multiplier")
-    slips = parse_grid(slippage_grid, "slippage")
-    inputs = build_inputs(opts)
     total = len(mults) * len(slips)
     done = [0]
 
@@ -101,13 +108,15 @@ def command(fee_multipliers: str, slippage_grid: str, out_dir: str, **opts: Any)
                        account=inputs["account"], benchmark=inputs["benchmark"], exchange=inputs["exchange"],
                        executor=inputs["executor"], progress=progress)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "sweep.csv") as tmp:
-        table.to_csv(tmp, index=False)
     records = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
                for r in table.to_dict(orient="records")]
-    atomic_write_text(out / "sweep.json", json.dumps({"strategy": inputs["strategy_name"], "freq": inputs["freq"],
-                                                      "runs": records}, indent=2) + "\n")
-    png, html_path = sweep_figure_html(table, out)
+    # one unit: staged beside out_dir and swapped in, so it holds the old set of files or the new one
+    with atomic_dir(out, replaceable=SWEEP_FILES, what="--out directory") as stage:
+        with atomic_path(stage / "sweep.csv") as tmp:
+            table.to_csv(tmp, index=False)
+        atomic_write_text(stage / "sweep.json", json.dumps({"strategy": inputs["strategy_name"],
+                                                            "freq": inputs["freq"], "runs": records}, indent=2) + "\n")
+        sweep_figure_html(table, stage)
+    png, html_path = out / "sweep.png", out / "sweep.html"
     click.echo(f"wrote {out / 'sweep.csv'}, {out / 'sweep.json'}, {png} and {html_path}")
     return 0

@@ -373,6 +373,136 @@ def _recover_journal(qlib_dir: Path) -> str | None:
 # --------------------------------------------------------------------------------------------- entry point
 
 
+# pseudo filesystems nothing can be dumped into (kernel interfaces, not storage)
+_PSEUDO_FS = {"proc", "sysfs", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "configfs", "devpts",
+              "mqueue", "bpf", "pstore", "fusectl", "efivarfs", "binfmt_misc", "nsfs"}
+
+
+def _mount_of(path: str) -> tuple[str, str] | None:
+    """(mount point, filesystem type) holding the existing absolute ``path`` (Linux), or None if unknown."""
+    import re
+
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    best: tuple[str, str] | None = None
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5 or not right.split():
+            continue
+        mnt = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        inside = path == mnt or path.startswith(mnt.rstrip("/") + "/")
+        if inside and (best is None or len(mnt) >= len(best[0])):
+            best = (mnt, right.split()[0])
+    return best
+
+
+def _existing_ancestor(p: Path) -> Path:
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_output_location(path: str | os.PathLike, what: str, *, kind: str = "dir", beside: bool = False,
+                          error: type = ProviderError) -> Path:
+    """Refuse, before anything is written, an output ``path`` that cannot be written; return it absolute.
+
+    ``kind`` "dir": ``path`` must be a directory or not exist yet; "file": a regular file or not exist yet.
+    ``beside``: the writer also creates entries next to ``path`` (a staging directory, a temporary file, a lock).
+    Refused, with ``error`` naming ``what`` and the value: a path under a regular file, on a pseudo filesystem
+    (/proc, /sys...), on a read-only or full filesystem, or in a directory this user cannot write.
+    """
+    raw = str(path)
+    p = Path(os.path.abspath(os.path.expanduser(raw)))
+    if p.exists():
+        if kind == "dir" and not p.is_dir():
+            raise error(f"{what} {raw!r} is a file, not a directory", hint=f"give a directory for {what}")
+        if kind == "file" and p.is_dir():
+            raise error(f"{what} {raw!r} is a directory, not a file",
+                        hint=f"give a file path for {what}, e.g. {raw.rstrip('/')}/signals.parquet")
+    places = []
+    if kind == "dir":
+        places.append(_existing_ancestor(p))
+    if kind == "file" or beside:
+        places.append(_existing_ancestor(p.parent))
+    for anc in dict.fromkeys(places):
+        if not anc.is_dir():
+            raise error(f"{what} {raw!r} is under {str(anc)!r}, which is a file, not a directory",
+                        hint=f"choose a {what} whose parent directories are directories")
+        real = os.path.realpath(anc)
+        mount = _mount_of(real)
+        pseudo = mount[1] in _PSEUDO_FS if mount else (real + "/").startswith(("/proc/", "/sys/"))
+        if pseudo:
+            kind_fs = mount[1] if mount else real.split("/")[1]
+            raise error(f"{what} {raw!r} is on the {kind_fs} pseudo-filesystem ({mount[0] if mount else real}), "
+                        "which holds no files", hint=f"choose a {what} on a disk, e.g. under your home directory")
+        try:
+            st = os.statvfs(anc)
+        except (OSError, AttributeError):  # no statvfs (Windows): the write itself will tell
+            st = None
+        if st is not None and st.f_flag & os.ST_RDONLY:
+            raise error(f"{what} {raw!r} is on a read-only filesystem ({str(anc)!r})",
+                        hint=f"choose a {what} on a writable filesystem")
+        if st is not None and st.f_blocks > 0 and st.f_bavail == 0:
+            raise error(f"{what} {raw!r} is on a full filesystem (0 bytes free in {str(anc)!r})",
+                        hint=f"free some space, or choose a {what} on another filesystem")
+        if not os.access(anc, os.W_OK | os.X_OK):
+            raise error(f"{what} {raw!r} cannot be written: permission denied on {str(anc)!r}",
+                        hint=f"choose a {what} you can write, or fix the directory's permissions")
+    return p
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "the filesystem is full: free some space or choose another --qlib-dir, then re-run",
+    errno.EDQUOT: "the disk quota is exhausted: free some space or choose another --qlib-dir, then re-run",
+    errno.EROFS: "the filesystem is read-only: choose a --qlib-dir on a writable filesystem",
+    errno.EACCES: "permission denied: choose a --qlib-dir you can write, or fix its permissions",
+    errno.EPERM: "operation not permitted: choose a --qlib-dir you can write, or fix its permissions",
+    errno.ENOTDIR: "a part of the path is a file, not a directory: choose another --qlib-dir",
+}
+
+
+@contextlib.contextmanager
+def os_errors_as_provider_errors(qlib_dir: str | os.PathLike):
+    """Turn an OSError of a dump (disk full, read-only filesystem...) into one ProviderError line naming the
+    directory (used by the CLI; :func:`dump` itself lets the OSError through, after cleaning up)."""
+    qlib_dir = Path(qlib_dir).expanduser().absolute()
+    try:
+        yield
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise ProviderError(
+            f"dump into {str(qlib_dir)!r} failed: {exc.strerror or exc}{where}; the previous contents were kept",
+            hint=_OS_HINTS.get(exc.errno, "fix the cause and re-run the dump"),
+        ) from exc
+
+
+def _check_window_days(window_days) -> None:
+    if window_days is None:
+        return
+    if isinstance(window_days, bool) or not isinstance(window_days, (int, np.integer)) or window_days < 1:
+        raise ConfigError(f"--window-days {window_days!r} is not a whole number of days >= 1",
+                          hint="give the trailing window of the liquidity universes in days, e.g. 30")
+
+
+def _refuse_case_collisions(store: Path, tf_name: str, names: Sequence[str]) -> None:
+    """Qlib keeps one directory per lower-cased instrument: two store series mapping to one is refused."""
+    by_dir: dict[str, list[str]] = {}
+    for name in names:
+        by_dir.setdefault(name.lower(), []).append(name)
+    clashes = sorted(sorted(v) for v in by_dir.values() if len(v) > 1)
+    if clashes:
+        shown = "; ".join(" and ".join(c) for c in clashes[:5])
+        raise ProviderError(
+            f"store {str(store)!r} holds {tf_name} series whose names differ only in case ({shown}): they would "
+            "share one Qlib directory; nothing was written",
+            hint="keep one upper-case series per instrument: merge the rows (qlib-crypto import) and delete the "
+            "other directory, then run qlib-crypto validate",
+        )
+
+
 def dump(
     store_dir: str | os.PathLike,
     qlib_dir: str | os.PathLike,
@@ -394,6 +524,8 @@ def dump(
     """
     t0 = time.perf_counter()
     tgt, src = _resolve_timeframes(timeframe, source_timeframe)
+    _check_window_days(window_days)
+    check_output_location(qlib_dir, "--qlib-dir", kind="dir", beside=True)
     qlib_dir = Path(qlib_dir).expanduser().absolute()
     store = Path(store_dir).expanduser()
     if not store.is_dir():
@@ -407,6 +539,7 @@ def dump(
             f"store {str(store)!r} has no {src.name} bars",
             hint=(f"it holds {', '.join(tfs)} bars: pass --from-timeframe" if tfs else "the store is empty: collect or import bars first"),
         )
+    _refuse_case_collisions(store, src.name, names)
     explicit = sorted(dict.fromkeys(instruments)) if instruments else None
     if explicit is not None:
         missing = [n for n in explicit if n not in names]

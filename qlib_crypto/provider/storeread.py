@@ -130,7 +130,30 @@ def read_series_file(f: StoreFile, columns: tuple[str, ...]) -> tuple[np.ndarray
     values = np.empty((len(columns), len(ts)), dtype=np.float64)
     for j, c in enumerate(columns):
         values[j] = _to_numpy(table.column(c), "<f8")
+    _refuse_out_of_range(f, columns, ts, values)
     return ts, values
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _refuse_out_of_range(f: StoreFile, columns: tuple[str, ...], ts: np.ndarray, values: np.ndarray) -> None:
+    """Qlib's provider is float32: an infinite value, or one beyond float32's range (which becomes infinite), is
+    refused rather than written (the store quarantines such rows; older stores may still hold them)."""
+    finite = np.isfinite(values) | np.isnan(values)
+    with np.errstate(invalid="ignore"):
+        big = np.abs(np.where(np.isfinite(values), values, 0.0)) > _FLOAT32_MAX
+    bad = ~finite | big
+    if columns[:4] == BAR_COLUMNS[:4]:
+        bad[:4] |= np.isnan(values[:4])  # a price must be a number
+    if bad.any():
+        j, i = (int(x[0]) for x in np.nonzero(bad))
+        when = np.datetime_as_string(np.datetime64(int(ts[i]), "ms"), unit="m")
+        raise ProviderError(
+            f"store file {str(f.path)!r} holds a non-finite or out-of-range {columns[j]} ({values[j, i]!r}) at "
+            f"{when}Z: Qlib's float32 provider cannot represent it; nothing was written",
+            hint="re-import or re-collect that period (the store now quarantines such rows), then run qlib-crypto validate",
+        )
 
 
 def _to_numpy(column, dtype: str) -> np.ndarray:

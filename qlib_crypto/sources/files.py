@@ -319,7 +319,8 @@ def read_bar_file(
         symbol_column = mapping.pop("symbol")
     mapping.pop("symbol", None)
     wanted = [instrument] if isinstance(instrument, str) else list(instrument or [])
-    wanted = [w.strip() for item in wanted for w in str(item).split(",") if w.strip()]
+    # One instrument, one name: OKX instIds are upper case, and Qlib keys instruments case-insensitively.
+    wanted = [w.strip().upper() for item in wanted for w in str(item).split(",") if w.strip()]
     if symbol_column is None and len(wanted) != 1:
         raise ConfigError(
             "name the instrument of " + repr(path.name) + (f" (got {', '.join(wanted)})" if wanted else ""),
@@ -351,6 +352,14 @@ def read_bar_file(
         text_bad = numbers.isna().to_numpy() & raw.notna().to_numpy()
         if raw.dtype == object:
             text_bad &= raw.astype(str).str.strip().ne("").to_numpy()
+        if text_bad.any():  # overflowing literals such as 1e400 are numbers (infinite): the store quarantines them
+            numbers = numbers.astype(np.float64)
+            for pos in np.flatnonzero(text_bad):
+                try:
+                    numbers.iloc[pos] = float(str(raw.iloc[pos]).strip())
+                    text_bad[pos] = False
+                except ValueError:
+                    pass
         if text_bad.any():
             pos = int(np.flatnonzero(text_bad)[0])
             raise ImportDataError(
@@ -370,7 +379,7 @@ def read_bar_file(
             f"{path.name}: empty instrument in column {symbol_column!r} at {_row_ref(path, pos)}",
             hint="every row needs an instrument id such as BTC-USDT",
         )
-    names = symbols.astype(str).map(normalise_symbol)
+    names = symbols.astype(str).map(normalise_symbol).str.upper()
     result: dict[str, pd.DataFrame] = {}
     for name, rows in out.groupby(names.to_numpy(), sort=True):
         try:
@@ -399,12 +408,14 @@ def import_files(
     timeframe: str,
     *,
     overwrite: bool = False,
+    lock_timeout: float | None = None,
     **read_options: Any,
 ) -> list[FileImportResult]:
     """Import files into the store: every file is read and checked first, then written through
     ``store.write_bars(..., source="import:<file name>")``. ``read_options`` go to :func:`read_bar_file`.
 
     Conflicting stored bars are kept unless ``overwrite``; nothing is written when any file fails to read.
+    Writing holds the store's writer lock (waiting up to ``lock_timeout`` seconds for another writer).
     """
     from .. import store
 
@@ -416,6 +427,14 @@ def import_files(
         path = Path(raw_path)
         parsed.append((path, read_bar_file(path, tf.name, **read_options)))
     results = []
+    with store.store_lock(store_dir, command="import", timeout=lock_timeout):
+        _write_imports(store_dir, tf, parsed, overwrite, results)
+    return results
+
+
+def _write_imports(store_dir, tf, parsed, overwrite, results) -> None:
+    from .. import store
+
     for path, by_instrument in parsed:
         for instrument, bars in by_instrument.items():
             res = store.write_bars(
@@ -433,7 +452,6 @@ def import_files(
                 )
             )
             logger.info("imported %s %s from %s: %s", instrument, tf.name, path.name, res)
-    return results
 
 
 class FileSource(BarSource):

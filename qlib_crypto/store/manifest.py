@@ -65,6 +65,50 @@ def build_manifest(
     return manifest
 
 
+def embedded_manifest(
+    file_name: str,
+    *,
+    kind: str,
+    instrument: str | None,
+    timeframe: str | None,
+    start_ms: int | None,
+    end_ms: int | None,
+    row_count: int,
+    source: str,
+    content_sha256: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The manifest fields that a data file carries in its own Parquet metadata (no wall-clock fields, so
+    the same rows from the same source always give the same bytes)."""
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "file": file_name,
+        "instrument": instrument,
+        "timeframe": timeframe,
+        "start_ts": iso_ms(start_ms),
+        "end_ts": iso_ms(end_ms),
+        "row_count": int(row_count),
+        "source": source,
+        "content_sha256": content_sha256,
+    }
+    if extra:
+        manifest.update(extra)
+    return manifest
+
+
+def sidecar_from_embedded(data_file: Path, embedded: dict[str, Any], collected_at: str | None = None) -> dict[str, Any]:
+    """The YAML sidecar of a data file: its embedded manifest plus the sha256 of the file's bytes."""
+    manifest = {k: v for k, v in embedded.items() if k not in ("sha256", "collected_at")}
+    manifest["sha256"] = sha256_file(data_file)
+    manifest["collected_at"] = collected_at or utc_now_iso()
+    return manifest
+
+
+def mtime_iso(path: Path) -> str:
+    return dt.datetime.fromtimestamp(path.stat().st_mtime, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def write_manifest(data_file: Path, manifest: dict[str, Any]) -> None:
     atomic_write_text(manifest_path(data_file), yaml.safe_dump(manifest, sort_keys=False))
 

@@ -1,6 +1,8 @@
 """Parquet I/O for time-indexed tables (bars, funding) and the merge rule shared by every writer."""
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,7 @@ from .manifest import iso_ms
 
 log = logging.getLogger(__name__)
 TIME_COLUMN = "datetime"
+EMBEDDED_KEY = b"qlib_crypto.manifest"
 
 
 def schema_for(columns: Sequence[str]) -> pa.Schema:
@@ -78,11 +81,47 @@ def read_table(path: Path, columns: Sequence[str]) -> tuple[np.ndarray, np.ndarr
     return ts.astype(np.int64, copy=False), values.reshape(len(ts), len(columns))
 
 
-def write_table(path: Path, ts: np.ndarray, values: np.ndarray, columns: Sequence[str]) -> None:
-    """Write sorted rows atomically as zstd Parquet, without pandas metadata (same rows -> same bytes)."""
+def content_sha256(ts: np.ndarray, values: np.ndarray) -> str:
+    """sha256 of the rows themselves (little-endian int64 times, then float64 values row-major).
+
+    Independent of the Parquet encoding: it proves that the rows read back are the rows written.
+    """
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(ts, dtype="<i8").tobytes())
+    digest.update(np.ascontiguousarray(values, dtype="<f8").tobytes())
+    return digest.hexdigest()
+
+
+def read_embedded(path: Path) -> dict[str, Any] | None:
+    """The manifest embedded in a data file's Parquet key-value metadata (None for files without one)."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowException):
+        return None
+    raw = meta.get(EMBEDDED_KEY)
+    if raw is None:
+        return None
+    try:
+        loaded = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def write_table(
+    path: Path, ts: np.ndarray, values: np.ndarray, columns: Sequence[str], embedded: dict[str, Any] | None = None
+) -> None:
+    """Write sorted rows atomically as zstd Parquet, without pandas metadata (same rows -> same bytes).
+
+    ``embedded`` (the file's manifest without the wall-clock fields) goes into the Parquet key-value metadata,
+    so the data file alone proves what it holds and a lost or stale sidecar manifest can be rebuilt.
+    """
     arrays = [pa.array(ts.astype(np.int64), type=pa.int64()).cast(pa.timestamp("ms", tz="UTC"))]
     arrays += [pa.array(values[:, i], type=pa.float64()) for i in range(len(columns))]
-    table = pa.Table.from_arrays(arrays, schema=schema_for(columns))
+    schema = schema_for(columns)
+    if embedded is not None:
+        schema = schema.with_metadata({EMBEDDED_KEY: json.dumps(embedded, sort_keys=True).encode("utf-8")})
+    table = pa.Table.from_arrays(arrays, schema=schema)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd", use_dictionary=False, write_statistics=True)
 
@@ -101,6 +140,8 @@ class WriteResult:
     conflict_examples: list[dict[str, Any]] = field(default_factory=list)
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     quarantine_file: str | None = None
+    quarantined_ts: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    manifests_healed: list[str] = field(default_factory=list)
 
     def merge(self, other: "WriteResult") -> "WriteResult":
         self.rows_in += other.rows_in
@@ -114,10 +155,14 @@ class WriteResult:
         for reason, count in other.quarantine_reasons.items():
             self.quarantine_reasons[reason] = self.quarantine_reasons.get(reason, 0) + count
         self.quarantine_file = other.quarantine_file or self.quarantine_file
+        self.quarantined_ts = np.union1d(self.quarantined_ts, other.quarantined_ts).astype(np.int64)
+        self.manifests_healed += other.manifests_healed
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        out["quarantined_ts"] = [int(t) for t in self.quarantined_ts]
+        return out
 
 
 def dedupe_incoming(ts: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -162,7 +207,7 @@ def merge_rows(
     if exists.any():
         old_rows = old_values[pos_clipped[exists]]
         new_rows = new_values[exists]
-        identical = np.all(old_rows == new_rows, axis=1)
+        identical = np.all((old_rows == new_rows) | (np.isnan(old_rows) & np.isnan(new_rows)), axis=1)
         result.rows_identical = int(identical.sum())
         differing = ~identical
         n_conflict = int(differing.sum())
@@ -175,6 +220,8 @@ def merge_rows(
                         "datetime": iso_ms(int(new_ts[j])),
                         "stored": dict(zip(columns, map(float, old_values[k]))),
                         "incoming": dict(zip(columns, map(float, new_values[j]))),
+                        "fields": [c for c, a, b in zip(columns, old_values[k], new_values[j])
+                                   if not (a == b or (np.isnan(a) and np.isnan(b)))],
                     }
                 )
             if on_conflict == "error":

@@ -224,6 +224,6 @@ class LongShortStrategy(_CryptoStrategyBase):
         self.last_rebalance = step
         held = {inst: self._amount(inst) for inst in self.trade_position.get_stock_list()}
         names = set(weights) | {k for k, v in held.items() if v != 0}
-        prices = {inst: self._price(inst, start, end) for inst in names}
+        prices = {inst: self._price(inst, start, end) for inst in sorted(names)}  # sorted: no set order
         deltas = orders_for_weights(weights, held, prices, self._equity(), self.min_trade_value)
         return TradeDecisionWO(self._orders(deltas, start, end), self)

@@ -164,8 +164,12 @@ def _naive_utc(values: Any) -> pd.DatetimeIndex:
     return idx
 
 
-def load_frame(obj: Any, what: str) -> pd.DataFrame | pd.Series:
-    """A DataFrame/Series as is, or read from a ``.parquet``, ``.pkl``/``.pickle`` or ``.csv`` path."""
+def load_frame(obj: Any, what: str, *, allow_pickle: bool = True) -> pd.DataFrame | pd.Series:
+    """A DataFrame/Series as is, or read from a ``.parquet``, ``.pkl``/``.pickle`` or ``.csv`` path.
+
+    Pickles execute code when read: they are accepted only where ``allow_pickle`` (Qlib prediction files from
+    a trusted source), never for signals, which are data (Parquet or CSV).
+    """
     if isinstance(obj, (pd.DataFrame, pd.Series)):
         return obj
     if isinstance(obj, (str, Path)):
@@ -176,6 +180,12 @@ def load_frame(obj: Any, what: str) -> pd.DataFrame | pd.Series:
         if suffix == ".parquet":
             return pd.read_parquet(path)
         if suffix in (".pkl", ".pickle"):
+            if not allow_pickle:
+                raise ConfigError(
+                    f"{what} file {str(path)!r} is a pickle: {what} are data and are read from Parquet or CSV only "
+                    "(a pickle can execute code when read)",
+                    hint="convert it once from a trusted session: pd.read_pickle(path).to_parquet('signals.parquet')",
+                )
             return pd.read_pickle(path)
         if suffix == ".csv":
             return pd.read_csv(path)
@@ -187,7 +197,7 @@ def load_frame(obj: Any, what: str) -> pd.DataFrame | pd.Series:
 def signals_frame(signals: Any) -> pd.DataFrame:
     """Normalise signals (DataFrame or path) to ``datetime`` (naive UTC), ``instrument``, ``signal``,
     ``position_size`` columns."""
-    df = load_frame(signals, "signals")
+    df = load_frame(signals, "signals", allow_pickle=False)
     if isinstance(df, pd.Series):
         raise ConfigError("signals are a Series", hint="pass a DataFrame with datetime, instrument, signal, position_size")
     df = df.copy()

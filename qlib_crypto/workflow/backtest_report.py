@@ -34,11 +34,15 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .._atomic import atomic_path, atomic_write_text
+from .._atomic import atomic_dir, atomic_path, atomic_write_text
 from ..errors import BacktestError
 from ..settings import bars_per_year  # 365-day, 24/7 year: 60min -> 8760, day -> 365
 
 logger = logging.getLogger(__name__)
+
+#: the files :meth:`BacktestReport.write` puts in a report directory
+REPORT_FILES: tuple[str, ...] = ("metrics.json", "report.json", "report.html", "fills.csv", "trades.csv",
+                                 "equity.csv", "monthly_returns.csv")
 
 METRIC_KEYS: tuple[str, ...] = (
     "total_return",
@@ -226,6 +230,10 @@ def round_trips(fills: pd.DataFrame) -> pd.DataFrame:
                         cur["exit_time"] = row.datetime
                         trades.append(_close_trade(cur, closed=True))
                         cur, pos = None, 0.0
+                        if abs(remaining) <= 1e-9 * row.amount:
+                            # rounding dust of a closing fill (the position books value / price, the fill its
+                            # amount; they differ in the last digits), not a new trade in the other direction
+                            remaining = 0.0
         if cur is not None:
             trades.append(_close_trade(cur, closed=False))
     return pd.DataFrame(trades, columns=cols)
@@ -362,25 +370,32 @@ class BacktestReport:
     def metrics_json(self) -> str:
         return json.dumps({k: _json_number(self.metrics[k]) for k in METRIC_KEYS}, indent=2)
 
-    def write(self, out_dir: str | Path, *, title: str = "qlib-crypto backtest") -> dict[str, Path]:
+    def write(self, out_dir: str | Path, *, title: str = "qlib-crypto backtest",
+              extra: Mapping[str, pd.DataFrame | None] | None = None) -> dict[str, Path]:
         """Write ``metrics.json``, ``report.json``, ``report.html``, ``fills.csv``, ``trades.csv``,
-        ``equity.csv`` and ``monthly_returns.csv`` into ``out_dir`` (atomically); return their paths."""
+        ``equity.csv`` and ``monthly_returns.csv`` (plus ``extra``: file name -> DataFrame, written as CSV without
+        the index) into ``out_dir`` as one unit: staged beside it and swapped in (``qlib_crypto._atomic.atomic_dir``),
+        so ``out_dir`` holds the old set of files or the new one, never a mix. ``out_dir`` must be new, empty, or
+        hold only these files. Returns the final paths."""
+        names = list(REPORT_FILES) + [n for n in (extra or {}) if n not in REPORT_FILES]
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {name: out / name for name in ("metrics.json", "report.json", "report.html", "fills.csv",
-                                              "trades.csv", "equity.csv", "monthly_returns.csv")}
-        atomic_write_text(paths["metrics.json"], self.metrics_json() + "\n")
-        atomic_write_text(paths["report.json"], json.dumps(self.to_dict(), indent=2, default=str) + "\n")
-        atomic_write_text(paths["report.html"], self.to_html(title=title))
-        _write_csv(self.fills, paths["fills.csv"])
-        _write_csv(self.trades, paths["trades.csv"])
-        curves = pd.DataFrame({"equity": self.equity, "drawdown": self.drawdown})
-        curves.index.name = "datetime"
-        _write_csv(curves, paths["equity.csv"], index=True)
-        mr = self.monthly_returns.to_frame()
-        mr.index.name = "month"
-        _write_csv(mr, paths["monthly_returns.csv"], index=True)
-        return paths
+        with atomic_dir(out, replaceable=names, what="report directory") as stage:
+            staged = {name: stage / name for name in REPORT_FILES}
+            atomic_write_text(staged["metrics.json"], self.metrics_json() + "\n", fsync=False)
+            atomic_write_text(staged["report.json"], json.dumps(self.to_dict(), indent=2, default=str) + "\n",
+                              fsync=False)
+            atomic_write_text(staged["report.html"], self.to_html(title=title), fsync=False)
+            _write_csv(self.fills, staged["fills.csv"])
+            _write_csv(self.trades, staged["trades.csv"])
+            curves = pd.DataFrame({"equity": self.equity, "drawdown": self.drawdown})
+            curves.index.name = "datetime"
+            _write_csv(curves, staged["equity.csv"], index=True)
+            mr = self.monthly_returns.to_frame()
+            mr.index.name = "month"
+            _write_csv(mr, staged["monthly_returns.csv"], index=True)
+            for name, frame in (extra or {}).items():
+                _write_csv(frame if frame is not None else pd.DataFrame(), stage / name)
+        return {name: out / name for name in names}
 
     def to_dict(self) -> dict[str, Any]:
         """Metrics, run information and monthly returns (the curves and trades go to CSV files)."""
@@ -447,7 +462,7 @@ def _json_number(value: Any) -> Any:
 
 
 def _write_csv(df: pd.DataFrame, path: Path, *, index: bool = False) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, fsync=False) as tmp:  # inside an atomic_dir stage, which fsyncs before the swap
         df.to_csv(tmp, index=index)
 
 

@@ -10,6 +10,13 @@ Files for ``save_model(model, "models/lgb.pkl", ...)``:
 
 The model file is written first and the metadata last, so a crash in between leaves a pair whose hash does
 not match: :func:`load_model` refuses it.
+
+Trust model: a model file (like any pickle) runs code when it is loaded, so load only models from a trusted
+source. Before anything in the metadata is used and before anything is unpickled, :func:`verify_model` checks
+that the metadata is unchanged (its last line, ``metadata_sha256``, is the sha256 of the lines above it), that
+the model (and dataset) file has the sha256 the metadata records, and that every ``module_path`` (and dotted
+``class``) in the handler/dataset config names an installed, importable module: never a file path, which Qlib
+would execute, and never a ``file:`` reference, which Qlib would unpickle.
 """
 from __future__ import annotations
 
@@ -19,17 +26,18 @@ import logging
 import os
 import pickle
 import platform
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .._atomic import atomic_write_bytes, atomic_write_text
+from .._atomic import atomic_write_bytes
 from ..errors import ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: metadata_sha256 (digest of the metadata itself) as the last line
 META_SUFFIX = ".meta.yaml"
 DATASET_SUFFIX = ".dataset.pkl"
 RECORDER_ARTIFACT_DIR = "model"  # artifact folder written by ModelArtifactRecord
@@ -189,6 +197,9 @@ def save_model(
     if hcfg is None and dataset is None:
         raise ConfigError("neither handler_config nor dataset_config was given",
                           hint="pass the handler config used for training so predict can rebuild the features")
+    # a config that names a file (not an installed module) could never be loaded again: refuse it now
+    check_config_modules(hcfg, "handler_config", error=ConfigError)
+    check_config_modules(dataset_config, "dataset_config", error=ConfigError)
     try:
         model_bytes = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
@@ -226,26 +237,95 @@ def save_model(
     atomic_write_bytes(path, model_bytes)
     if dataset_bytes is not None:
         atomic_write_bytes(dataset_path(path), dataset_bytes)
-    atomic_write_text(metadata_path(path), yaml.safe_dump(meta, sort_keys=False, allow_unicode=True))
+    body = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).encode("utf-8")
+    meta["metadata_sha256"] = hashlib.sha256(body).hexdigest()
+    atomic_write_bytes(metadata_path(path), body + f"{METADATA_DIGEST_KEY}: {meta['metadata_sha256']}\n".encode())
     logger.info("saved model %s (%d features, sha256 %s)", path, len(feature_names), meta["sha256"][:12])
     return meta
 
 
+METADATA_DIGEST_KEY = "metadata_sha256"
+_DIGEST_LINE = re.compile(rb"%s: ([0-9a-f]{64})\n?\Z" % METADATA_DIGEST_KEY.encode())
+
+
 def read_metadata(path: str | os.PathLike) -> dict:
-    """Read the metadata of the model at ``path`` (no hash check)."""
+    """Read the metadata of the model at ``path``, checking that it is unchanged since it was saved (its last
+    line ``metadata_sha256`` is the sha256 of the lines above it); the model file's hash is not checked here
+    (see :func:`verify_model`)."""
     import yaml
 
     mpath = metadata_path(_resolve_model_path(path))
     if not mpath.is_file():
         raise ModelError(f"model metadata {str(mpath)!r} is missing",
                          hint="save models with qlib_crypto.workflow.model_io.save_model, which writes it")
+    data = mpath.read_bytes()
+    cut = data.rstrip(b"\n").rfind(b"\n") + 1
+    match = _DIGEST_LINE.match(data, cut)
+    if match is None:
+        raise ModelError(f"model metadata {str(mpath)!r} has no {METADATA_DIGEST_KEY} line: it was edited, or "
+                         f"written by a qlib-crypto older than metadata format {FORMAT_VERSION}",
+                         hint="re-save the model (save_model, or re-run the workflow) from a trusted source")
+    actual = hashlib.sha256(data[:cut]).hexdigest()
+    if actual != match.group(1).decode():
+        raise ModelError(f"model metadata {str(mpath)!r} has sha256 {actual[:16]}..., its {METADATA_DIGEST_KEY} line "
+                         f"says {match.group(1).decode()[:16]}...",
+                         hint="the metadata was changed after saving: restore it or re-save the model")
     try:
-        meta = yaml.safe_load(mpath.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ModelError(f"model metadata {str(mpath)!r} is not valid YAML: {exc}", hint="re-save the model") from None
+        meta = yaml.safe_load(data.decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ModelError(f"model metadata {str(mpath)!r} is not valid YAML: {' '.join(str(exc).split())}",
+                         hint="re-save the model") from None
     if not isinstance(meta, dict) or "sha256" not in meta or "feature_names" not in meta:
         raise ModelError(f"model metadata {str(mpath)!r} lacks sha256/feature_names", hint="re-save the model")
     return meta
+
+
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+
+
+def check_module_name(name: Any, where: str, *, error: type = ModelError) -> str:
+    """``name`` if it is an installed, importable module name (``qlib.contrib.data.handler``); a file path,
+    a name ending in ``.py`` (Qlib executes those as files) or a module that cannot be found is refused."""
+    hint = ("model metadata may only name installed modules (e.g. qlib_crypto.data or qlib.contrib.data.handler), "
+            "never files; install your handler as a package, name its module, and re-save the model")
+    text = name if isinstance(name, str) else None
+    if text is None or text.endswith(".py") or not _MODULE_NAME.match(text):
+        raise error(f"{where} {name!r} is not a module name (file paths are refused: Qlib would execute them)", hint=hint)
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(text)
+    except Exception:  # a parent package that cannot be imported
+        spec = None
+    if spec is None:
+        raise error(f"{where} {name!r} is not an importable module", hint=hint)
+    return text
+
+
+def check_config_modules(config: Any, where: str, *, error: type = ModelError) -> None:
+    """Walk a Qlib config (handler, dataset, loader, processors...) and refuse what Qlib would run from a file:
+    a ``module_path`` or dotted ``class``/``func`` that is not an installed module name, or a ``file:`` value
+    (Qlib unpickles those)."""
+
+    def walk(node: Any, at: str) -> None:
+        if isinstance(node, Mapping):
+            if node.get("module_path") is not None:
+                check_module_name(node["module_path"], f"{where}: {at}module_path", error=error)
+            for key in ("class", "func"):
+                value = node.get(key)
+                if isinstance(value, str) and "." in value:  # "a.b.ClassName": Qlib imports "a.b"
+                    check_module_name(value.rsplit(".", 1)[0], f"{where}: module of {at}{key} {value!r}:", error=error)
+            for key, value in node.items():
+                walk(value, f"{at}{key}.")
+        elif isinstance(node, (list, tuple)):
+            for i, value in enumerate(node):
+                walk(value, f"{at}{i}.")
+        elif isinstance(node, str) and node.strip().lower().startswith("file:"):
+            raise error(f"{where}: {at.rstrip('.') or 'the config'} is the file reference {node!r}, which Qlib "
+                        "would unpickle", hint="model metadata may only hold installed module names and plain "
+                                               "values: re-save the model with the handler config itself")
+
+    walk(config, "")
 
 
 def _resolve_model_path(path: str | os.PathLike) -> Path:
@@ -280,15 +360,40 @@ def _unpickle(path: Path, what: str) -> Any:
                          hint="load it with the library versions listed in its metadata") from exc
 
 
-def load_model(path: str | os.PathLike, *, feature_names: Sequence[str] | None = None) -> tuple[Any, dict]:
-    """Load a model saved by :func:`save_model`, verifying its sha256; returns ``(model, metadata)``.
+def verify_model(path: str | os.PathLike) -> tuple[Path, dict]:
+    """Check a saved model without loading it: returns ``(model file, metadata)``.
 
-    With ``feature_names`` (the data's columns), a mismatch raises :class:`ModelError` (see
-    :func:`check_features`). The metadata gets ``model_path`` (absolute) added.
+    In this order, before anything in the metadata is used: the metadata is unchanged since saving
+    (``metadata_sha256``), the model file (and the dataset file, if one was saved) has the sha256 the
+    metadata records, and every module the handler/dataset config names is an installed module (see
+    :func:`check_config_modules`). Anything else is a :class:`ModelError`; nothing is unpickled.
     """
     p = _resolve_model_path(path)
     meta = read_metadata(p)
     _check_hash(p, meta.get("sha256"), "model file")
+    if meta.get("dataset_file"):
+        if meta["dataset_file"] != dataset_path(p).name:
+            raise ModelError(f"the metadata of {str(p)!r} names the dataset file {meta['dataset_file']!r}, "
+                             f"not {dataset_path(p).name!r}", hint="restore the metadata or re-save the model")
+        dpath = dataset_path(p)
+        if not dpath.is_file():
+            raise ModelError(f"dataset file {str(dpath)!r} named in the model metadata is missing",
+                             hint="copy it together with the model, or re-save the model")
+        _check_hash(dpath, meta.get("dataset_sha256"), "dataset file")
+    mpath = metadata_path(p)
+    check_config_modules(meta.get("handler_config"), f"model metadata {str(mpath)!r} handler_config")
+    check_config_modules(meta.get("dataset_config"), f"model metadata {str(mpath)!r} dataset_config")
+    return p, meta
+
+
+def load_model(path: str | os.PathLike, *, feature_names: Sequence[str] | None = None) -> tuple[Any, dict]:
+    """Load a model saved by :func:`save_model` after :func:`verify_model`; returns ``(model, metadata)``.
+
+    The model file is a pickle, which runs code when loaded: load only models from a trusted source.
+    With ``feature_names`` (the data's columns), a mismatch raises :class:`ModelError` (see
+    :func:`check_features`). The metadata gets ``model_path`` (absolute) added.
+    """
+    p, meta = verify_model(path)
     model = _unpickle(p, "model file")
     meta["model_path"] = str(p.resolve())
     if feature_names is not None:
@@ -300,7 +405,10 @@ def load_dataset(model_path: str | os.PathLike, metadata: Mapping) -> Any | None
     """The fitted dataset stored beside a model (hash-checked), or None when none was saved."""
     if not metadata.get("dataset_file"):
         return None
-    p = Path(model_path).with_name(metadata["dataset_file"])
+    p = dataset_path(model_path)
+    if metadata["dataset_file"] != p.name:
+        raise ModelError(f"the model metadata names the dataset file {metadata['dataset_file']!r}, not {p.name!r}",
+                         hint="restore the metadata or re-save the model")
     if not p.is_file():
         raise ModelError(f"dataset file {str(p)!r} named in the model metadata is missing",
                          hint="copy it together with the model, or re-save the model")
@@ -332,6 +440,39 @@ def check_features(expected: Sequence[str], actual: Sequence[str], *, model_name
 def default_tracking_uri() -> str:
     """``$MLFLOW_TRACKING_URI`` if set, else the ``./mlruns`` file store that ``qrun`` uses."""
     return os.environ.get("MLFLOW_TRACKING_URI") or "file:" + str(Path("mlruns").resolve())
+
+
+def tracking_store_path(uri: str) -> Path | None:
+    """The local directory (file store) or database file (sqlite) of an MLflow tracking URI; None for a
+    remote store (http, databricks...)."""
+    from urllib.parse import unquote, urlparse
+
+    text = str(uri).strip()
+    if text.lower().startswith("sqlite:///"):
+        path = text[len("sqlite:///"):]
+        return None if not path or path == ":memory:" else Path(unquote(path))
+    parsed = urlparse(text)
+    if parsed.scheme == "file":
+        path = unquote(parsed.path)
+        if parsed.netloc not in ("", "localhost"):
+            path = parsed.netloc + path
+        return Path(path)
+    if parsed.scheme == "" or (len(parsed.scheme) == 1 and os.name == "nt"):  # a plain path (or C:\...)
+        return Path(text)
+    return None
+
+
+def check_tracking_uri(uri: str, *, option: str = "--tracking-uri") -> None:
+    """Refuse a local tracking store that does not exist: MLflow would silently create an empty one."""
+    path = tracking_store_path(uri)
+    if path is None:
+        return
+    hint = (f"pass {option} with the store qrun wrote (e.g. {option} ./mlruns; default $MLFLOW_TRACKING_URI, "
+            "else ./mlruns); an empty store is not created")
+    if not path.exists():
+        raise ConfigError(f"MLflow tracking store {str(path)!r} (tracking URI {uri!r}) does not exist", hint=hint)
+    if not str(uri).strip().lower().startswith("sqlite:") and not path.is_dir():
+        raise ConfigError(f"MLflow tracking store {str(path)!r} (tracking URI {uri!r}) is not a directory", hint=hint)
 
 
 def _find_run(experiment: str, run_id: str, uri: str):
@@ -369,6 +510,7 @@ def load_model_from_recorder(
     Returns ``(model, metadata)``, plus the fitted dataset (or None) with ``with_dataset=True``.
     """
     uri = uri or default_tracking_uri()
+    check_tracking_uri(uri)
     client, rid = _find_run(experiment, run_id, uri)
     tmp = Path(tempfile.mkdtemp(prefix="qlib_crypto_model_"))
     try:
@@ -382,6 +524,7 @@ def load_model_from_recorder(
             task = _unpickle(Path(client.download_artifacts(rid, "task", str(tmp))), "recorder task") \
                 if "task" in names else {}
             dcfg = dict(task.get("dataset", {}) or {})
+            check_config_modules(dcfg, f"run {rid!r} task dataset config")
             hcfg = handler_config_of(dcfg, None)
             segments = dict(dcfg.get("kwargs", {}).get("segments", {}) or {})
             train = segments.get("train") or (None, None)

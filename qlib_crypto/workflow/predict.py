@@ -18,7 +18,7 @@ import pandas as pd
 
 from .._atomic import atomic_path
 from ..errors import ConfigError, ModelError, ProviderError
-from .model_io import check_features, load_dataset, load_model, load_model_from_recorder
+from .model_io import check_config_modules, check_features, load_dataset, load_model, load_model_from_recorder
 from .signals import SIGNAL_COLUMNS, SignalRules, default_vol_window, make_signals, realised_volatility
 
 logger = logging.getLogger(__name__)
@@ -101,9 +101,18 @@ def predict(
     a bar at a scored datetime are left out. Returns (and with ``out`` writes, atomically, as Parquet) a
     frame with columns ``datetime, instrument, score, signal, position_size``; ``datetime`` is the bar
     open time in UTC.
+
+    The model file is a pickle (it runs code when loaded): use only models from a trusted source. It is
+    verified against its metadata (see :func:`qlib_crypto.workflow.model_io.verify_model`) before anything in
+    the metadata is used.
     """
     from ..timeframes import get_timeframe
 
+    check_warmup_bars(warmup_bars, "warmup_bars")
+    if out is not None:
+        from ..provider.dump import check_output_location
+
+        check_output_location(out, "out", kind="file", error=ConfigError)
     rules = rules if isinstance(rules, SignalRules) else SignalRules.from_dict(rules)
     if latest is None:
         latest = start is None
@@ -144,7 +153,8 @@ def predict(
             raise ConfigError(f"no {freq} bar between start={start!r} and end={end_ts}", hint="widen the range")
     t_start, t_end = cal[i_start], cal[i_end]
     extra = dict(meta.get("extra") or {})
-    warmup = int(warmup_bars if warmup_bars is not None else extra.get("warmup_bars") or DEFAULT_WARMUP_BARS)
+    warmup = warmup_bars if warmup_bars is not None else extra.get("warmup_bars") or DEFAULT_WARMUP_BARS
+    warmup = check_warmup_bars(warmup, "the model metadata's extra.warmup_bars" if warmup_bars is None else "warmup_bars")
     load_start = cal[max(0, i_start - warmup)]
 
     segments = {"test": (t_start, t_end)}
@@ -158,6 +168,7 @@ def predict(
         hcfg = copy.deepcopy(meta.get("handler_config"))
         if not hcfg:
             raise ModelError("the model metadata has no handler config", hint="re-save the model with handler_config")
+        check_config_modules(hcfg, "the model metadata's handler_config")  # never import a file it names
         kwargs = hcfg.setdefault("kwargs", {})
         fit_start = kwargs.get("fit_start_time")
         if fit_start is not None and pd.Timestamp(fit_start) < load_start:
@@ -200,6 +211,20 @@ def predict(
     if out is not None:
         write_signals(signals, out)
     return signals
+
+
+def check_warmup_bars(value: Any, what: str) -> int | None:
+    """``value`` as a whole number of bars >= 0 (None stays None), else a ConfigError naming it."""
+    if value is None:
+        return None
+    try:
+        ok = not isinstance(value, bool) and float(value) == int(value) and int(value) >= 0
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"{what} {value!r} is not a whole number of bars >= 0",
+                          hint=f"give the history bars to load before the first scored bar, e.g. {DEFAULT_WARMUP_BARS}")
+    return int(value)
 
 
 def write_signals(signals: pd.DataFrame, out: str | os.PathLike) -> Path:

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .._atomic import atomic_write_text
+from .._atomic import atomic_dir, atomic_write_text
 from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -172,9 +172,11 @@ def training_report(
     }
     out = Path(out_dir)
     json_path, html_path = out / JSON_NAME, out / HTML_NAME
-    atomic_write_text(json_path, json.dumps(report, indent=1, allow_nan=False, default=str))
     summary = [(k, v) for k, v in metrics.items() if k != "pred_stats"] + list((info or {}).items())
     sections = [("Summary", table_html(summary))] + _plots(ic, ric, pred_s, importance, evals)
-    atomic_write_text(html_path, page(title, sections))
+    # one unit: both files are staged beside out_dir and swapped in together (old pair or new pair, never a mix)
+    with atomic_dir(out, replaceable=(JSON_NAME, HTML_NAME), what="training report directory") as stage:
+        atomic_write_text(stage / JSON_NAME, json.dumps(report, indent=1, allow_nan=False, default=str), fsync=False)
+        atomic_write_text(stage / HTML_NAME, page(title, sections), fsync=False)
     logger.info("training report written to %s", out)
     return {"json": json_path, "html": html_path}
