@@ -9,7 +9,7 @@ import click
 @click.option("--instrument", default=None, metavar="ID",
               help="OKX instId of the bars, e.g. BTC-USDT or ETH-USDT-SWAP. Required unless --symbol-column is "
                    "given; with it, a comma-separated list restricts the import to those instruments.")
-@click.option("--timeframe", required=True, metavar="TF",
+@click.option("--timeframe", default=None, metavar="TF",
               help="Bar length of the file in ccxt spelling, e.g. 1m 5m 1h 4h 1d. Timestamps must be bar open "
                    "times of this timeframe.")
 @click.option("--store", "store_dir", required=True, type=click.Path(file_okay=False),
@@ -33,13 +33,16 @@ import click
               help="Files without quote volume: set amount = volume x (high + low + close) / 3.")
 @click.option("--overwrite", is_flag=True,
               help="Replace stored bars that conflict with the file (default: keep the stored ones and report).")
+@click.option("--funding", is_flag=True,
+              help="The files hold funding rates of perpetual swaps (columns funding_time or timestamp, "
+                   "funding_rate, optional realized_rate), not bars; --timeframe is not used.")
 @click.option("--lock-timeout", default=None, type=float, metavar="S",
               help="Seconds to wait while another command writes the store (default 3600, env "
                    "QLIB_CRYPTO_LOCK_TIMEOUT; 0 = refuse at once, exit code 5).")
 def command(
     files: tuple[str, ...], instrument: str | None, timeframe: str, store_dir: str, columns: tuple[str, ...],
     datetime_column: str | None, symbol_column: str | None, time_format: str, timezone: str,
-    derive_amount: bool, overwrite: bool, lock_timeout: float | None,
+    derive_amount: bool, overwrite: bool, funding: bool, lock_timeout: float | None,
 ) -> int:
     """Import OHLCV bars from CSV or Parquet FILES into the store, with the store's validation.
 
@@ -50,6 +53,7 @@ def command(
           --datetime-column open_time --time-format ms --column volume=base_vol --store ./store
       qlib-crypto import eth.csv --instrument ETH-USDT-SWAP --timeframe 1d --timezone Europe/Berlin \\
           --derive-amount --store ./store
+      qlib-crypto import btc_funding.csv --funding --instrument BTC-USDT-SWAP --store ./store
 
     Every file is checked before anything is written: a missing column, an unparseable or misaligned
     timestamp, or a non-numeric value stops the import with a message naming the file, column and row,
@@ -57,6 +61,13 @@ def command(
     conflicting ones are reported and kept unless --overwrite. Invalid bars (NaN, high below close,
     negative volume...) are quarantined in the store with a reason and counted in the summary.
     """
+    from ..errors import ConfigError
+
+    if funding:
+        return _import_funding(files, instrument, store_dir, symbol_column, datetime_column, time_format, timezone,
+                               overwrite, lock_timeout)
+    if timeframe is None:
+        raise ConfigError("--timeframe is required for bars", hint="e.g. --timeframe 1h (or pass --funding for funding rates)")
     from ..sources.files import import_files
 
     results = import_files(
@@ -64,25 +75,7 @@ def command(
         columns=list(columns), datetime_column=datetime_column, time_format=time_format, timezone=timezone,
         derive_amount=derive_amount, lock_timeout=lock_timeout,
     )
-    header = f"{'file':<28} {'instrument':<18} {'read':>8} {'added':>8} {'identical':>9} {'conflicts':>9} {'quarantined':>11}"
-    click.echo(header)
-    totals = dict(read=0, added=0, identical=0, conflicts=0, replaced=0, quarantined=0)
-    for res in results:
-        conflicts = f"{res.conflicts}" + ("*" if res.conflicts and res.rows_replaced else "")
-        click.echo(
-            f"{res.file[:28]:<28} {res.instrument:<18} {res.rows_read:>8} {res.rows_added:>8} "
-            f"{res.rows_identical:>9} {conflicts:>9} {res.quarantined:>11}"
-        )
-        totals["read"] += res.rows_read
-        totals["added"] += res.rows_added
-        totals["identical"] += res.rows_identical
-        totals["conflicts"] += res.conflicts
-        totals["replaced"] += res.rows_replaced
-        totals["quarantined"] += res.quarantined
-    click.echo(
-        f"total: {totals['read']} rows read, {totals['added']} added, {totals['identical']} identical, "
-        f"{totals['conflicts']} conflicts ({totals['replaced']} overwritten), {totals['quarantined']} quarantined"
-    )
+    _print_table(results)
     for res in results:
         if res.conflicts:
             ex = res.conflict_examples[0] if res.conflict_examples else None
@@ -96,6 +89,52 @@ def command(
                 diffs = ", ".join(f"{k} stored {ex['stored'][k]!r} vs file {ex['incoming'][k]!r}" for k in fields)
                 detail = f"; first at {ex['datetime']}: {diffs}"
             click.echo(f"conflicts: {res.instrument} from {res.file}: {res.conflicts} bars differ from the store, {action}{detail}")
+        if res.quarantined:
+            reasons = ", ".join(f"{k} {v}" for k, v in sorted(res.quarantine_reasons.items()))
+            click.echo(f"quarantined: {res.instrument} from {res.file}: {res.quarantined} rows ({reasons}), see {store_dir}/quarantine/")
+    return 0
+
+
+def _print_table(results) -> None:
+    """One row per file and instrument, then the totals; ``repeated`` counts exact repeats inside a file."""
+    header = (f"{'file':<28} {'instrument':<18} {'read':>8} {'repeated':>8} {'added':>8} {'identical':>9} "
+              f"{'conflicts':>9} {'quarantined':>11}")
+    click.echo(header)
+    totals = dict(read=0, repeated=0, added=0, identical=0, conflicts=0, replaced=0, quarantined=0)
+    for res in results:
+        conflicts = f"{res.conflicts}" + ("*" if res.conflicts and res.rows_replaced else "")
+        click.echo(
+            f"{res.file[:28]:<28} {res.instrument:<18} {res.rows_read:>8} {res.rows_repeated:>8} {res.rows_added:>8} "
+            f"{res.rows_identical:>9} {conflicts:>9} {res.quarantined:>11}"
+        )
+        totals["read"] += res.rows_read
+        totals["repeated"] += res.rows_repeated
+        totals["added"] += res.rows_added
+        totals["identical"] += res.rows_identical
+        totals["conflicts"] += res.conflicts
+        totals["replaced"] += res.rows_replaced
+        totals["quarantined"] += res.quarantined
+    click.echo(
+        f"total: {totals['read']} rows read, "
+        + (f"{totals['repeated']} repeated inside a file (kept once), " if totals["repeated"] else "")
+        + f"{totals['added']} added, {totals['identical']} identical, "
+        f"{totals['conflicts']} conflicts ({totals['replaced']} overwritten), {totals['quarantined']} quarantined"
+    )
+
+
+def _import_funding(files, instrument, store_dir, symbol_column, datetime_column, time_format, timezone, overwrite,
+                    lock_timeout) -> int:
+    from ..sources.files import import_funding_files
+
+    results = import_funding_files(
+        store_dir, list(files), overwrite=overwrite, lock_timeout=lock_timeout, instrument=instrument,
+        symbol_column=symbol_column, datetime_column=datetime_column, time_format=time_format, timezone=timezone,
+    )
+    _print_table(results)
+    for res in results:
+        if res.conflicts:
+            action = "replaced (--overwrite)" if res.rows_replaced else "kept the stored rates (pass --overwrite to replace them)"
+            click.echo(f"conflicts: {res.instrument} from {res.file}: {res.conflicts} settlements differ from the store, {action}")
         if res.quarantined:
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(res.quarantine_reasons.items()))
             click.echo(f"quarantined: {res.instrument} from {res.file}: {res.quarantined} rows ({reasons}), see {store_dir}/quarantine/")

@@ -48,6 +48,7 @@ class FileImportResult:
     file: str
     instrument: str
     rows_read: int
+    rows_repeated: int = 0
     rows_added: int = 0
     rows_identical: int = 0
     conflicts: int = 0
@@ -443,7 +444,8 @@ def _write_imports(store_dir, tf, parsed, overwrite, results) -> None:
             )
             results.append(
                 FileImportResult(
-                    file=path.name, instrument=instrument, rows_read=len(bars), rows_added=res.rows_added,
+                    file=path.name, instrument=instrument, rows_read=len(bars), rows_repeated=res.rows_repeated,
+                    rows_added=res.rows_added,
                     rows_identical=res.rows_identical, conflicts=res.conflicts, rows_replaced=res.rows_replaced,
                     quarantined=res.quarantined, quarantine_reasons=dict(res.quarantine_reasons),
                     conflict_examples=list(res.conflict_examples),
@@ -452,6 +454,134 @@ def _write_imports(store_dir, tf, parsed, overwrite, results) -> None:
                 )
             )
             logger.info("imported %s %s from %s: %s", instrument, tf.name, path.name, res)
+
+
+FUNDING_ALIASES: dict[str, tuple[str, ...]] = {
+    "datetime": ("funding_time", "fundingtime", "datetime", "timestamp", "time", "ts", "calc_time", "date"),
+    "funding_rate": ("funding_rate", "fundingrate", "rate", "last_funding_rate", "lastfundingrate"),
+    "realized_rate": ("realized_rate", "realizedrate"),
+}
+
+
+@dataclass
+class FundingImportResult:
+    """What importing the funding rates of one instrument from one file did."""
+
+    file: str
+    instrument: str
+    rows_read: int
+    rows_repeated: int = 0
+    rows_added: int = 0
+    rows_identical: int = 0
+    conflicts: int = 0
+    rows_replaced: int = 0
+    quarantined: int = 0
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+
+
+def read_funding_file(
+    path: str | Path,
+    *,
+    instrument: str | None = None,
+    symbol_column: str | None = None,
+    datetime_column: str | None = None,
+    time_format: str = "auto",
+    timezone: str = "UTC",
+) -> dict[str, pd.DataFrame]:
+    """Read funding-rate history (settlement time, rate, optional realized rate) from CSV/Parquet.
+
+    Returns ``{instrument: frame}`` with ``funding_time`` (UTC), ``funding_rate``, ``realized_rate``. Only
+    perpetual swaps (``-SWAP`` instIds) have funding. Raises ImportDataError naming the file, column and row.
+    """
+    path = Path(path)
+    _check_timezone(timezone)
+    frame = _read_table(path)
+    if len(frame) == 0:
+        raise ImportDataError(f"{path.name}: the file has no rows", hint="check the file")
+    frame.columns = [str(c) for c in frame.columns]
+    lower = {c.lower().strip(): c for c in frame.columns}
+    found: dict[str, str | None] = {}
+    for canon, aliases in FUNDING_ALIASES.items():
+        if canon == "datetime" and datetime_column:
+            if datetime_column not in frame.columns:
+                raise ImportDataError(f"{path.name}: column {datetime_column!r} not found; file columns: {list(frame.columns)}",
+                                      hint="pass the settlement time column with --datetime-column")
+            found[canon] = datetime_column
+            continue
+        found[canon] = next((lower[a] for a in aliases if a in lower), None)
+        if found[canon] is None and canon != "realized_rate":
+            raise ImportDataError(
+                f"{path.name}: missing column {canon!r} for funding rates; file columns: {list(frame.columns)}",
+                hint=("name the settlement time column with --datetime-column" if canon == "datetime"
+                      else "the rate column must be named funding_rate (or fundingRate, rate, last_funding_rate)"),
+            )
+    ts = parse_timestamps(frame[found["datetime"]], path, found["datetime"], time_format=time_format, timezone=timezone)
+    out = pd.DataFrame({"funding_time": pd.to_datetime(ts, unit="ms", utc=True)})
+    for canon in ("funding_rate", "realized_rate"):
+        col = found[canon]
+        if col is None:
+            out[canon] = np.nan
+            continue
+        raw = frame[col]
+        numbers = pd.to_numeric(raw, errors="coerce")
+        bad = numbers.isna().to_numpy() & raw.notna().to_numpy()
+        if raw.dtype == object:
+            bad &= raw.astype(str).str.strip().ne("").to_numpy()
+        if bad.any():
+            pos = int(np.flatnonzero(bad)[0])
+            raise ImportDataError(f"{path.name}: value {raw.iloc[pos]!r} in column {col!r} at {_row_ref(path, pos)} is not a number",
+                                  hint="use '.' as the decimal separator, or fix the row")
+        out[canon] = numbers.to_numpy(dtype=np.float64)
+    if symbol_column is not None:
+        if symbol_column not in frame.columns:
+            raise ImportDataError(f"{path.name}: symbol column {symbol_column!r} not found; file columns: {list(frame.columns)}",
+                                  hint="pass the column holding the instrument ids with --symbol-column")
+        names = frame[symbol_column].astype(str).map(normalise_symbol).str.upper().to_numpy()
+    else:
+        if not instrument:
+            raise ConfigError(f"name the instrument of {path.name!r}", hint="pass --instrument BTC-USDT-SWAP or --symbol-column")
+        names = np.full(len(frame), instrument.strip().upper(), dtype=object)
+    wanted = {w.strip().upper() for w in (instrument or "").split(",") if w.strip()} if symbol_column else set()
+    result: dict[str, pd.DataFrame] = {}
+    for name in sorted(set(names.tolist())):
+        if wanted and name not in wanted:
+            continue
+        from ..store.layout import check_instrument
+
+        check_instrument(name)
+        if not name.endswith("-SWAP"):
+            raise ImportDataError(f"{path.name}: funding rates for {name!r}, which is not a perpetual swap",
+                                  hint="funding belongs to swaps: name them as OKX swap instIds, e.g. BTC-USDT-SWAP")
+        result[name] = out[names == name].sort_values("funding_time", kind="stable").reset_index(drop=True)
+    if not result:
+        raise ImportDataError(f"{path.name}: no funding rows for {', '.join(sorted(wanted))}", hint="check --instrument")
+    return result
+
+
+def import_funding_files(
+    store_dir: str | Path, paths: Sequence[str | Path], *, overwrite: bool = False, lock_timeout: float | None = None,
+    **read_options: Any,
+) -> list[FundingImportResult]:
+    """Import funding-rate files into the store (every file read and checked first, then written under the
+    store's lock). Stored rates that differ are kept unless ``overwrite``."""
+    from .. import store
+
+    if not paths:
+        raise ConfigError("no input files", hint="give one or more CSV or Parquet files")
+    parsed = [(Path(p), read_funding_file(p, **read_options)) for p in paths]
+    results: list[FundingImportResult] = []
+    with store.store_lock(store_dir, command="import --funding", timeout=lock_timeout):
+        for path, by_instrument in parsed:
+            for instrument, frame in by_instrument.items():
+                res = store.write_funding(store_dir, instrument, frame, f"import:{path.name}",
+                                          on_conflict="overwrite" if overwrite else "keep")
+                results.append(FundingImportResult(
+                    file=path.name, instrument=instrument, rows_read=len(frame), rows_repeated=res.rows_repeated,
+                    rows_added=res.rows_added, rows_identical=res.rows_identical, conflicts=res.conflicts,
+                    rows_replaced=res.rows_replaced, quarantined=res.quarantined,
+                    quarantine_reasons=dict(res.quarantine_reasons),
+                ))
+    return results
 
 
 class FileSource(BarSource):

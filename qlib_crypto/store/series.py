@@ -318,6 +318,7 @@ def write_bars(
             what=f"{instrument} {tf.name} bars",
         )
     result.rows_in = rows_in
+    result.rows_repeated = rows_in - len(ts)
     result.quarantined = int(bad.sum())
     result.quarantine_file = quarantine_file
     result.quarantined_ts = np.unique(ts[bad]).astype(np.int64)
@@ -492,7 +493,11 @@ def write_funding(
                                    reasons[bad], source)
         result = _write_funding_rows(directory, instrument, ts, values, bad, source, on_conflict)
     result.rows_in = len(frame)
+    result.rows_repeated = len(frame) - len(ts)
     result.quarantined = int(bad.sum())
+    if bad.any():
+        names, counts = np.unique(reasons[bad].astype(str), return_counts=True)
+        result.quarantine_reasons = dict(zip(names.tolist(), counts.tolist()))
     result.quarantine_file = result_q
     return result
 

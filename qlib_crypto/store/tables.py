@@ -131,6 +131,7 @@ class WriteResult:
     """What a write into the store did."""
 
     rows_in: int = 0
+    rows_repeated: int = 0  # exact repeats inside the incoming rows, collapsed to one
     rows_added: int = 0
     rows_replaced: int = 0
     rows_identical: int = 0
@@ -145,6 +146,7 @@ class WriteResult:
 
     def merge(self, other: "WriteResult") -> "WriteResult":
         self.rows_in += other.rows_in
+        self.rows_repeated += other.rows_repeated
         self.rows_added += other.rows_added
         self.rows_replaced += other.rows_replaced
         self.rows_identical += other.rows_identical
