@@ -7,7 +7,8 @@ Builds a store and 60min + day provider directories from the synthetic market in
 (setup, timed but not a research phase), then measures, in one process with ``kernels=1``:
 
 - load:     raw fields ($open .. $amount, $funding_rate) of every instrument through Qlib's ``D.features``;
-- features: ``CryptoAlpha158`` (expressions + processors) and ``DatasetH`` segments;
+- features: ``CryptoAlpha158`` (expressions + processors) and ``DatasetH`` segments (``--set engine=qlib``
+            for Qlib's expression engine instead of the fast one);
 - fit:      ``LGBModel.fit`` (the 60min workflow's parameters);
 - predict:  ``LGBModel.predict`` on the test segment;
 - records:  the 60min workflow's own records in its order (``SignalRecord``, ``ModelArtifactRecord``,
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-backtest", action="store_true",
                         help="records phase without CryptoBacktestRecord and CryptoRiskRecord")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a model (lr, num_leaves...) or handler (label_norm...) kwarg, YAML value")
+                        help="override a model (lr, num_leaves...) or handler (label_norm, engine...) kwarg, YAML value")
     args = parser.parse_args(argv)
 
     tmp = None
@@ -196,7 +197,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     for item in args.set:
         key, value = item.split("=", 1)
         handler_kw = task["dataset"]["kwargs"]["handler"]["kwargs"]
-        target = handler_kw if key in ("label_norm", "horizon", "windows", "include", "exclude") else task["model"]["kwargs"]
+        target = handler_kw if key in ("label_norm", "horizon", "windows", "include", "exclude", "engine") else task["model"]["kwargs"]
         target[key] = yaml.safe_load(value)
     segs = segments(args.start, args.end)
     n_bars = len(D.calendar(freq="60min"))

@@ -43,6 +43,7 @@ def _run(ours: bool):
                 "kwargs": {
                     "freq": "60min", "deal_price": "close", "slippage_bps": 0.0, "codes": INSTS,
                     "fees": {"spot": {"maker": FEE, "taker": FEE}}, "start_time": IDX[1], "end_time": IDX[-2],
+                    "max_participation": None,  # Qlib's stock exchange has no volume cap: none here either
                 },
             }
         }

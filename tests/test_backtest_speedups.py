@@ -104,8 +104,7 @@ def _trade_info(rng: np.random.Generator, n: int, duplicate: bool = False, zero_
 def test_fast_indicator_equals_qlib_indicator(n, duplicate, zero_amount):
     trade_info = _trade_info(np.random.default_rng(n), n, duplicate, zero_amount)
     qlib_ind = Indicator()
-    fast_ind = Indicator(order_indicator_cls=FastOrderIndicator)
-    fast_ind.__class__ = FastIndicator  # as CryptoExecutor installs it on the account
+    fast_ind = FastIndicator(order_indicator_cls=FastOrderIndicator)  # as CryptoExecutor installs it on the account
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # empty bars: mean of an empty slice, in both
         for ind in (qlib_ind, fast_ind):

@@ -132,3 +132,63 @@ def test_companion_record_reads_any_portfolio_report():
     assert "portfolio_analysis/crypto_port_analysis_60min.pkl" in rec.artifacts
     with pytest.raises(ConfigError, match="report_normal"):
         CryptoRiskRecord(FakeRecorder({})).generate()
+
+
+def test_companion_record_prints_the_risk_table(capsys):
+    """As Qlib's PortAnaRecord prints its risk tables at the end of a qrun: %, ratios, the basis stated."""
+    CryptoRiskRecord(FakeRecorder({"portfolio_analysis/report_normal_60min.pkl": _report()})).generate()
+    out = capsys.readouterr().out
+    assert "24/7 risk analysis (60min; annualised over 8,760 bars = 365 days x 24 bars a day" in out
+    header = next(line for line in out.splitlines() if line.startswith("metric"))
+    assert header.split() == ["metric", "benchmark", "return_without_cost", "return_with_cost",
+                              "excess_return_without_cost", "excess_return_with_cost"]
+    row = next(line for line in out.splitlines() if line.startswith("annualized_return "))
+    # excess with cost: mean 0.002 per bar -> 17.52 a year; shown in %, not as a raw fraction
+    assert row.split()[-1] == f"{0.002 * 8760 * 100:,.2f}%"
+    ir = next(line for line in out.splitlines() if line.startswith("information_ratio"))
+    ex = np.array([0.009, -0.01, 0.019, -0.01])
+    assert ir.split()[-1] == f"{ex.mean() / ex.std(ddof=1) * math.sqrt(8760):.2f}"
+
+
+class ArtifactRecorder(FakeRecorder):
+    """FakeRecorder plus the artifact calls CryptoBacktestRecord makes (files copied into a dict)."""
+
+    def log_artifact(self, local_path, artifact_path=None):
+        from pathlib import Path
+
+        self.artifacts[f"{artifact_path}/{Path(local_path).name}"] = Path(local_path).read_bytes()
+
+
+def test_qrun_prints_the_backtest_summary_then_the_risk_table(capsys):
+    """The records of a qrun workflow print, at the end, the backtest summary (as Qlib's PortAnaRecord prints its
+    risk tables) and then the 24/7 risk table, with the numbers the records logged."""
+    import json
+
+    from qlib_crypto.backtest.testing import random_walk_bars, use_provider
+    from qlib_crypto.workflow.backtest_record import CryptoBacktestRecord
+
+    swaps = ["ETH-USDT-SWAP", "SOL-USDT-SWAP", "XRP-USDT-SWAP", "ADA-USDT-SWAP"]
+    bars = random_walk_bars(["BTC-USDT", *swaps], 72, start="2024-03-01", seed=5)
+    use_provider("records_print", bars)
+    times = pd.date_range("2024-03-01", periods=72, freq="h")
+    rng = np.random.default_rng(1)
+    idx = pd.MultiIndex.from_product([times, swaps], names=["datetime", "instrument"])
+    rec = ArtifactRecorder({"pred.pkl": pd.DataFrame({"score": rng.normal(size=len(idx))}, index=idx)})
+    CryptoBacktestRecord(rec, config={
+        "strategy": {"class": "LongShortStrategy", "module_path": "qlib_crypto.strategy",
+                     "kwargs": {"signal": "<PRED>", "topk": 1, "rebalance_every": 6}},
+        "backtest": {"start_time": str(times[0]), "end_time": str(times[-2]), "account": 100_000.0,
+                     "benchmark": "BTC-USDT", "exchange": {"slippage_bps": 2.0}},
+    }, freq="60min").generate()
+    CryptoRiskRecord(rec).generate()
+    out = capsys.readouterr().out
+    start = out.index("Crypto backtest (60min): 2024-03-01 00:00 .. 2024-03-03 22:00 UTC, 71 60min bars")
+    assert out.index("24/7 risk analysis (60min;") > start
+    summary = out[start:]
+    total = rec.metrics["backtest.total_return"]
+    assert "total return" in summary and f"{total * 100:.2f}%" in summary
+    report = json.loads(rec.artifacts["crypto_backtest/report.json"])
+    assert f"{report['pnl_attribution']['fees']:,.2f} USDT" in summary
+    assert f"{report['summary']['final_equity']:,.2f} USDT" in summary
+    # the report of the record has the run's funding events, order reports and positions
+    assert report["orders"]["n_orders"] > 0 and any(v is not None for v in report["timeseries"]["long_exposure"])

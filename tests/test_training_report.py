@@ -3,6 +3,8 @@ and the record template writing into a recorder (a minimal stand-in here; the ML
 from __future__ import annotations
 
 import json
+import math
+import re
 import shutil
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 
 from qlib_crypto.errors import ConfigError
 from qlib_crypto.workflow.training_report import training_report
+from report_scenario import json_values, nan_equal, plotly_figures, values, visible_text
 
 TIMES = pd.date_range("2024-01-01", periods=3, freq="h")
 INSTS = ["A", "B", "C", "D"]
@@ -84,8 +87,10 @@ def test_metrics_and_files(tmp_path, booster):
         assert values[name] == pytest.approx(gains.get(i, 0.0), rel=1e-6)
     assert report["evals_result"] == evals
     html = paths["html"].read_text()
-    assert html.count("<img") == 5 and html.count("src='data:image/png;base64,") == 5
-    assert "http://" not in html and "https://" not in html and "Unit report" in html
+    # 4 instruments: fewer than the 5 score groups, so no group returns (as in Qlib)
+    assert set(plotly_figures(html)) == {"fig-ic", "fig-cum-ic", "fig-ic-monthly", "fig-ic-dist", "fig-autocorr",
+                                         "fig-importance", "fig-pred-dist", "fig-loss"}
+    assert not re.search(r"<(script|img|link|iframe)[^>]+(src|href)=['\"]?https?:", html) and "Unit report" in html
     assert not [p for p in (tmp_path / "r").iterdir() if p.name.endswith(".tmp")]
 
 
@@ -93,7 +98,9 @@ def test_without_model_or_losses(tmp_path):
     paths = training_report(_series(PRED), _series(LABEL), None, None, tmp_path)
     report = json.loads(paths["json"].read_text())
     assert report["feature_importance"] is None and report["evals_result"] is None
-    assert paths["html"].read_text().count("<img") == 3  # IC, cumulative IC, distribution
+    # IC, cumulative IC, the model analysis and the prediction distribution; no importance, no loss curves
+    assert set(plotly_figures(paths["html"].read_text())) == {"fig-ic", "fig-cum-ic", "fig-ic-monthly", "fig-ic-dist",
+                                                              "fig-autocorr", "fig-pred-dist"}
 
 
 def test_bad_input_is_config_error(tmp_path):
@@ -136,3 +143,61 @@ def test_record_writes_artifacts_and_user_dir(tmp_path, booster):
         assert report["info"]["run_id"] == "run123" and report["evals_result"] == evals
         assert report["metrics"]["IC"] == pytest.approx(np.mean([_pearson(p, l) for p, l in zip(PRED, LABEL)]))
         assert (folder / "training_report.html").is_file()
+
+
+def _hourly(n_bars=60, n_inst=10, seed=2):
+    rng = np.random.default_rng(seed)
+    idx = pd.MultiIndex.from_product([pd.date_range("2024-02-28", periods=n_bars, freq="h"),
+                                      [f"I{i}-USDT-SWAP" for i in range(n_inst)]], names=["datetime", "instrument"])
+    pred = pd.Series(rng.normal(size=len(idx)), index=idx)
+    return pred, pd.Series(0.01 * pred.to_numpy() + rng.normal(0, 0.02, len(idx)), index=idx)
+
+
+def test_model_analysis_in_json_and_every_figure_from_the_json(tmp_path, booster):
+    pred, label = _hourly()
+    evals = {"train": {"l2": [1.0, 0.5]}, "valid": {"l2": [1.1, 0.7]}}
+    paths = training_report(pred, label, booster, evals, tmp_path / "r", feature_names=["x", "y", "z"])
+    report = json.loads(paths["json"].read_text())
+    assert report["annualisation"]["freq"] == "60min" and report["annualisation"]["bars_per_year"] == 8760
+    ma = report["model_analysis"]
+    assert set(ma) == {"n_groups", "lag", "bars_per_year", "ic_monthly", "rank_ic_monthly", "ic_monthly_table",
+                       "ic_distribution", "group_returns", "group_cumulative_returns", "group_summary",
+                       "score_autocorrelation"}
+    ic = pd.Series(report["ic"])
+    assert list(ma["ic_monthly"]) == ["2024-02", "2024-03"]
+    assert ma["ic_monthly"]["2024-02"] == pytest.approx(ic[[k for k in ic.index if k.startswith("2024-02")]].mean())
+    ls = np.array(ma["group_returns"]["long-short"], dtype=float)
+    assert ma["group_summary"]["long-short"]["annualized_return"] == pytest.approx(np.nanmean(ls) * 8760)
+    assert ma["group_summary"]["long-short"]["information_ratio"] == pytest.approx(
+        np.nanmean(ls) / np.nanstd(ls, ddof=1) * math.sqrt(8760))
+    html = paths["html"].read_text()
+    figs = plotly_figures(html)
+
+    def y(fig, name=None, key="y"):
+        traces = figs[fig]["data"]
+        t = traces[0] if name is None else next(t for t in traces if t.get("name") == name)
+        return values(t[key])
+
+    assert nan_equal(y("fig-ic", "IC"), json_values(report["ic"].values()))
+    assert nan_equal(y("fig-ic", "Rank IC"), json_values(report["rank_ic"].values()))
+    assert nan_equal(y("fig-ic", f"IC, {report['ic_rolling_window']}-bar mean"),
+                     json_values(report["ic_rolling_mean"].values()))
+    assert nan_equal(y("fig-cum-ic", "cumulative IC"), json_values(report["cumulative_ic"].values()))
+    assert nan_equal(y("fig-cum-ic", "cumulative rank IC"), json_values(report["cumulative_rank_ic"].values()))
+    table = ma["ic_monthly_table"]
+    assert nan_equal(y("fig-ic-monthly", key="z"), json_values([table[yr][f"{m:02d}"] for yr in table
+                                                                for m in range(1, 13)]))
+    assert nan_equal(y("fig-ic-dist"), ma["ic_distribution"]["histogram"]["counts"])
+    qq = figs["fig-ic-dist"]["data"][1]
+    assert nan_equal(values(qq["x"]), ma["ic_distribution"]["qq"]["theoretical"])
+    assert nan_equal(values(qq["y"]), ma["ic_distribution"]["qq"]["sample"])
+    for col in ("Group1", "Group5", "long-short", "long-average"):
+        assert nan_equal(y("fig-groups", col), json_values(ma["group_cumulative_returns"][col]))
+    assert nan_equal(y("fig-autocorr"), json_values(ma["score_autocorrelation"]["value"]))
+    imp = report["feature_importance"]["values"]
+    assert nan_equal(y("fig-importance", key="x"), list(imp.values())[::-1])
+    assert nan_equal(y("fig-pred-dist"), report["prediction_histogram"]["counts"])
+    assert nan_equal(y("fig-loss", "l2 valid"), evals["valid"]["l2"])
+    text = visible_text(html)
+    assert f"{ma['group_summary']['long-short']['annualized_return'] * 100:,.2f}%" in text
+    assert "8,760 bars a year = 365 days x 24 bars a day" in text and f"{report['metrics']['IC']:.4f}" in text

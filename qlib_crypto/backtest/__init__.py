@@ -17,8 +17,19 @@ from .costs import (
     slippage_cost,
     trade_fee,
 )
-from .exchange import DEFAULT_FEES, CryptoExchange, FastQuote, FillRecord, InstrumentSpec, OrderReport, load_instrument_specs
-from .executor import CryptoExecutor, CryptoPortfolioMetrics
+from .benchmark import benchmark_returns
+from .exchange import (
+    DEFAULT_FEES,
+    DEFAULT_MAX_PARTICIPATION,
+    CryptoExchange,
+    Execution,
+    FastQuote,
+    FillRecord,
+    InstrumentSpec,
+    OrderReport,
+    load_instrument_specs,
+)
+from .executor import CryptoExecutor, CryptoPortfolioMetrics, ExecutionResult
 from .position import CryptoPosition
 
 __all__ = [
@@ -26,11 +37,15 @@ __all__ = [
     "CryptoExecutor",
     "CryptoPosition",
     "CryptoPortfolioMetrics",
+    "Execution",
+    "ExecutionResult",
     "FastQuote",
     "FillRecord",
     "OrderReport",
     "InstrumentSpec",
     "DEFAULT_FEES",
+    "DEFAULT_MAX_PARTICIPATION",
+    "benchmark_returns",
     "load_instrument_specs",
     "bar_volatility",
     "fill_price",

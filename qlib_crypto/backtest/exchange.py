@@ -4,12 +4,13 @@ See ``docs/backtest.md`` for every parameter and formula. The pure cost function
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,7 @@ from qlib.backtest.high_performance_ds import BaseQuote, NumpyQuote
 from qlib.backtest.position import BasePosition
 
 from ..errors import BacktestError, ConfigError
+from . import _qlib_compat as compat
 from . import costs
 from .position import CryptoPosition, isclose
 
@@ -31,6 +33,11 @@ DEFAULT_FEES: Dict[str, Dict[str, float]] = {
 }
 
 _DEAL_PRICES = ("close", "open", "vwap")
+
+#: default of ``max_participation``: an order takes at most 10% of its bar's volume (the workflows' value)
+DEFAULT_MAX_PARTICIPATION = 0.1
+#: ``instrument_meta`` default: read ``meta/instruments.json`` of the provider directory of ``freq``
+FROM_PROVIDER = "provider"
 
 
 @dataclass
@@ -55,7 +62,11 @@ class FillRecord:
 
 @dataclass
 class OrderReport:
-    """What happened to one order: requested vs filled amount and why it was clipped or rejected."""
+    """What happened to one order: requested vs filled amount and why it was clipped or rejected.
+
+    ``deal_price`` is the bar's deal price (NaN when the instrument had no bar), ``capped`` the amount the
+    participation cap removed (0 when it did not bind); ``unfilled x deal_price`` is the unfilled notional.
+    """
 
     datetime: pd.Timestamp
     instrument: str
@@ -64,6 +75,8 @@ class OrderReport:
     filled: float
     status: str  # "filled" | "partial" | "rejected"
     reasons: str  # ";"-joined reasons, "" when filled as asked
+    deal_price: float = math.nan
+    capped: float = 0.0
 
     @property
     def unfilled(self) -> float:
@@ -76,13 +89,32 @@ class OrderReport:
 
 
 @dataclass
+class Execution:
+    """The outcome of one ``CryptoExchange.deal_order`` call: Qlib's ``(trade_val, trade_cost, trade_price)``,
+    the fill (None when nothing traded) and the order report."""
+
+    order: Order
+    trade_val: float
+    trade_cost: float
+    trade_price: float
+    fill: Optional[FillRecord]
+    report: OrderReport
+
+
+@dataclass
 class InstrumentSpec:
-    """Trading rules of one instrument in base units: lot size, minimum size and minimum notional."""
+    """Trading rules of one instrument in base units: lot size, minimum size and minimum notional.
+
+    ``None`` = no rule (the documented default for an instrument without metadata: any fractional amount).
+    """
 
     market: str = "spot"
     lot_size: float | None = None
     min_size: float | None = None
     min_notional: float | None = None
+    contract_value: float = 1.0  # coins per contract (swaps; already applied to lot_size and min_size)
+    tick_size: float | None = None  # informational: fills are not rounded to ticks
+    read_at: str | None = None  # the day the metadata was read from the exchange
 
 
 class FastQuote(BaseQuote):
@@ -191,32 +223,58 @@ def _as_float(value: Any) -> float | None:
     return None if math.isnan(out) or out <= 0 else out
 
 
-def load_instrument_specs(instrument_meta: Any) -> Dict[str, InstrumentSpec]:
-    """Instrument rules from a store path, a DataFrame (``instId`` column or index) or a dict instId -> fields.
-
-    Recognised fields: ``instType`` (SPOT/SWAP/...), ``lotSz``, ``minSz``, ``ctVal`` (contract value in coins:
-    for swaps ``lotSz`` and ``minSz`` count contracts and are multiplied by ``ctVal``), ``minNotional``.
-    """
-    if instrument_meta is None:
-        return {}
+def _meta_rows(instrument_meta: Any) -> Tuple[Mapping[str, Mapping[str, Any]], Dict[str, Any]]:
+    """(rows instId -> fields, description of the source) from any accepted ``instrument_meta`` value."""
     if isinstance(instrument_meta, (str, Path)):
-        from ..store import read_instrument_meta  # the store is a lower layer
+        from ..provider.meta import read_provider_meta  # the provider is a lower layer
 
-        instrument_meta = read_instrument_meta(instrument_meta)
+        path = Path(instrument_meta).expanduser()
+        doc = read_provider_meta(path) if path.is_dir() else None
+        if doc is not None:
+            return doc["instruments"], {"source": f"provider {path}", "read_at": doc.get("read_at")}
+        if path.is_dir() and not (path / "meta" / "instruments").is_dir() and (path / "calendars").is_dir():
+            return {}, {"source": f"provider {path} (no meta/instruments.json: dump it again to add metadata)",
+                        "read_at": None}
+        from ..store import read_instrument_meta  # a raw store directory
+
+        frame = read_instrument_meta(path)
+        read_at = str(frame["read_at"].iloc[0]) if "read_at" in frame.columns and len(frame) else None
+        return frame.set_index("instId").to_dict(orient="index"), {"source": f"store {path}", "read_at": read_at}
     if isinstance(instrument_meta, pd.DataFrame):
         frame = instrument_meta
         if "instId" in frame.columns:
             frame = frame.set_index("instId")
-        rows: Mapping[str, Mapping[str, Any]] = frame.to_dict(orient="index")
-    elif isinstance(instrument_meta, Mapping):
-        rows = instrument_meta
-    else:
-        raise ConfigError(
-            f"instrument_meta of type {type(instrument_meta).__name__} is not supported",
-            hint="give a store directory, a DataFrame with an instId column, a dict instId -> {lotSz, minSz...} or null",
-        )
+        return frame.to_dict(orient="index"), {"source": "DataFrame", "read_at": None}
+    if isinstance(instrument_meta, Mapping):
+        if isinstance(instrument_meta.get("instruments"), Mapping):  # a provider metadata document
+            return instrument_meta["instruments"], {"source": "provider document",
+                                                    "read_at": instrument_meta.get("read_at")}
+        return instrument_meta, {"source": "dict", "read_at": None}
+    raise ConfigError(
+        f"instrument_meta of type {type(instrument_meta).__name__} is not supported",
+        hint="give 'provider' (the default), a provider or store directory, a DataFrame with an instId column, "
+             "a dict instId -> {lotSz, minSz...} or null",
+    )
+
+
+def load_instrument_specs(instrument_meta: Any) -> Dict[str, InstrumentSpec]:
+    """Instrument rules from a provider directory (its ``meta/instruments.json``), a store directory, a provider
+    metadata document, a DataFrame (``instId`` column or index) or a dict instId -> fields.
+
+    Recognised fields: ``instType`` (SPOT/SWAP/...), ``lotSz``, ``minSz``, ``ctVal`` (contract value in coins:
+    for swaps ``lotSz`` and ``minSz`` count contracts and are multiplied by ``ctVal x ctMult``), ``minNotional``,
+    ``tickSz``, ``read_at``.
+    """
+    if instrument_meta is None:
+        return {}
+    rows, _ = _meta_rows(instrument_meta)
+    return _specs_from_rows(rows)
+
+
+def _specs_from_rows(rows: Mapping[str, Mapping[str, Any]]) -> Dict[str, InstrumentSpec]:
     specs: Dict[str, InstrumentSpec] = {}
-    for inst, meta in rows.items():
+    for inst in sorted(rows, key=str):
+        meta = rows[inst] if isinstance(rows[inst], Mapping) else {"instType": rows[inst]}
         inst_type = str(meta.get("instType") or "").upper()
         if inst_type in ("SWAP", "FUTURES"):
             market = "swap"
@@ -230,13 +288,30 @@ def load_instrument_specs(instrument_meta: Any) -> Dict[str, InstrumentSpec]:
             mult = ct_val * (_as_float(meta.get("ctMult")) or 1.0)
         lot = _as_float(meta.get("lotSz"))
         min_size = _as_float(meta.get("minSz"))
+        read_at = meta.get("read_at")
+        if read_at in (None, "") or (isinstance(read_at, float) and math.isnan(read_at)):
+            read_at = None
         specs[str(inst)] = InstrumentSpec(
             market=market,
             lot_size=lot * mult if lot is not None else None,
             min_size=min_size * mult if min_size is not None else None,
             min_notional=_as_float(meta.get("minNotional")),
+            contract_value=mult,
+            tick_size=_as_float(meta.get("tickSz")),
+            read_at=None if read_at is None else str(read_at),
         )
     return specs
+
+
+def _provider_dir(freq: str) -> Optional[Path]:
+    """The provider directory Qlib reads ``freq`` from (None when Qlib has no local directory for it)."""
+    try:
+        from qlib.config import C
+
+        path = Path(C.dpm.get_data_uri(freq))  # as Qlib resolves it (a frequency it lacks: its default one)
+    except Exception:  # noqa: BLE001 - Qlib not initialised, or an NFS/unknown URI: no provider metadata
+        return None
+    return path if path.is_dir() else None
 
 
 def _check_fees(fees: Mapping[str, Mapping[str, float]] | None) -> Dict[str, Dict[str, float]]:
@@ -265,9 +340,12 @@ class CryptoExchange(Exchange):
     freq: bar frequency (``60min``, ``day``...). deal_price: ``close | open | vwap`` of the bar the order executes
     in. fees: ``{spot: {maker, taker}, swap: {maker, taker}}`` fractions (defaults: OKX base tier). slippage_bps:
     fixed slippage in basis points. impact_coef: square-root impact coefficient (0 disables). max_participation:
-    largest fraction of the bar's volume one order may take (None: no cap). instrument_meta: store path,
-    DataFrame or dict with ``lotSz minSz ctVal minNotional instType`` (None: no lots, no minimums).
-    ``trade_unit`` is forced to None, ``min_cost`` to 0 and ``limit_threshold`` to None.
+    largest fraction of the bar's volume one order may take (default 0.1; None: no cap). instrument_meta:
+    ``"provider"`` (default: ``meta/instruments.json`` of the provider directory of ``freq``, written by
+    ``qlib-crypto dump``), a provider or store directory, a DataFrame or a dict with ``lotSz minSz ctVal
+    minNotional instType`` (None: no metadata). Instruments without metadata get the documented defaults
+    (market from the name, no lot size, no minimums, contract value 1). ``trade_unit`` is forced to None,
+    ``min_cost`` to 0 and ``limit_threshold`` to None.
     """
 
     def __init__(
@@ -277,8 +355,8 @@ class CryptoExchange(Exchange):
         fees: Mapping[str, Mapping[str, float]] | None = None,
         slippage_bps: float = 0.0,
         impact_coef: float = 0.0,
-        max_participation: float | None = None,
-        instrument_meta: Any = None,
+        max_participation: float | None = DEFAULT_MAX_PARTICIPATION,
+        instrument_meta: Any = FROM_PROVIDER,
         subscribe_fields: list | None = None,
         quote_cls: type = FastQuote,
         **kwargs: Any,
@@ -299,8 +377,19 @@ class CryptoExchange(Exchange):
         self.slippage_bps = float(slippage_bps)
         self.impact_coef = float(impact_coef)
         self.max_participation = None if max_participation is None else float(max_participation)
-        self.instrument_specs = load_instrument_specs(instrument_meta)
+        if isinstance(instrument_meta, str) and instrument_meta == FROM_PROVIDER:
+            provider = _provider_dir(freq)
+            if provider is None:
+                rows, self.meta_source = {}, {"source": f"none (no local {freq} provider directory)", "read_at": None}
+            else:
+                rows, self.meta_source = _meta_rows(provider)
+        elif instrument_meta is None:
+            rows, self.meta_source = {}, {"source": "none (instrument_meta: null)", "read_at": None}
+        else:
+            rows, self.meta_source = _meta_rows(instrument_meta)
+        self.instrument_specs = _specs_from_rows(rows)
         self._markets: Dict[str, str] = {}
+        self._recording: Optional[List[Execution]] = None
         for key, forced in (("trade_unit", None), ("min_cost", 0.0), ("limit_threshold", None)):
             if kwargs.get(key, forced) != forced:
                 logger.warning("CryptoExchange ignores %s=%r (crypto: always %r)", key, kwargs[key], forced)
@@ -323,15 +412,32 @@ class CryptoExchange(Exchange):
             **kwargs,
         )
         self._fast = self.quote if isinstance(self.quote, FastQuote) else None
-        self.last_fill: FillRecord | None = None
-        self.last_report: OrderReport | None = None
         self._warned_deal_price: set = set()
+
+    # ------------------------------------------------------------------ metadata
+    def quote_instruments(self) -> List[str]:
+        """The instruments of the loaded quote, sorted."""
+        return sorted(str(i) for i in self.quote.get_all_stock())
+
+    def metadata_summary(self) -> Dict[str, Any]:
+        """Where the instrument metadata came from and which traded instruments use the defaults.
+
+        ``{"source", "read_at", "with_metadata": [...], "defaults": [...]}`` over the quote's instruments;
+        an instrument in ``defaults`` trades with the documented defaults (market from its name, no lot size,
+        no minimum size or notional, contract value 1)."""
+        names = self.quote_instruments()
+        return {
+            "source": self.meta_source.get("source"),
+            "read_at": self.meta_source.get("read_at"),
+            "with_metadata": [n for n in names if n in self.instrument_specs],
+            "defaults": [n for n in names if n not in self.instrument_specs],
+        }
 
     # ------------------------------------------------------------------ data
     def get_quote_from_qlib(self) -> None:
         # Qlib builds ``all_fields`` as ``list(set(...))``: its order (the quote frame's column order) changes with
         # PYTHONHASHSEED. A sorted list gives every run the same frame.
-        self.all_fields = sorted(self.all_fields)
+        compat.sort_quote_fields(self)
         super().get_quote_from_qlib()
         # NaN volume on a bar with a price: no traded volume is known; treat it as 0 (documented).
         vol = self.quote_df["$volume"]
@@ -437,12 +543,6 @@ class CryptoExchange(Exchange):
         return value
 
     # ------------------------------------------------------------------ fills
-    def _calc_trade_info_by_order(
-        self, order: Order, position: Optional[BasePosition], dealt_order_amount: dict
-    ) -> Tuple[float, float, float]:
-        trade_price, trade_val, trade_cost, _ = self._fill_order(order, position)
-        return trade_price, trade_val, trade_cost
-
     def _fill_order(self, order: Order, position: Optional[BasePosition]) -> Tuple[float, float, float, dict]:
         """Apply the fill model to ``order`` (sets ``order.deal_amount``); returns price, value, fee and details."""
         stock, start, end = order.stock_id, order.start_time, order.end_time
@@ -483,8 +583,10 @@ class CryptoExchange(Exchange):
             q = max(min(q, held), 0.0)
         # 2) participation cap
         cap = costs.participation_cap(volume, self.max_participation)
+        capped = 0.0
         if q > cap:
             reasons.append("no_volume" if cap == 0 else "participation_cap")
+            capped = q - cap
             q = cap
         sigma = 0.0
         if self.impact_coef > 0:
@@ -556,8 +658,22 @@ class CryptoExchange(Exchange):
             "slippage": slip,
             "requested": requested,
             "reasons": reasons,
+            "capped": capped,
         }
         return fill, trade_val, fee, details
+
+    @contextlib.contextmanager
+    def record_executions(self) -> Iterator[List[Execution]]:
+        """Collect the :class:`Execution` of every ``deal_order`` call made inside the ``with`` block.
+
+        ``CryptoExecutor`` wraps Qlib's order loop (``SimulatorExecutor._collect_data``) in it to get each
+        order's fill and report; outside a block nothing is kept."""
+        outer, log = self._recording, []
+        self._recording = log
+        try:
+            yield log
+        finally:
+            self._recording = outer
 
     def deal_order(
         self,
@@ -566,26 +682,35 @@ class CryptoExchange(Exchange):
         position: BasePosition | None = None,
         dealt_order_amount: Dict[str, float] = defaultdict(float),
     ) -> Tuple[float, float, float]:
-        """Execute ``order`` with the fill model; updates the account/position; sets ``last_fill``/``last_report``."""
+        """Execute ``order`` with the crypto fill model and book it on the account (or position).
+
+        Qlib's contract: returns ``(trade_val, trade_cost, trade_price)`` and sets ``order.deal_amount``. The
+        fill and the order report go to the active :meth:`record_executions` block, if any."""
         side = "buy" if order.direction == Order.BUY else "sell"
-        self.last_fill = None
         if trade_account is not None and position is not None:
             raise BacktestError("deal_order got both trade_account and position", hint="pass only one of them")
+        recording = self._recording
         if not self.check_order(order):
             order.deal_amount = 0.0
-            self.last_report = OrderReport(order.start_time, order.stock_id, side, float(order.amount), 0.0, "rejected", "not_tradable")
+            if recording is not None:
+                report = OrderReport(order.start_time, order.stock_id, side, float(order.amount), 0.0, "rejected",
+                                     "not_tradable")
+                recording.append(Execution(order, 0.0, 0.0, np.nan, None, report))
             return 0.0, 0.0, np.nan
         pos = trade_account.current_position if trade_account is not None else position
         trade_price, trade_val, trade_cost, details = self._fill_order(order, pos)
+        fill = None
         if trade_val > 1e-5:
-            if isinstance(pos, CryptoPosition) and order.direction == Order.SELL and not pos.check_stock(order.stock_id):
-                # opening a short: give the entry a price so Qlib's Account can book the order's return
-                pos._init_stock(order.stock_id, 0.0, price=trade_price)
+            if isinstance(pos, CryptoPosition) and order.direction == Order.SELL:
+                pos.open_entry(order.stock_id, trade_price)  # a short opened: Qlib's Account books its return first
             if trade_account is not None:
                 trade_account.update_order(order=order, trade_val=trade_val, cost=trade_cost, trade_price=trade_price)
             elif pos is not None:
                 pos.update_order(order=order, trade_val=trade_val, cost=trade_cost, trade_price=trade_price)
-            self.last_fill = FillRecord(
+        if recording is None:  # e.g. a strategy simulating its sells on a copy of the position
+            return trade_val, trade_cost, trade_price
+        if trade_val > 1e-5:
+            fill = FillRecord(
                 datetime=order.start_time,
                 instrument=order.stock_id,
                 side=side,
@@ -601,5 +726,7 @@ class CryptoExchange(Exchange):
         filled = order.deal_amount if trade_val > 1e-5 else 0.0
         requested = details["requested"]
         status = "filled" if filled >= requested * (1 - 1e-9) else ("partial" if filled > 0 else "rejected")
-        self.last_report = OrderReport(order.start_time, order.stock_id, side, requested, filled, status, ";".join(details["reasons"]))
+        report = OrderReport(order.start_time, order.stock_id, side, requested, filled, status,
+                             ";".join(details["reasons"]), details["deal_price"], details["capped"])
+        recording.append(Execution(order, trade_val, trade_cost, trade_price, fill, report))
         return trade_val, trade_cost, trade_price

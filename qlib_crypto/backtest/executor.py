@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import defaultdict
+from dataclasses import dataclass
 from types import FunctionType
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -26,9 +26,11 @@ from qlib.backtest.executor import SimulatorExecutor
 from qlib.backtest.high_performance_ds import NumpyOrderIndicator
 from qlib.backtest.position import Position
 from qlib.backtest.report import Indicator, PortfolioMetrics
+from qlib.backtest.utils import TradeCalendarManager
 from qlib.utils import index_data as idd
 
 from ..errors import BacktestError, ConfigError
+from . import _qlib_compat as compat
 from .exchange import CryptoExchange, FillRecord, OrderReport
 from .position import CryptoPosition
 
@@ -38,7 +40,38 @@ logger = logging.getLogger(__name__)
 EXTRA_COLUMNS = ("fees", "slippage", "funding", "gross_exposure", "leverage")
 
 
-_NS_PER_DAY = 86_400_000_000_000
+class CryptoTradeCalendar(TradeCalendarManager):
+    """Qlib's ``TradeCalendarManager`` that remembers the ``(start, end)`` of each step it was asked for.
+
+    Qlib computes a step's closed end (``next bar - 1 s``) on every ``get_step_time`` call, and a step asks for it
+    a dozen times (the strategy, then Qlib's order loop once per order); the answers are the same objects each
+    time. ``CryptoExecutor`` gives its level this calendar, which the strategy of that level shares.
+    """
+
+    def reset(self, freq: str, start_time: Any = None, end_time: Any = None) -> None:  # noqa: D102
+        super().reset(freq, start_time=start_time, end_time=end_time)
+        self._step_times: Dict[int, Tuple[pd.Timestamp, pd.Timestamp]] = {}
+
+    def get_step_time(self, trade_step: Optional[int] = None, shift: int = 0) -> Tuple[pd.Timestamp, pd.Timestamp]:
+        if trade_step is None:
+            trade_step = self.get_trade_step()
+        key = trade_step - shift  # "shift bars earlier": step t with shift 1 is step t - 1
+        times = self._step_times.get(key)
+        if times is None:
+            times = self._step_times[key] = super().get_step_time(key, 0)
+        return times
+
+
+@dataclass
+class ExecutionResult:
+    """What a ``CryptoExecutor`` recorded in one run, as plain tables (see ``CryptoExecutor``'s properties)."""
+
+    fills: pd.DataFrame
+    order_reports: pd.DataFrame
+    funding_events: pd.DataFrame
+    liquidations: pd.DataFrame
+    bar_costs: pd.DataFrame
+    totals: Dict[str, float]
 
 
 class FastOrderIndicator(NumpyOrderIndicator):
@@ -99,17 +132,6 @@ class FastIndicator(Indicator):
             return None
         return data
 
-    def update_order_indicators(self, trade_info: list) -> None:  # noqa: D102 (Indicator's contract)
-        self._update_order_trade_info(trade_info=trade_info)
-        data = self._fast_data()
-        deal = data.get("deal_amount") if data is not None else None
-        if deal is None or deal.indices[0] is not data["amount"].indices[0]:
-            self._update_order_fulfill_rate()
-            return
-        amount = data["amount"]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            data["ffr"] = idd.SingleData(deal.data / amount.data, deal.indices[0])
-
     def cal_trade_indicators(self, trade_start_time: Any, freq: str, indicator_config: dict = {}) -> None:  # noqa: D102
         data = self._fast_data()
         if (
@@ -148,51 +170,64 @@ def _nanmean(values: np.ndarray) -> np.float64:
 class CryptoPortfolioMetrics(PortfolioMetrics):
     """Qlib's ``PortfolioMetrics`` plus per-bar ``fees slippage funding gross_exposure leverage`` columns.
 
-    ``funding`` is the funding paid in the bar (> 0 paid, < 0 received). The DataFrame's ``attrs`` carry the
-    executor's ``fills``, ``order_reports``, ``funding_events`` and ``liquidations`` tables.
+    ``funding`` is the funding paid in the bar (> 0 paid, < 0 received). The executor records the values of each
+    bar with :meth:`record_bar_extras`. A benchmark given as a ``pd.Series`` of bar returns is sampled per bar
+    with a binary search and the arithmetic of Qlib's ``_sample_benchmark`` (``prod(1 + r) - 1`` in the series'
+    own dtype), so the values are Qlib's.
     """
 
-    crypto_executor: Any = None
+    def __init__(self, freq: str = "day", benchmark_config: dict = {}) -> None:
+        super().__init__(freq=freq, benchmark_config=benchmark_config)
+        self.extras: Dict[str, Dict[Any, float]] = {name: {} for name in EXTRA_COLUMNS}
+        self._bench_cache: Optional[Tuple[Any, np.ndarray, np.ndarray]] = None
 
-    def _sample_benchmark(self, bench: pd.Series, trade_start_time: Any, trade_end_time: Any) -> Optional[float]:
-        """Qlib's benchmark sampling with a single-bar fast path (same value: ``(1 + r) - 1``)."""
-        if self.bench is None:
+    @classmethod
+    def like(cls, metrics: PortfolioMetrics) -> "CryptoPortfolioMetrics":
+        """A new, empty instance with the frequency and the (already loaded) benchmark of ``metrics``."""
+        new = cls(metrics.freq, {"benchmark": metrics.bench})
+        new.benchmark_config = metrics.benchmark_config
+        return new
+
+    def record_bar_extras(self, trade_start_time: Any, **values: float) -> None:
+        """Store this bar's ``fees slippage funding gross_exposure leverage`` (any subset)."""
+        for name, value in values.items():
+            self.extras[name][trade_start_time] = value
+
+    def bar_benchmark(self, trade_start_time: Any, trade_end_time: Any) -> Optional[float]:
+        """The benchmark's return over ``[start, end]``, or None when the lookup does not apply (Qlib samples it)."""
+        bench = self.bench
+        if not isinstance(bench, pd.Series):
             return None
-        cache = getattr(self, "_bench_cache", None)
+        cache = self._bench_cache
         if cache is None or cache[0] is not bench:
             idx = bench.index
-            if not isinstance(idx, pd.DatetimeIndex) or not idx.is_monotonic_increasing:
-                return super()._sample_benchmark(bench, trade_start_time, trade_end_time)
-            cache = (bench, idx.asi8, bench.to_numpy(dtype="float64"))
-            self._bench_cache = cache
+            if not isinstance(idx, pd.DatetimeIndex) or not idx.is_monotonic_increasing or bench.dtype.kind != "f":
+                return None
+            cache = self._bench_cache = (bench, idx.asi8, bench.to_numpy())
         _, stamps, values = cache
         try:
             lo = int(np.searchsorted(stamps, pd.Timestamp(trade_start_time).value, side="left"))
             hi = int(np.searchsorted(stamps, pd.Timestamp(trade_end_time).value, side="right"))
         except (TypeError, ValueError):
-            return super()._sample_benchmark(bench, trade_start_time, trade_end_time)
+            return None
         if hi - lo == 0:
             return 0.0
-        if hi - lo == 1:
-            return (values[lo] + 1) - 1
-        return super()._sample_benchmark(bench, trade_start_time, trade_end_time)
+        window = values[lo:hi]
+        if np.isnan(window).any():
+            return None  # Qlib's own path skips NaN
+        return (window + 1).prod() - 1
+
+    def update_portfolio_metrics_record(self, trade_start_time: Any = None, trade_end_time: Any = None, *args: Any,
+                                        bench_value: Optional[float] = None, **kwargs: Any) -> None:
+        if bench_value is None and trade_start_time is not None and trade_end_time is not None:
+            bench_value = self.bar_benchmark(trade_start_time, trade_end_time)
+        super().update_portfolio_metrics_record(trade_start_time, trade_end_time, *args, bench_value=bench_value,
+                                                **kwargs)
 
     def generate_portfolio_metrics_dataframe(self) -> pd.DataFrame:
         df = super().generate_portfolio_metrics_dataframe()
-        executor = getattr(self, "crypto_executor", None)
-        if executor is not None:
-            extra = executor._bar_columns
-            for name in EXTRA_COLUMNS:
-                df[name] = pd.Series(extra[name], dtype="float64").reindex(df.index)
-            df.attrs.update(
-                {
-                    "fills": executor.fills,
-                    "order_reports": executor.order_reports,
-                    "funding_events": executor.funding_events,
-                    "liquidations": executor.liquidations,
-                    "totals": dict(executor.totals),
-                }
-            )
+        for name in EXTRA_COLUMNS:
+            df[name] = pd.Series(self.extras[name], dtype="float64").reindex(df.index)
         return df
 
 
@@ -203,7 +238,8 @@ class CryptoExecutor(SimulatorExecutor):
     ``max_leverage`` (gross exposure / equity cap enforced on orders; None disables; default 3.0),
     ``maintenance_margin`` (liquidation threshold as a fraction of gross exposure; default 0.005),
     ``settle_funding`` (default True), ``liquidate`` (default True), plus Qlib's ``SimulatorExecutor`` kwargs.
-    After a run: ``fills``, ``order_reports``, ``funding_events``, ``liquidations`` (DataFrames) and ``totals``.
+    After a run: ``fills``, ``order_reports``, ``funding_events``, ``liquidations``, ``bar_costs``
+    (DataFrames), ``totals`` and :meth:`result` (all of them in one :class:`ExecutionResult`).
     """
 
     def __init__(
@@ -252,7 +288,6 @@ class CryptoExecutor(SimulatorExecutor):
         self._funding: List[dict] = []
         self._liquidations: List[dict] = []
         self._bar_columns: Dict[str, Dict[pd.Timestamp, float]] = {name: {} for name in EXTRA_COLUMNS}
-        self._deal_day_key: Any = None
         self.totals: Dict[str, float] = {"fees_paid": 0.0, "slippage_paid": 0.0, "funding_paid": 0.0}
 
     @property
@@ -263,7 +298,7 @@ class CryptoExecutor(SimulatorExecutor):
 
     @property
     def order_reports(self) -> pd.DataFrame:
-        """Every order: requested, filled, unfilled amount, status and reasons (clipped or rejected)."""
+        """Every order: ``datetime instrument side requested filled status reasons deal_price capped unfilled``."""
         cols = list(OrderReport.__dataclass_fields__) + ["unfilled"]
         return pd.DataFrame([r.to_dict() for r in self._reports], columns=cols)
 
@@ -278,10 +313,26 @@ class CryptoExecutor(SimulatorExecutor):
         """Every liquidation: ``datetime equity gross_exposure maintenance_margin``."""
         return pd.DataFrame(self._liquidations, columns=["datetime", "equity", "gross_exposure", "maintenance_margin"])
 
+    @property
+    def bar_costs(self) -> pd.DataFrame:
+        """Per bar: ``fees slippage funding gross_exposure leverage`` (index ``datetime``)."""
+        frame = pd.DataFrame({name: pd.Series(self._bar_columns[name], dtype="float64") for name in EXTRA_COLUMNS})
+        frame.index.name = "datetime"
+        return frame
+
+    def result(self) -> "ExecutionResult":
+        """Everything this executor recorded in its last run, as plain DataFrames and a dict."""
+        return ExecutionResult(fills=self.fills, order_reports=self.order_reports, funding_events=self.funding_events,
+                               liquidations=self.liquidations, bar_costs=self.bar_costs, totals=dict(self.totals))
+
     # ------------------------------------------------------------------ setup
     def reset(self, common_infra: Any = None, **kwargs: Any) -> None:
         if "start_time" in kwargs or "end_time" in kwargs:
             self._clear_records()
+            if not self.level_infra.has("trade_calendar"):  # Qlib's reset_cal then resets this one
+                self.level_infra.reset_infra(trade_calendar=CryptoTradeCalendar(
+                    self.time_per_step, start_time=kwargs.get("start_time"), end_time=kwargs.get("end_time"),
+                    level_infra=self.level_infra))
         super().reset(common_infra=common_infra, **kwargs)
 
     def reset_common_infra(self, common_infra: Any, copy_trade_account: bool = False) -> None:
@@ -294,19 +345,18 @@ class CryptoExecutor(SimulatorExecutor):
             new = CryptoPosition(cash=pos.get_cash())
             new.position = pos.position
             new.init_cash = pos.init_cash
-            account.current_position = pos = new
+            compat.replace_account_position(account, new)
+            pos = new
         if isinstance(pos, CryptoPosition):
             pos.max_leverage = self.max_leverage
             pos.maintenance_margin = self.maintenance_margin
+        # Qlib's Account.reset has just created a plain PortfolioMetrics and Indicator: use our subclasses
         pm = account.portfolio_metrics
-        if pm is not None and type(pm) is PortfolioMetrics:
-            pm.__class__ = CryptoPortfolioMetrics
-        if isinstance(pm, CryptoPortfolioMetrics):
-            pm.crypto_executor = self
-        indicator = getattr(account, "indicator", None)
+        if pm is not None and type(pm) is PortfolioMetrics and pm.is_empty():
+            compat.install_account_parts(account, portfolio_metrics=CryptoPortfolioMetrics.like(pm))
+        indicator = account.get_trade_indicator()
         if type(indicator) is Indicator and indicator.order_indicator_cls is NumpyOrderIndicator:
-            indicator.__class__ = FastIndicator
-            indicator.order_indicator_cls = FastOrderIndicator
+            compat.install_account_parts(account, indicator=FastIndicator(order_indicator_cls=FastOrderIndicator))
 
     @property
     def crypto_exchange(self) -> CryptoExchange:
@@ -320,6 +370,8 @@ class CryptoExecutor(SimulatorExecutor):
 
     # ------------------------------------------------------------------ one step
     def _collect_data(self, trade_decision: BaseTradeDecision, level: int = 0) -> Tuple[List[object], dict]:
+        """Qlib's step (``SimulatorExecutor._collect_data``: the orders, one after another, through the exchange)
+        with funding settled before it and the liquidation check after it."""
         start, end = self.trade_calendar.get_step_time()
         exchange = self.crypto_exchange
         position = self.trade_account.current_position
@@ -327,33 +379,16 @@ class CryptoExecutor(SimulatorExecutor):
         if self.settle_funding and isinstance(position, CryptoPosition):
             funding = self._settle_funding(exchange, position, start, end)
 
+        with exchange.record_executions() as executions:
+            execute_result, kwargs = super()._collect_data(trade_decision, level=level)
         fees = slippage = 0.0
-        execute_result: list = []
-        orders = self._get_order_iterator(trade_decision)
-        if orders:
-            # Qlib's per-order ``floor("D")`` (about 30 us each), done once per UTC day
-            day_key = start.value // _NS_PER_DAY if start.tzinfo is None else start.floor(freq="D")
-            if day_key != self._deal_day_key or self.deal_day is None:
-                deal_day = start.floor(freq="D")
-                if self.deal_day is None or deal_day > self.deal_day:
-                    self.dealt_order_amount = defaultdict(float)
-                    self.deal_day = deal_day
-                self._deal_day_key = day_key
-        for order in orders:
-            trade_val, trade_cost, trade_price = exchange.deal_order(
-                order, trade_account=self.trade_account, dealt_order_amount=self.dealt_order_amount
-            )
-            execute_result.append((order, trade_val, trade_cost, trade_price))
-            self.dealt_order_amount[order.stock_id] += order.deal_amount
-            if exchange.last_report is not None:
-                self._reports.append(exchange.last_report)
-            fill = exchange.last_fill
+        for execution in executions:
+            self._reports.append(execution.report)
+            fill = execution.fill
             if fill is not None:
                 self._fills.append(fill)
                 fees += fill.fee
                 slippage += fill.slippage
-            if self.verbose:
-                logger.info("%s %s %s deal %s at %s", start, order.stock_id, order.direction, order.deal_amount, trade_price)
 
         marked: Optional[Tuple[float, float]] = None
         if self.liquidate and isinstance(position, CryptoPosition):
@@ -367,15 +402,18 @@ class CryptoExecutor(SimulatorExecutor):
         self.totals["fees_paid"] += fees
         self.totals["slippage_paid"] += slippage
         self.totals["funding_paid"] += funding
-        cols = self._bar_columns
-        cols["fees"][start] = fees
-        cols["slippage"][start] = slippage
-        cols["funding"][start] = funding
+        values = {"fees": fees, "slippage": slippage, "funding": funding}
         if isinstance(position, CryptoPosition):
             gross, equity = marked if marked is not None else self._marked_gross_equity(exchange, position, start, end)
-            cols["gross_exposure"][start] = gross
-            cols["leverage"][start] = gross / equity if equity > 0 else (math.inf if gross > 0 else 0.0)
-        return execute_result, {"trade_info": execute_result}
+            values["gross_exposure"] = gross
+            values["leverage"] = gross / equity if equity > 0 else (math.inf if gross > 0 else 0.0)
+        cols = self._bar_columns
+        for name, value in values.items():
+            cols[name][start] = value
+        pm = self.trade_account.portfolio_metrics
+        if isinstance(pm, CryptoPortfolioMetrics):
+            pm.record_bar_extras(start, **values)
+        return execute_result, kwargs
 
     def _settle_funding(self, exchange: CryptoExchange, position: CryptoPosition, start, end) -> float:
         total = 0.0

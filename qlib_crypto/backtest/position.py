@@ -19,6 +19,8 @@ from typing import Any, Dict, List, Union
 from qlib.backtest.decision import Order
 from qlib.backtest.position import Position
 
+from . import _qlib_compat as compat
+
 _SPECIAL_KEYS = ("cash", "now_account_value", "cash_delay")
 
 
@@ -67,20 +69,34 @@ class CryptoPosition(Position):
             raise NotImplementedError(f"do not support order direction {order.direction}")
         entry = self.position.get(stock_id)
         if entry is None:
-            self._init_stock(stock_id=stock_id, amount=signed, price=trade_price)
+            compat.add_position_entry(self, stock_id, signed, trade_price)
         elif isclose(entry["amount"], -signed):
-            # closing the whole position (long or short)
-            self._del_stock(stock_id)
+            # closing the whole position (long or short): remember its last mark for Qlib's Account, which books
+            # a buy's return after the position was updated
+            closed = self.__dict__.setdefault("_closed_prices", {})
+            closed.clear()
+            closed[stock_id] = entry["price"]
+            compat.remove_position_entry(self, stock_id)
         else:
             entry["amount"] += signed
         if signed > 0:
             self.position["cash"] -= trade_val + cost
         else:
             new_cash = trade_val - cost
-            if self._settle_type == self.ST_CASH:
+            if compat.position_settle_type(self) == self.ST_CASH:
                 self.position["cash_delay"] += new_cash
             else:
                 self.position["cash"] += new_cash
+
+    def open_entry(self, stock_id: str, price: float) -> None:
+        """Hold ``stock_id`` with amount 0 at ``price`` unless it is held already.
+
+        Qlib's ``Account`` books a sell's return (``value - amount x held price``) *before* the position applies
+        the order, so a sell that opens a short needs an entry priced at its fill: then that return is 0, as for
+        a buy that opens a long. The exchange calls this before passing such an order to the account.
+        """
+        if stock_id not in self.position:
+            compat.add_position_entry(self, stock_id, 0.0, price)
 
     def settle_funding(self, stock_id: str, price: float, funding_rate: float) -> float:
         """Book one funding settlement on ``stock_id``; returns the payment (> 0 paid, < 0 received)."""
@@ -117,12 +133,6 @@ class CryptoPosition(Position):
             # a buy that covered a whole short removed the entry before Qlib's Account books the order's return
             return self.__dict__.get("_closed_prices", {}).get(code, float("nan"))
         return entry["price"]
-
-    def _del_stock(self, stock_id: str) -> None:
-        closed = self.__dict__.setdefault("_closed_prices", {})
-        closed.clear()
-        closed[stock_id] = self.position[stock_id]["price"]
-        super()._del_stock(stock_id)
 
     def get_stock_list(self) -> List[str]:
         """Held instruments, sorted by name.

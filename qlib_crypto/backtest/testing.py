@@ -2,8 +2,9 @@
 
 This is deliberately minimal and independent of :mod:`qlib_crypto.provider`: it writes exactly the format
 Qlib reads (calendar text file, ``instruments/all.txt``, little-endian float32 ``.bin`` files whose first
-value is the start index into the calendar). Daily bars are aggregated from the hourly ones on UTC days,
-because Qlib builds the account at ``day`` frequency first and needs a ``day`` directory to exist.
+value is the start index into the calendar). Daily bars are aggregated from the hourly ones on UTC days into a
+``day`` directory beside it, for daily backtests and for Qlib's stock classes given a benchmark by name (the
+crypto runner needs only the bar frequency's directory).
 """
 from __future__ import annotations
 

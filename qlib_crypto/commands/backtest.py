@@ -30,8 +30,8 @@ def input_options(func: Callable) -> Callable:
                           "with datetime, instrument, score. A pickle runs code when it is loaded: give only a "
                           "pred.pkl from a trusted source (your own qrun run)."),
         click.option("--provider-dir", required=True, type=click.Path(file_okay=False),
-                     help="Qlib provider directory of --freq (its sibling `day` directory is used too), "
-                          "or a parent holding <freq>/ and day/."),
+                     help="Qlib provider directory of --freq (e.g. data/qlib/synthetic/60min), or a parent holding "
+                          "<freq>/. Only that frequency's directory is read."),
         click.option("--freq", default="60min", show_default=True, help="Bar frequency of the backtest (60min, day...)."),
         click.option("--start", default=None, help="First bar (UTC, e.g. 2024-04-01); default: first signal."),
         click.option("--end", default=None, help="Last bar (UTC); default: one bar after the last signal."),
@@ -52,6 +52,14 @@ def input_options(func: Callable) -> Callable:
         click.option("--max-leverage", type=float, default=None, help="Gross exposure / equity cap (executor default 3)."),
         click.option("--account", type=float, default=1_000_000.0, show_default=True, help="Initial equity (quote currency)."),
         click.option("--benchmark", default=None, help="Benchmark instrument (default BTC-USDT when present)."),
+        click.option("--max-participation", default=None, metavar="X|none",
+                     help="Largest fraction of a bar's volume one order may take (default: config or 0.1); "
+                          "'none' for no cap."),
+        click.option("--skip-unknown", is_flag=True,
+                     help="Drop (with a warning) the rows of instruments the provider does not have, instead of "
+                          "refusing them."),
+        click.option("--long-only", is_flag=True,
+                     help="longshort: long the --topk best scores only (spot or swaps), no shorts."),
     ]
     for opt in reversed(options):
         func = opt(func)
@@ -59,25 +67,80 @@ def input_options(func: Callable) -> Callable:
 
 
 def resolve_provider(provider_dir: str | Path, freq: str) -> dict[str, str]:
-    """``provider_uri`` for ``qlib.init``: the frequency directory and the ``day`` directory beside it."""
+    """``provider_uri`` for ``qlib.init``: the directory dumped at ``freq`` (nothing else is needed: the
+    benchmark is computed from its bars)."""
     root = Path(provider_dir)
     if not root.is_dir():
         raise ConfigError(f"provider directory {str(root)!r} does not exist",
                           hint="dump the store first (`qlib-crypto dump`) or run `qlib-crypto demo`")
     if (root / "calendars" / f"{freq}.txt").is_file():
-        freq_dir, day_dir = root, root.parent / "day"
+        freq_dir = root
     elif (root / freq / "calendars" / f"{freq}.txt").is_file():
-        freq_dir, day_dir = root / freq, root / "day"
+        freq_dir = root / freq
     else:
         raise ConfigError(f"no {freq} calendar under {str(root)!r} (looked for calendars/{freq}.txt and {freq}/calendars/)",
                           hint="give the provider directory dumped at --freq, e.g. data/qlib/synthetic/60min")
-    uri = {freq: str(freq_dir.resolve())}
-    if freq != "day":
-        if not (day_dir / "calendars" / "day.txt").is_file():
-            raise ConfigError(f"no day provider beside {str(freq_dir)!r} (looked in {str(day_dir)!r})",
-                              hint="Qlib builds the account at `day` first: dump a `day` directory next to it")
-        uri["day"] = str(day_dir.resolve())
-    return uri
+    return {freq: str(freq_dir.resolve())}
+
+
+def provider_instruments(freq_dir: str | Path) -> list[str] | None:
+    """The instruments of a provider directory (its ``instruments/all.txt``), or None without that file."""
+    listing = Path(freq_dir) / "instruments" / "all.txt"
+    try:
+        text = listing.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return [line.split("\t")[0].strip() for line in text.splitlines() if line.strip()]
+
+
+def provider_calendar(freq_dir: str | Path, freq: str):
+    """(first bar, last bar, bar length) of a provider's calendar, or None when it is empty or unreadable."""
+    import pandas as pd
+
+    try:
+        lines = [ln.strip() for ln in (Path(freq_dir) / "calendars" / f"{freq}.txt").read_text().splitlines()
+                 if ln.strip()]
+    except OSError:
+        return None
+    if not lines:
+        return None
+    from ..timeframes import get_timeframe
+
+    return pd.Timestamp(lines[0]), pd.Timestamp(lines[-1]), pd.Timedelta(milliseconds=get_timeframe(freq).ms)
+
+
+def warn(message: str) -> None:
+    """One ``warning: ...`` line on stderr."""
+    click.echo(f"warning: {message}", err=True)
+
+
+def check_against_provider(frame, freq_dir: str | Path, freq: str, *, skip_unknown: bool, option: str):
+    """The input rows checked against the provider, before Qlib is imported: instruments it does not have are an
+    error listing them (or, with ``--skip-unknown``, dropped with a warning); rows before the calendar's first
+    bar or after its last bar are counted in a warning, and so are rows that all sit on its last bar (they would
+    execute on the next bar). Returns the rows to backtest."""
+    from ..strategy.targets import calendar_coverage, check_known_instruments
+
+    known = provider_instruments(freq_dir)
+    if known is not None:
+        frame = check_known_instruments(frame, known, skip_unknown=skip_unknown, where=f"{option} file",
+                                        provider=f"the provider {str(freq_dir)!r}", warn=warn)
+        if skip_unknown and len(frame) == 0:
+            raise ConfigError(f"no {option} row is left after dropping unknown instruments",
+                              hint="check the instrument names against the provider's instruments/all.txt")
+    cal = provider_calendar(freq_dir, freq)
+    if cal is not None and len(frame):
+        first, last, _ = cal
+        before, after = calendar_coverage(frame["datetime"], first, last)
+        if before or after:
+            warn(f"{before} {option} rows before the {freq} calendar's first bar {first} and {after} after its "
+                 f"last bar {last} are outside the provider and not traded")
+        inside = frame["datetime"][(frame["datetime"] >= first) & (frame["datetime"] <= last)]
+        if len(inside) and (inside == last).all():  # e.g. `predict --latest`, then backtest
+            warn(f"all {len(inside)} {option} rows are on the calendar's last bar {last} and cannot trade: a "
+                 "signal executes on the next bar, which the provider does not have yet (dump newer bars, then "
+                 "backtest)")
+    return frame
 
 
 def init_qlib(provider_uri: dict[str, str]) -> None:
@@ -166,6 +229,18 @@ def check_fees(fees: Any, where: str) -> dict[str, dict[str, float]]:
 
 # numeric CryptoExchange / CryptoExecutor kwargs a config file may set: (minimum, strictly above)
 _EXCHANGE_NUMBERS = {"slippage_bps": (0.0, None), "impact_coef": (0.0, None), "max_participation": (None, 0.0)}
+
+
+def parse_participation(value: Any, what: str = "--max-participation") -> float | None:
+    """A participation cap: a number in (0, 1], or ``none``/``null`` (no cap)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "off")):
+        return None
+    number = check_number(value, what, above=0.0, hint="give a fraction of the bar's volume in (0, 1], e.g. 0.1, "
+                                                         "or none for no cap")
+    if number > 1:
+        raise ConfigError(f"{what} {value!r} is above 1",
+                          hint="give a fraction of the bar's volume in (0, 1], e.g. 0.1, or none for no cap")
+    return number
 _EXECUTOR_NUMBERS = {"max_leverage": (None, 0.0), "maintenance_margin": (0.0, None)}
 
 
@@ -209,6 +284,9 @@ def load_config(path: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
             if block.get(key) is not None:
                 block[key] = check_number(block[key], f"config file {str(p)!r}: {key}", minimum=minimum,
                                           above=above)
+    if exchange.get("max_participation") is not None:
+        exchange["max_participation"] = parse_participation(exchange["max_participation"],
+                                                            f"config file {str(p)!r}: max_participation")
     if exchange.get("fees") is not None:
         exchange["fees"] = check_fees(exchange["fees"], f"config file {str(p)!r}: fees")
     return exchange, executor
@@ -263,6 +341,11 @@ def check_options(opts: dict[str, Any]) -> None:
     get_timeframe(opts["freq"])
     parse_fees(opts.get("fees"))
     load_config(opts.get("config_path"))
+    parse_participation(opts.get("max_participation"))
+    strategy = opts.get("strategy") or ("signal" if opts.get("signals_path") else "longshort")
+    if opts.get("long_only") and strategy != "longshort":
+        raise ConfigError("--long-only applies to --strategy longshort only",
+                          hint="drop --long-only, or use --strategy longshort")
 
 
 def parse_time(value: Any, option: str):
@@ -325,10 +408,8 @@ def check_benchmark(provider_uri: dict[str, str], freq: str, benchmark: str | No
     """An explicit --benchmark must be an instrument of the provider (its instruments/all.txt)."""
     if not benchmark:
         return
-    listing = Path(provider_uri[freq]) / "instruments" / "all.txt"
-    try:
-        known = [line.split("\t")[0].strip() for line in listing.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except OSError:
+    known = provider_instruments(provider_uri[freq])
+    if known is None:
         return  # no universe file: Qlib will say what is wrong
     if str(benchmark).upper() not in {k.upper() for k in known}:
         raise ConfigError(f"--benchmark {benchmark!r} is not an instrument of {provider_uri[freq]!r}",
@@ -375,7 +456,27 @@ def build_inputs(opts: dict[str, Any]) -> dict[str, Any]:
                           hint="check its datetime, instrument and signal/score columns") from None
     if len(frame) == 0:
         raise ConfigError("the input holds no rows", hint="check the signals/pred file")
+    provider_uri = resolve_provider(opts["provider_dir"], freq)
+    skip_unknown = bool(opts.get("skip_unknown"))
+    frame = check_against_provider(frame, provider_uri[freq], freq, skip_unknown=skip_unknown, option=option)
+    if strategy_name != "signal" and signals_path:
+        scores = scores[scores["instrument"].isin(set(frame["instrument"]))] if skip_unknown else scores
+    elif not signals_path:
+        scores = frame
+    from ..provider.meta import read_provider_meta
+
+    meta_doc = read_provider_meta(provider_uri[freq])
+    inst_types = {k: v.get("instType") for k, v in sorted((meta_doc or {}).get("instruments", {}).items())
+                  if isinstance(v, dict) and v.get("instType")}
+    long_only = bool(opts.get("long_only"))
+    if strategy_name == "longshort":
+        from ..strategy.targets import check_longshort_universe
+
+        finite = scores[scores["score"].notna()]
+        check_longshort_universe(finite["instrument"].unique(), inst_types, long_only, where=f"{option} file")
     exchange, executor = load_config(opts.get("config_path"))
+    if opts.get("max_participation") is not None:
+        exchange["max_participation"] = parse_participation(opts["max_participation"])
     fees = parse_fees(opts.get("fees"))
     if fees is not None:
         merged = {m: dict(r) for m, r in (exchange.get("fees") or {}).items()}
@@ -384,18 +485,19 @@ def build_inputs(opts: dict[str, Any]) -> dict[str, Any]:
         exchange["fees"] = merged
     if opts.get("max_leverage") is not None:
         executor["max_leverage"] = float(opts["max_leverage"])
-    provider_uri = resolve_provider(opts["provider_dir"], freq)
     check_benchmark(provider_uri, freq, opts.get("benchmark"))
     init_qlib(provider_uri)
     if strategy_name == "signal":
-        strategy = {"class": "SignalStrategy", "module_path": "qlib_crypto.strategy", "kwargs": {"signals": frame}}
+        strategy = {"class": "SignalStrategy", "module_path": "qlib_crypto.strategy",
+                    "kwargs": {"signals": frame, "instrument_meta": inst_types}}
     else:
         pred = scores.set_index(["datetime", "instrument"])["score"]
         if strategy_name == "longshort":
             strategy = {"class": "LongShortStrategy", "module_path": "qlib_crypto.strategy",
                         "kwargs": {"signal": pred, "topk": int(opts["topk"]),
                                    "rebalance_every": int(opts["rebalance_every"]),
-                                   "gross_exposure": float(opts["gross_exposure"])}}
+                                   "gross_exposure": float(opts["gross_exposure"]),
+                                   "long_only": long_only, "instrument_meta": inst_types}}
         else:
             strategy = {"class": "TopkDropoutStrategy", "module_path": "qlib.contrib.strategy",
                         "kwargs": {"signal": pred, "topk": int(opts["topk"]), "n_drop": int(opts["n_drop"])}}
@@ -464,6 +566,31 @@ def command(out_dir: str, slippage_bps: float | None, fee_multiplier: float, **o
     m = report.metrics
     click.echo(f"backtest {inputs['strategy_name']} {report.info['start']} .. {report.info['end']}: "
                f"{report.info['n_bars']} bars, {len(report.fills)} fills, {len(report.trades)} trades")
-    click.echo(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in m.items()}))
+    click.echo(order_summary_line(run.order_summary(), run.settings))
+    click.echo(json_line(m))
     click.echo(f"wrote {paths['metrics.json']} and {paths['report.html']}")
     return 0
+
+
+def json_line(metrics: dict[str, Any]) -> str:
+    """The metrics as one line of valid JSON: floats rounded to 6 decimals, NaN and infinities as null."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, float):
+            return round(v, 6) + 0.0 if math.isfinite(v) else None  # + 0.0: no "-0.0"
+        return v
+
+    return json.dumps({k: clean(v) for k, v in metrics.items()}, allow_nan=False)
+
+
+def order_summary_line(summary: dict[str, Any], settings: dict[str, Any]) -> str:
+    """``orders: N sent, C capped by the participation cap (...), U not fully filled (...)`` for the console."""
+    cap = settings.get("max_participation")
+    cap_text = "no participation cap" if cap is None else f"participation cap {cap:g} of bar volume"
+    line = (f"orders: {summary['orders']} sent; {summary['orders_capped']} capped ({cap_text}; "
+            f"{summary['capped_notional']:,.2f} notional cut); {summary['orders_unfilled']} not fully filled "
+            f"({summary['unfilled_notional']:,.2f} notional unfilled)")
+    n_default = settings.get("instruments_default_metadata") or 0
+    if n_default:
+        line += (f"; {n_default} instrument(s) without metadata use the defaults (no lot size or minimums, "
+                 "contract value 1)")
+    return line

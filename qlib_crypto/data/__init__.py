@@ -1,7 +1,8 @@
 """Crypto handlers and feature sets for Qlib (``from qlib_crypto.data import CryptoAlpha158``).
 
-Handlers and processors import Qlib, so they are loaded on first use; the feature-set functions in
-:mod:`qlib_crypto.data.features` do not need Qlib.
+Handlers, loaders and processors import Qlib, so they are loaded on first use. The feature-set functions in
+:mod:`qlib_crypto.data.features` import Qlib's ``Alpha158DL`` on first call (Alpha158's families are generated
+from it); the expression parser :mod:`qlib_crypto.data.expr` needs no Qlib.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ _LAZY = {
     "InfToNaN": "processors",
     "CryptoAlpha158DL": "loader",
     "CryptoAlpha360DL": "loader",
+    "FastDataLoader": "loader",
 }
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "CryptoAlpha360DL",
     "CrossSectionalFeatures",
     "CSZScoreLabel",
+    "FastDataLoader",
     "InfToNaN",
     "crypto_label",
     "default_feature_config",

@@ -25,14 +25,25 @@ What makes the values Qlib's own, bit for bit in the cases tested (see docs/rese
 from __future__ import annotations
 
 import logging
+import mmap
 import operator
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from . import kernels as K
 from .expr import ExpressionError, Node, parse
+
+K = None  # qlib_crypto.data.kernels, imported on first use (numba is needed only by the fast engine)
+
+
+def _kernels():
+    global K
+    if K is None:
+        from . import kernels
+
+        K = kernels
+    return K
 
 logger = logging.getLogger(__name__)
 
@@ -100,13 +111,45 @@ def _deps(node: Node) -> list[Node]:
     return kids
 
 
+_NAN_PRESERVING = ("$", "Abs", "Log", "Sign", "Add", "Sub", "Mul", "Div", "Greater", "Less")
+_ROLLING_NAN_BEFORE = ("Mean", "Sum", "Std", "Var", "Max", "Min", "Quantile", "Rank", "IdxMax", "IdxMin",
+                       "Slope", "Rsquare", "Resi", "Corr", "Cov")
+
+
+def _dirty(node: Node) -> tuple[bool, bool]:
+    """Whether ``node``'s array may hold non-NaN values before the start / after the end of its series.
+
+    Outside an instrument's series Qlib has no rows at all; here those rows hold NaN, and most operators keep
+    them NaN. Comparisons (NaN > x is False), ``If``, ``Power`` (NaN ** 0 is 1), ``Count`` (0) and shifts do
+    not, and a rolling window carries values past the series' end. Operators that move values between rows
+    (rolling windows, ``Ref``, ``Delta``) blank such rows of their input first.
+    """
+    op = node.op
+    if op in _NAN_PRESERVING:
+        before = after = False
+        for c in node.children():
+            b, a = _dirty(c)
+            before, after = before or b, after or a
+        return before, after
+    if op in _ROLLING_NAN_BEFORE:
+        return False, True
+    if op == "Ref" and node.params[0] > 0:
+        return False, True
+    if op == "Ref" and node.params[0] < 0:
+        return True, False
+    return True, True
+
+
 def _prep(x) -> np.ndarray:
-    """What pandas' rolling does to its input: float64 (bool -> 0/1), +-inf -> NaN."""
-    a = np.asarray(x, dtype=np.float64)
-    inf = np.isinf(a)
-    if inf.any():
-        a = np.where(inf, np.nan, a)
-    return np.ascontiguousarray(a)
+    """What pandas' rolling does to its input: float64 (bool -> 0/1), +-inf -> NaN (always a new array)."""
+    a = np.array(x, dtype=np.float64)
+    a[np.isinf(a)] = np.nan
+    return a
+
+
+def _near_zero(std: np.ndarray) -> np.ndarray:
+    """Qlib's ``np.isclose(std, 0, atol=2e-05)`` (|std| <= 2e-05 + 1e-05 * 0; NaN and inf are not close)."""
+    return np.abs(std) <= 2e-05
 
 
 def _zsqrt(var: np.ndarray) -> np.ndarray:
@@ -125,6 +168,8 @@ class _Group:
         self.cache: dict[str, object] = {}
         self.uses: dict[str, int] = {}
         seen: set[str] = set()
+        # rolling quantiles / ranks of the same input and window share one pass over sorted windows
+        self.order_stats: dict[tuple[str, int], dict[str, Node]] = {}
         stack = list(nodes)
         for top in nodes:
             self.uses[top.key] = self.uses.get(top.key, 0) + 1
@@ -133,6 +178,8 @@ class _Group:
             if node.key in seen:
                 continue
             seen.add(node.key)
+            if node.op in ("Quantile", "Rank"):
+                self.order_stats.setdefault((node.args[0].key, node.params[0]), {})[node.key] = node
             for d in _deps(node):
                 self.uses[d.key] = self.uses.get(d.key, 0) + 1
                 stack.append(d)
@@ -160,6 +207,31 @@ class _Group:
         first, _ = self.panel.span(node.fields())
         rel = np.maximum(first, self.qs) - self.qs
         return np.minimum(rel, self.rows).astype(np.int64)  # self.rows: no series at all
+
+    def outside(self, node: Node, *, before: bool, after: bool) -> np.ndarray | None:
+        """Rows (relative to ``qs``) outside ``node``'s series that ``_dirty`` says may hold values."""
+        b, a = _dirty(node)
+        before, after = before and b, after and a
+        if not (before or after):
+            return None
+        first, last = self.panel.span(node.fields())
+        rows = np.arange(self.qs, self.qe + 1, dtype=np.int64)[:, None]
+        mask = np.zeros((self.rows, self.panel.n), dtype=bool)
+        if before:
+            mask |= rows < first[None, :]
+        if after:
+            mask |= rows > last[None, :]
+        return mask if mask.any() else None
+
+    def input(self, node: Node, *, raw: bool = False, before: bool = True, after: bool = False) -> np.ndarray:
+        """``node``'s value as a new float64 array for a rolling/shifting operator: NaN outside its series
+        where needed, and (unless ``raw``, for Qlib's own Cython operators) +-inf as NaN like pandas."""
+        x = self.value(node)
+        a = np.array(x, dtype=np.float64) if raw else _prep(x)
+        mask = self.outside(node, before=before, after=after)
+        if mask is not None:
+            a[mask] = np.nan
+        return a
 
     def _compute(self, node: Node):
         op = node.op
@@ -198,22 +270,27 @@ class _Group:
             n = node.params[0]
             if n == 0:
                 return x - self._first_values(x, self.first_row(node))
-            return x - _shift(x, n)
+            mask = self.outside(node.args[0], before=True, after=False)
+            if mask is None:
+                return x - _shift(x, n)
+            xs = np.array(x, dtype=np.float64 if x.dtype.kind not in "f" else x.dtype)
+            xs[mask] = np.nan
+            return x - _shift(xs, n)
         if op in ("Corr", "Cov"):
             return self._pair(node)
-        x = self.value(node.args[0])
+        child = node.args[0]
         n = node.params[0]
         w = n if n > 0 else max(self.rows, 1)  # N == 0: expanding = a window covering the whole series
         if op == "Slope":
-            return K.roll_slope(np.ascontiguousarray(x, dtype=np.float64), w)
+            return K.roll_slope(self.input(child, raw=True), w)
         if op == "Resi":
-            return K.roll_resi(np.ascontiguousarray(x, dtype=np.float64), w)
+            return K.roll_resi(self.input(child, raw=True), w)
         if op == "Rsquare":
-            out = K.roll_rsquare(np.ascontiguousarray(x, dtype=np.float64), w)
+            out = K.roll_rsquare(self.input(child, raw=True), w)
             std = self.value(Node("Std", node.args, node.params))
-            out[np.isclose(std, 0, atol=2e-05)] = np.nan
+            out[_near_zero(std)] = np.nan
             return out
-        a = _prep(x)
+        a = self.input(child)
         if op == "Mean":
             return K.roll_mean(a, w)
         if op == "Sum":
@@ -228,24 +305,62 @@ class _Group:
             return K.roll_min(a, w)
         if op == "Count":
             return K.roll_count(a, w)
-        if op == "Quantile":
-            return K.roll_quantile(a, w, float(node.params[1]))
-        if op == "Rank":
-            return K.roll_rank(a, w)
+        if op in ("Quantile", "Rank"):
+            return self._order_stats(node, a, w)
         if op == "IdxMax":
             return K.roll_argmax(a, w, self.first_row(node))
         if op == "IdxMin":
             return K.roll_argmin(a, w, self.first_row(node))
         raise ExpressionError(f"operator {op!r} is not supported by the fast feature engine", hint="use engine: qlib")
 
+    def _order_stats(self, node: Node, a: np.ndarray, w: int) -> np.ndarray:
+        """Quantiles and rank of one input and window in one kernel call; the siblings wait in the cache."""
+        siblings = [m for m in self.order_stats.get((node.args[0].key, node.params[0]), {}).values()
+                    if m.key != node.key and m.key not in self.cache and self.uses.get(m.key, 0) > 0]
+        todo = [node, *siblings]
+        quantiles = [m for m in todo if m.op == "Quantile"]
+        with_rank = any(m.op == "Rank" for m in todo)
+        qs = np.array([float(m.params[1]) for m in quantiles], dtype=np.float64)
+        res = K.roll_order_stats(a, w, qs, with_rank)
+        result = None
+        for m in todo:
+            val = res[quantiles.index(m)] if m.op == "Quantile" else res[len(quantiles)]
+            if m.key == node.key:
+                result = val
+            else:
+                self.cache[m.key] = val
+                self._release(m.args[0])  # what evaluating the sibling would have consumed
+        return result
+
+    def _release(self, node: Node) -> None:
+        left = self.uses.get(node.key, 1) - 1
+        self.uses[node.key] = left
+        if left <= 0:
+            self.cache.pop(node.key, None)
+
     def _ref(self, node: Node):
-        x = self.value(node.args[0])
+        child = node.args[0]
+        x = self.value(child)
         n = node.params[0]
         if x.dtype == np.bool_:
             x = x.astype(np.float64)  # pandas shifts a bool series into object dtype holding 1/0/NaN
         if n == 0:
             return self._first_values(x, self.first_row(node))
+        mask = self.outside(child, before=n > 0, after=n < 0)
+        if mask is not None:
+            x = np.array(x)
+            x[mask] = np.nan
         return _shift(x, n)
+
+    def _masked(self, node: Node):
+        """``node``'s value with NaN before its series starts (a float copy when something is blanked)."""
+        x = self.value(node)
+        mask = self.outside(node, before=True, after=False)
+        if mask is None:
+            return x
+        x = np.array(x, dtype=np.float64 if x.dtype.kind != "f" else x.dtype)
+        x[mask] = np.nan
+        return x
 
     @staticmethod
     def _first_values(x: np.ndarray, first: np.ndarray) -> np.ndarray:
@@ -260,7 +375,7 @@ class _Group:
         return np.broadcast_to(vals, x.shape).copy()
 
     def _pair(self, node: Node):
-        left, right = (self.value(a) for a in node.args)
+        left, right = (self._masked(a) for a in node.args)
         n = node.params[0]
         # pandas' prep_binary: X = left + 0 * right, Y = right + 0 * left (masks NaN pairwise)
         xa = _prep(left + 0 * right)
@@ -276,11 +391,11 @@ class _Group:
         out = numerator / denominator
         std_l = self.value(Node("Std", (node.args[0],), node.params))
         std_r = self.value(Node("Std", (node.args[1],), node.params))
-        out[np.isclose(std_l, 0, atol=2e-05) | np.isclose(std_r, 0, atol=2e-05)] = np.nan
+        out[_near_zero(std_l) | _near_zero(std_r)] = np.nan
         return out
 
 
-def _shift(x: np.ndarray, n: int) -> np.ndarray:
+def _shift(x: np.ndarray, n: int) -> np.ndarray:  # noqa: D103
     """pandas ``Series.shift(n)`` down axis 0 (dtype kept; floats fill with NaN)."""
     x = np.asarray(x)
     if x.dtype.kind not in "fc":
@@ -309,6 +424,7 @@ def evaluate(
     are evaluated group by group (same extended range), so intermediate arrays of one group are freed before
     the next one starts.
     """
+    _kernels()
     cal_len = panel.g0 + panel.length
     groups: dict[tuple[int, int], list[int]] = {}
     for k, node in enumerate(nodes):
@@ -323,6 +439,21 @@ def evaluate(
                 raise ExpressionError(f"expression {nodes[k].key} did not give one value per bar and instrument",
                                       hint="use engine: qlib for this expression")
             sink(k, res[o0 : o1 + 1].astype(np.float32))
+
+
+def empty_block(shape: tuple[int, int]) -> np.ndarray:
+    """An uninitialised float32 array for the frame's values. On Linux its pages are faulted in by one
+    ``mmap(MAP_POPULATE)`` call instead of one page fault per 4 KiB page while the features are written (much
+    faster on virtual machines); elsewhere ``np.empty``."""
+    nbytes = int(np.prod(shape)) * 4
+    populate = getattr(mmap, "MAP_POPULATE", None)
+    if populate is None or nbytes < 1 << 24:
+        return np.empty(shape, dtype=np.float32)
+    try:
+        buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+    except (OSError, ValueError):
+        return np.empty(shape, dtype=np.float32)
+    return np.frombuffer(buf, dtype=np.float32).reshape(shape)
 
 
 def compile_exprs(exprs: Sequence[str]) -> list[Node]:

@@ -15,12 +15,15 @@ Windows are counted in bars of the handler's frequency. A group left out of the 
 group without ``windows`` uses the frequency's default (:data:`DEFAULT_WINDOWS`).
 
 Every family is one expression template with ``{d}`` standing for the window, so the whole feature set
-is data: :data:`KBAR_FEATURES`, :data:`ROLLING_FAMILIES`, :data:`AMOUNT_FAMILIES`,
-:data:`MARKET_FAMILIES`, :data:`FUNDING_FAMILIES`.
+is data. Alpha158's part (``kbar``, ``price`` and the 29 ``rolling`` families) is generated from Qlib's
+``Alpha158DL.get_feature_config`` with windows in bars (:func:`alpha158_families`; also as
+``KBAR_FEATURES`` / ``ROLLING_FAMILIES``); the crypto families are written here:
+:data:`AMOUNT_FAMILIES`, :data:`MARKET_FAMILIES`, :data:`FUNDING_FAMILIES`.
 """
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import ConfigError
@@ -83,58 +86,42 @@ def _minutes(freq: str) -> int:
 # ---------------------------------------------------------------------------------------------------------
 _EPS = "1e-12"
 
-KBAR_FEATURES: dict[str, str] = {
-    "KMID": "($close-$open)/$open",
-    "KLEN": "($high-$low)/$open",
-    "KMID2": f"($close-$open)/($high-$low+{_EPS})",
-    "KUP": "($high-Greater($open, $close))/$open",
-    "KUP2": f"($high-Greater($open, $close))/($high-$low+{_EPS})",
-    "KLOW": "(Less($open, $close)-$low)/$open",
-    "KLOW2": f"(Less($open, $close)-$low)/($high-$low+{_EPS})",
-    "KSFT": "(2*$close-$high-$low)/$open",
-    "KSFT2": f"(2*$close-$high-$low)/($high-$low+{_EPS})",
-}
+# Alpha158's families are generated from Qlib's own ``Alpha158DL.get_feature_config`` (windows in bars), so
+# they stay Qlib's expressions; only the crypto families below are written here. The generation imports Qlib
+# on first use (see :func:`alpha158_families`).
+_SENTINEL = 987654321  # a window no feature set uses; replaced by ``{d}`` in the generated templates
 
-_UP = "Greater($close-Ref($close, 1), 0)"
-_DOWN = "Greater(Ref($close, 1)-$close, 0)"
-_MOVE = "Abs($close-Ref($close, 1))"
-_VUP = "Greater($volume-Ref($volume, 1), 0)"
-_VDOWN = "Greater(Ref($volume, 1)-$volume, 0)"
-_VMOVE = "Abs($volume-Ref($volume, 1))"
-_ABSRET_VOL = "Abs($close/Ref($close, 1)-1)*$volume"
 
-# Alpha158's rolling families, windows in bars. `{d}` is the window.
-ROLLING_FAMILIES: dict[str, str] = {
-    "ROC": "Ref($close, {d})/$close",
-    "MA": "Mean($close, {d})/$close",
-    "STD": "Std($close, {d})/$close",
-    "BETA": "Slope($close, {d})/$close",
-    "RSQR": "Rsquare($close, {d})",
-    "RESI": "Resi($close, {d})/$close",
-    "MAX": "Max($high, {d})/$close",
-    "MIN": "Min($low, {d})/$close",
-    "QTLU": "Quantile($close, {d}, 0.8)/$close",
-    "QTLD": "Quantile($close, {d}, 0.2)/$close",
-    "RANK": "Rank($close, {d})",
-    "RSV": f"($close-Min($low, {{d}}))/(Max($high, {{d}})-Min($low, {{d}})+{_EPS})",
-    "IMAX": "IdxMax($high, {d})/{d}",
-    "IMIN": "IdxMin($low, {d})/{d}",
-    "IMXD": "(IdxMax($high, {d})-IdxMin($low, {d}))/{d}",
-    "CORR": "Corr($close, Log($volume+1), {d})",
-    "CORD": "Corr($close/Ref($close, 1), Log($volume/Ref($volume, 1)+1), {d})",
-    "CNTP": "Mean($close>Ref($close, 1), {d})",
-    "CNTN": "Mean($close<Ref($close, 1), {d})",
-    "CNTD": "Mean($close>Ref($close, 1), {d})-Mean($close<Ref($close, 1), {d})",
-    "SUMP": f"Sum({_UP}, {{d}})/(Sum({_MOVE}, {{d}})+{_EPS})",
-    "SUMN": f"Sum({_DOWN}, {{d}})/(Sum({_MOVE}, {{d}})+{_EPS})",
-    "SUMD": f"(Sum({_UP}, {{d}})-Sum({_DOWN}, {{d}}))/(Sum({_MOVE}, {{d}})+{_EPS})",
-    "VMA": f"Mean($volume, {{d}})/($volume+{_EPS})",
-    "VSTD": f"Std($volume, {{d}})/($volume+{_EPS})",
-    "WVMA": f"Std({_ABSRET_VOL}, {{d}})/(Mean({_ABSRET_VOL}, {{d}})+{_EPS})",
-    "VSUMP": f"Sum({_VUP}, {{d}})/(Sum({_VMOVE}, {{d}})+{_EPS})",
-    "VSUMN": f"Sum({_VDOWN}, {{d}})/(Sum({_VMOVE}, {{d}})+{_EPS})",
-    "VSUMD": f"(Sum({_VUP}, {{d}})-Sum({_VDOWN}, {{d}}))/(Sum({_VMOVE}, {{d}})+{_EPS})",
-}
+@functools.lru_cache(maxsize=1)
+def _alpha158_templates() -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+    from qlib.contrib.data.loader import Alpha158DL
+
+    fields, names = Alpha158DL.get_feature_config({"kbar": {}, "rolling": {"windows": [_SENTINEL]}})
+    kbar, rolling = [], []
+    tag = str(_SENTINEL)
+    for expr, name in zip(fields, names):
+        if name.endswith(tag):
+            template = expr.replace("{", "{{").replace("}", "}}").replace(tag, "{d}")
+            rolling.append((name[: -len(tag)], template))
+        else:
+            kbar.append((name, expr))
+    return tuple(kbar), tuple(rolling)
+
+
+def alpha158_families() -> tuple[dict[str, str], dict[str, str]]:
+    """``(kbar, rolling)``: Alpha158's k-bar expressions by name and its rolling families as templates
+    (``{d}`` = window), generated from Qlib's ``Alpha158DL.get_feature_config`` (fresh dicts)."""
+    kbar, rolling = _alpha158_templates()
+    return dict(kbar), dict(rolling)
+
+
+def alpha158_price(fields: Sequence[str], windows: Sequence[int]) -> tuple[list[str], list[str]]:
+    """Alpha158's price group (``$field/$close``, ``Ref($field, d)/$close``) from Qlib's generator."""
+    from qlib.contrib.data.loader import Alpha158DL
+
+    exprs, names = Alpha158DL.get_feature_config({"price": {"windows": list(windows), "feature": list(fields)}})
+    return list(exprs), list(names)
+
 
 _AUP = "Greater($amount-Ref($amount, 1), 0)"
 _ADOWN = "Greater(Ref($amount, 1)-$amount, 0)"
@@ -169,12 +156,27 @@ FUNDING_FAMILIES: dict[str, str] = {
     "FUNDSUM": "Sum($funding_rate, {d})",
 }
 
-GROUP_FAMILIES: dict[str, dict[str, str]] = {
-    "rolling": ROLLING_FAMILIES,
+CRYPTO_GROUP_FAMILIES: dict[str, dict[str, str]] = {
     "amount": AMOUNT_FAMILIES,
     "market": MARKET_FAMILIES,
     "funding": FUNDING_FAMILIES,
 }
+GROUPS = ("kbar", "price", "rolling", *CRYPTO_GROUP_FAMILIES)
+
+
+def group_families() -> dict[str, dict[str, str]]:
+    """Family templates per rolling group: Alpha158's (generated from Qlib) then the crypto ones."""
+    return {"rolling": alpha158_families()[1], **CRYPTO_GROUP_FAMILIES}
+
+
+def __getattr__(name: str) -> Any:  # the generated tables, computed on first access
+    if name == "KBAR_FEATURES":
+        return alpha158_families()[0]
+    if name == "ROLLING_FAMILIES":
+        return alpha158_families()[1]
+    if name == "GROUP_FAMILIES":
+        return group_families()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 PRICE_FIELDS = ("OPEN", "HIGH", "LOW", "CLOSE", "VWAP")
 
@@ -232,13 +234,15 @@ def get_feature_config(
     """
     freq = normalize_freq(freq)
     conf = copy.deepcopy(dict(feature_config)) if feature_config is not None else default_feature_config(freq)
-    unknown_groups = set(conf) - {"kbar", "price", *GROUP_FAMILIES}
+    families_by_group = group_families()
+    kbar_features = alpha158_families()[0]
+    unknown_groups = set(conf) - set(GROUPS)
     if unknown_groups:
         raise ConfigError(
             f"unknown feature groups {sorted(unknown_groups)} in feature_config",
             hint="use kbar, price, rolling, amount, market, funding",
         )
-    all_families = ["KBAR", "PRICE", *[f for fams in GROUP_FAMILIES.values() for f in fams]]
+    all_families = ["KBAR", "PRICE", *[f for fams in families_by_group.values() for f in fams]]
     _check_names("include", include, all_families)
     _check_names("exclude", exclude, all_families)
     if windows is not None:
@@ -254,18 +258,18 @@ def get_feature_config(
     fields: list[str] = []
     names: list[str] = []
     if "kbar" in conf and use("KBAR", None, []):
-        fields += list(KBAR_FEATURES.values())
-        names += list(KBAR_FEATURES)
+        fields += list(kbar_features.values())
+        names += list(kbar_features)
     if "price" in conf and use("PRICE", None, []):
         pconf = conf["price"] or {}
         pwins = _check_windows("price", pconf.get("windows", [0]), allow_zero=True)
         pfeats = [str(f).upper() for f in pconf.get("feature", ["OPEN", "HIGH", "LOW", "VWAP"])]
         _check_names("price.feature", pfeats, PRICE_FIELDS)
-        for field in pfeats:
-            for d in pwins:
-                fields.append(f"${field.lower()}/$close" if d == 0 else f"Ref(${field.lower()}, {d})/$close")
-                names.append(f"{field}{d}")
-    for group, families in GROUP_FAMILIES.items():
+        if pfeats and pwins:
+            pexprs, pnames = alpha158_price(pfeats, pwins)
+            fields += pexprs
+            names += pnames
+    for group, families in families_by_group.items():
         if group not in conf:
             continue
         gconf = conf[group] or {}

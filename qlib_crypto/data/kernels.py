@@ -9,9 +9,9 @@ step by step, so that results are the same bits and not merely close:
   identical values giving exactly that value / zero variance, mean clamped to 0 when its sign contradicts
   every value's sign). NaN values are skipped.
 - ``roll_max`` / ``roll_min``: the largest / smallest non-NaN value of the window (exact).
-- ``roll_quantile``: pandas' rolling quantile, linear interpolation between the sorted window values.
-- ``roll_rank``: pandas' rolling ``rank(pct=True)``: average rank of the newest value among the window's
-  non-NaN values divided by their count; NaN when the newest value is NaN.
+- ``roll_order_stats``: pandas' rolling quantile (linear interpolation between the sorted window values)
+  and rolling ``rank(pct=True)`` (average rank of the newest value among the window's non-NaN values divided
+  by their count; NaN when the newest value is NaN), several at once from one sorted copy of the window.
 - ``roll_argmax`` / ``roll_argmin``: Qlib's ``IdxMax`` / ``IdxMin`` (``rolling.apply(argmax + 1)``):
   1-based position of the first maximum, or of the first NaN when the window has one (numpy's argmax
   rule), NaN when the window has no finite value. The window never reaches back past ``first[j]``, the
@@ -236,42 +236,51 @@ def roll_min(x, w):
 
 @njit(**_JIT)
 def _roll_argext(x, w, first, is_max):
+    # per column: a monotonic deque of row indices (front = first extreme of the window), a queue of the
+    # window's NaN rows (front = first NaN) and the count of finite values; O(1) amortised per row
     T, N = x.shape
     out = np.empty((T, N))
+    q = np.empty(max(T, 1), dtype=np.int64)
+    nq = np.empty(max(T, 1), dtype=np.int64)
     for j in range(N):
         f = first[j]
+        head = tail = 0
+        nhead = ntail = 0
+        finite = 0
         for i in range(T):
-            s = i - w + 1
-            if s < f:
-                s = f
-            if i < s:
+            if i < f:
                 out[i, j] = np.nan
                 continue
-            best = -1
-            nan_at = -1
-            for k in range(s, i + 1):
-                v = x[k, j]
-                if v != v:
-                    nan_at = k
-                    break
-                if best < 0:
-                    best = k
-                elif is_max:
-                    if v > x[best, j]:
-                        best = k
-                elif v < x[best, j]:
-                    best = k
-            if nan_at >= 0:
-                # numpy's argmax/argmin return the first NaN; pandas applies only with >= 1 finite value
-                finite = best >= 0
-                if not finite:
-                    for k in range(nan_at + 1, i + 1):
-                        if x[k, j] == x[k, j]:
-                            finite = True
-                            break
-                out[i, j] = nan_at - s + 1 if finite else np.nan
+            s = i - w + 1
+            if s > f and s - 1 >= f:  # row s - 1 leaves the window
+                if x[s - 1, j] == x[s - 1, j]:
+                    finite -= 1
+            if s < f:
+                s = f
+            while head < tail and q[head] < s:
+                head += 1
+            while nhead < ntail and nq[nhead] < s:
+                nhead += 1
+            v = x[i, j]
+            if v == v:
+                finite += 1
+                if is_max:
+                    while head < tail and x[q[tail - 1], j] < v:
+                        tail -= 1
+                else:
+                    while head < tail and x[q[tail - 1], j] > v:
+                        tail -= 1
+                q[tail] = i
+                tail += 1
             else:
-                out[i, j] = best - s + 1
+                nq[ntail] = i
+                ntail += 1
+            if finite == 0:
+                out[i, j] = np.nan
+            elif nhead < ntail:  # numpy's argmax/argmin return the first NaN
+                out[i, j] = nq[nhead] - s + 1
+            else:
+                out[i, j] = q[head] - s + 1
     return out
 
 
@@ -328,42 +337,12 @@ def _remove(buf, n, v):
 
 
 @njit(**_JIT)
-def roll_quantile(x, w, q):
+def roll_order_stats(x, w, qs, with_rank):
+    """pandas' rolling quantiles ``qs`` (linear interpolation) and, with ``with_rank``, ``rank(pct=True)``,
+    from one sorted copy of each window: ``out[k]`` is quantile ``qs[k]``, ``out[len(qs)]`` the rank."""
     T, N = x.shape
-    out = np.empty((T, N))
-    buf = np.empty(max(min(w, T), 1))
-    for j in range(N):
-        n = 0
-        for i in range(T):
-            if i >= w:
-                v = x[i - w, j]
-                if v == v:
-                    _remove(buf, n, v)
-                    n -= 1
-            v = x[i, j]
-            if v == v:
-                _insert(buf, n, v)
-                n += 1
-            if n == 0:
-                out[i, j] = np.nan
-            elif n == 1:
-                out[i, j] = buf[0]
-            else:
-                frac_idx = q * (n - 1)
-                idx = int(frac_idx)
-                if frac_idx == idx:
-                    out[i, j] = buf[idx]
-                else:
-                    lo = buf[idx]
-                    hi = buf[idx + 1]
-                    out[i, j] = lo + (hi - lo) * (frac_idx - idx)
-    return out
-
-
-@njit(**_JIT)
-def roll_rank(x, w):
-    T, N = x.shape
-    out = np.empty((T, N))
+    nq = len(qs)
+    out = np.empty((nq + (1 if with_rank else 0), T, N))
     buf = np.empty(max(min(w, T), 1))
     for j in range(N):
         n = 0
@@ -378,13 +357,26 @@ def roll_rank(x, w):
             if v == v:
                 k = _insert(buf, n, v)
                 n += 1
-                hi = float(k + 1)  # rank of the inserted value (after its equals)
-                lo = float(_bisect_left(buf, n, v) + 1)  # lowest rank among its equals
-                rank = ((hi * (hi + 1) / 2) - ((lo - 1) * lo / 2)) / (hi - lo + 1)
-            if n >= 1:
-                out[i, j] = rank / n
-            else:
-                out[i, j] = np.nan
+                if with_rank:
+                    hi = float(k + 1)  # rank of the inserted value (after its equals)
+                    lo = float(_bisect_left(buf, n, v) + 1)  # lowest rank among its equals
+                    rank = ((hi * (hi + 1) / 2) - ((lo - 1) * lo / 2)) / (hi - lo + 1)
+            for m in range(nq):
+                if n == 0:
+                    out[m, i, j] = np.nan
+                elif n == 1:
+                    out[m, i, j] = buf[0]
+                else:
+                    frac_idx = qs[m] * (n - 1)
+                    idx = int(frac_idx)
+                    if frac_idx == idx:
+                        out[m, i, j] = buf[idx]
+                    else:
+                        lo_v = buf[idx]
+                        hi_v = buf[idx + 1]
+                        out[m, i, j] = lo_v + (hi_v - lo_v) * (frac_idx - idx)
+            if with_rank:
+                out[nq, i, j] = rank / n if n >= 1 else np.nan
     return out
 
 
@@ -461,3 +453,95 @@ def roll_rsquare(a, window):
 @njit(**_JIT)
 def roll_resi(a, window):
     return _roll_regression(a, window, 2)
+
+
+
+# ---- medians for the robust z-score (the statistics of Qlib's RobustZScoreNorm.fit) ---------------------
+@njit(**_JIT)
+def _key(v):
+    # float32 -> uint32 key with the same order (negative numbers reversed)
+    u = np.uint32(np.float32(v).view(np.uint32))
+    if u & np.uint32(0x80000000):
+        return ~u
+    return u | np.uint32(0x80000000)
+
+
+@njit(**_JIT)
+def _unkey(k):
+    if k & np.uint32(0x80000000):
+        u = k & np.uint32(0x7FFFFFFF)
+    else:
+        u = ~k
+    return np.uint32(u).view(np.float32)
+
+
+@njit(**_JIT)
+def _kth_key(keys, n, k, hist):
+    """The k-th smallest (0-based) of keys[:n], by a two-pass 16-bit radix selection."""
+    hist[:] = 0
+    for i in range(n):
+        hist[keys[i] >> 16] += 1
+    acc = 0
+    top = 0
+    for b in range(65536):
+        if acc + hist[b] > k:
+            top = b
+            break
+        acc += hist[b]
+    k -= acc
+    hist[:] = 0
+    for i in range(n):
+        if (keys[i] >> 16) == top:
+            hist[keys[i] & 0xFFFF] += 1
+    acc = 0
+    low = 0
+    for b in range(65536):
+        if acc + hist[b] > k:
+            low = b
+            break
+        acc += hist[b]
+    return np.uint32((top << 16) | low)
+
+
+@njit(**_JIT)
+def _median_keys(keys, n, hist):
+    # numpy's median of n float32 values: the middle one, or the float32 mean of the two middle ones
+    h = n // 2
+    hi = _unkey(_kth_key(keys, n, h, hist))
+    if n % 2 == 1:
+        return hi
+    lo = _unkey(_kth_key(keys, n, h - 1, hist))
+    return (lo + hi) / np.float32(2.0)
+
+
+@njit(**_JIT)
+def robust_stats(x, r0, r1):
+    """Per row of the float32 array ``x`` (one row per column of the frame), over ``x[:, r0:r1]``: the median
+    ``m`` ignoring NaN and the median of ``|x - m|`` ignoring NaN; the values numpy's ``nanmedian`` gives
+    (an order statistic is one of the values, whatever the selection algorithm; NaN when there is none)."""
+    k = x.shape[0]
+    med = np.empty(k, dtype=np.float32)
+    mad = np.empty(k, dtype=np.float32)
+    keys = np.empty(max(r1 - r0, 1), dtype=np.uint32)
+    hist = np.empty(65536, dtype=np.int64)
+    for c in range(k):
+        n = 0
+        for i in range(r0, r1):
+            v = x[c, i]
+            if v == v:
+                keys[n] = _key(v)
+                n += 1
+        if n == 0:
+            med[c] = np.nan
+            mad[c] = np.nan
+            continue
+        m = _median_keys(keys, n, hist)
+        med[c] = m
+        n = 0
+        for i in range(r0, r1):
+            d = abs(x[c, i] - m)
+            if d == d:  # nanmedian skips NaN results too (inf - inf)
+                keys[n] = _key(d)
+                n += 1
+        mad[c] = _median_keys(keys, n, hist) if n > 0 else np.nan
+    return med, mad

@@ -111,3 +111,161 @@ class InfToNaN(Processor):
         with pd.option_context("mode.chained_assignment", None):
             df[cols] = values
         return df
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Copy-free processing of the handler's frames (used by the crypto handlers' ``process_data``)
+# ---------------------------------------------------------------------------------------------------------
+# Processors that touch every column of their group are applied to a float32 block in place, with the
+# arithmetic of their pandas versions (values identical); processors that touch a few columns are called
+# as they are on a sub-frame of those columns. Anything else makes the handler fall back to Qlib's
+# ``DataHandlerLP.process_data``.
+_CHUNK = 16  # columns per step of the column-wise in-place operations (bounds the temporaries)
+
+
+class Block:
+    """A frame's values as one ``(n_columns, n_rows)`` float32 array (each column contiguous) plus its labels."""
+
+    def __init__(self, values: np.ndarray, index: pd.Index, columns: pd.Index) -> None:
+        self.values = values
+        self.index = index
+        self.columns = columns
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.values.T, index=self.index, columns=self.columns, copy=False)
+
+    def positions(self, group: str | None) -> np.ndarray:
+        """Column positions of a group, as Qlib's ``get_group_columns`` selects them."""
+        n = len(self.columns)
+        if group is None:
+            return np.arange(n)
+        return np.arange(n)[self.columns.get_loc(group)]
+
+    def sub_frame(self, positions: np.ndarray) -> pd.DataFrame:
+        return pd.DataFrame(self.values[positions].T, index=self.index, columns=self.columns[positions])
+
+    def chunks(self, positions: np.ndarray):
+        for k in range(0, len(positions), _CHUNK):
+            yield positions[k : k + _CHUNK]
+
+
+def _qlib_processor_types() -> dict[str, type]:
+    from qlib.data.dataset import processor as qp
+
+    return {"RobustZScoreNorm": qp.RobustZScoreNorm, "Fillna": qp.Fillna, "DropnaLabel": qp.DropnaLabel,
+            "CSRankNorm": qp.CSRankNorm}
+
+
+def block_kind(proc: Processor) -> str | None:
+    """How the copy-free path applies ``proc``: ``wide`` (in place on the block), ``narrow`` (the processor
+    itself on a sub-frame of its columns), ``dropna`` (row selection), or None (not supported)."""
+    qt = _qlib_processor_types()
+    t = type(proc)
+    if t in (InfToNaN, qt["RobustZScoreNorm"], qt["Fillna"]):
+        return "wide"
+    if t in (CrossSectionalFeatures, CSZScoreLabel, qt["CSRankNorm"]):
+        return "narrow"
+    if t is qt["DropnaLabel"]:
+        return "dropna"
+    return None
+
+
+def _narrow_positions(proc: Processor, block: Block) -> np.ndarray:
+    pos = block.positions(proc.fields_group)
+    if isinstance(proc, CrossSectionalFeatures):
+        names = _names(block.columns[pos])
+        keep = [any(re.match(rf"^{re.escape(p)}\d+$", str(n)) for p in proc.operations) for n in names]
+        pos = pos[np.asarray(keep, dtype=bool)] if len(pos) else pos
+    return pos
+
+
+def apply_narrow(proc: Processor, block: Block, with_fit: bool) -> None:
+    """Run ``proc`` on the sub-frame of the columns it changes and write them back (float32)."""
+    pos = _narrow_positions(proc, block)
+    if len(pos) == 0:
+        return
+    sub = block.sub_frame(pos)
+    if with_fit:
+        proc.fit(sub)
+    out = proc(sub)
+    block.values[pos] = out.to_numpy(dtype=np.float32).T
+
+
+def apply_wide(proc: Processor, block: Block, with_fit: bool, fit_rows: slice | np.ndarray | None) -> None:
+    """``InfToNaN``, ``Fillna`` and ``RobustZScoreNorm`` in place, column chunk by column chunk."""
+    qt = _qlib_processor_types()
+    v = block.values
+    if isinstance(proc, InfToNaN):
+        for c in block.chunks(block.positions(proc.fields_group)):
+            part = v[c]
+            part[np.isinf(part)] = np.nan
+            v[c] = part
+        return
+    if type(proc) is qt["Fillna"]:
+        for c in block.chunks(block.positions(proc.fields_group)):
+            part = v[c]
+            part[np.isnan(part)] = proc.fill_value
+            v[c] = part
+        return
+    if type(proc) is qt["RobustZScoreNorm"]:
+        pos = block.positions(proc.fields_group)
+        if with_fit:
+            _fit_robust_zscore(proc, block, pos, fit_rows)
+        mean, std = proc.mean_train, proc.std_train
+        for k in range(0, len(pos), _CHUNK):
+            c = pos[k : k + _CHUNK]
+            part = v[c]
+            part -= np.asarray(mean[k : k + _CHUNK])[:, None]
+            part /= np.asarray(std[k : k + _CHUNK])[:, None]
+            if proc.clip_outlier:
+                np.clip(part, -3, 3, out=part)
+            v[c] = part
+        return
+    raise TypeError(f"{type(proc).__name__} has no in-place version")  # pragma: no cover
+
+
+def _fit_robust_zscore(proc: Processor, block: Block, pos: np.ndarray, fit_rows) -> None:
+    """Qlib's ``RobustZScoreNorm.fit`` (median and 1.4826 x MAD per column over the fit window, float32).
+
+    A median is an order statistic (or the float32 mean of the two middle ones), so any exact selection
+    gives numpy's ``nanmedian`` bits: a radix selection (numba, :func:`kernels.robust_stats`) on contiguous
+    columns and rows, else ``np.nanmedian`` on column chunks of the same shape as Qlib's."""
+    from qlib.constant import EPS
+
+    rows = slice(None) if fit_rows is None else fit_rows
+    means, stds = [], []
+    n = block.values.shape[1]
+    if isinstance(rows, slice) and rows.step in (None, 1) and len(pos) and np.array_equal(pos, np.arange(pos[0], pos[0] + len(pos))):
+        # the same order statistics by a radix selection (numba), on the contiguous columns and rows
+        from .engine import _kernels
+
+        r0, r1, _ = rows.indices(n)
+        m, d = _kernels().robust_stats(block.values[pos[0] : pos[0] + len(pos)], r0, max(r0, r1))
+        means, stds = [m], [d]
+        pos_chunks = []
+    else:
+        pos_chunks = list(block.chunks(pos))
+    for c in pos_chunks:
+        x = block.values[c][:, rows].T  # (n_fit, chunk), as Qlib's X[:, chunk]
+        m = np.nanmedian(x, axis=0)
+        means.append(m)
+        stds.append(np.nanmedian(np.abs(x - m), axis=0))
+    proc.cols = block.columns[pos]
+    proc.mean_train = np.concatenate(means) if means else np.empty(0, dtype=np.float32)
+    proc.std_train = np.concatenate(stds) if stds else np.empty(0, dtype=np.float32)
+    proc.std_train += EPS
+    proc.std_train *= 1.4826
+
+
+def fit_rows(proc: Processor, index: pd.MultiIndex):
+    """Rows of ``proc``'s fit window, selected exactly as Qlib's ``fetch_df_by_index(df, slice(fit_start_time,
+    fit_end_time), level="datetime")`` selects them (``MultiIndex.get_locs`` with the same label slice, whose
+    bounds pandas reads differently for strings and timestamps)."""
+    window = slice(proc.fit_start_time, proc.fit_end_time)
+    if window == slice(None, None):
+        return slice(None)
+    key = (window, slice(None)) if list(index.names).index("datetime") == 0 else (slice(None), window)
+    locs = np.asarray(index.get_locs(key))
+    if len(locs) and locs[-1] - locs[0] + 1 == len(locs):
+        return slice(int(locs[0]), int(locs[-1]) + 1)
+    return locs

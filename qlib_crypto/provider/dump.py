@@ -27,6 +27,7 @@ from ..errors import ConfigError, ProviderError
 from ..timeframes import Timeframe, get_timeframe
 from . import binfmt
 from .calendar import DAY_MS, calendar_text, format_one, future_bars
+from .meta import META_DIR, META_REL, meta_text
 from .storeread import (
     BAR_COLUMNS,
     FUNDING_COLUMNS,
@@ -55,7 +56,7 @@ JOURNAL_FILE = "journal.json"
 STAGED_DIR = "staged"
 STATE_SCHEMA = 1
 HOOK_ENV = "QLIB_CRYPTO_DUMP_HOOK"  # testing hook: "<point>:<marker file>" -> write marker, then sleep
-_KNOWN_ENTRIES = {"calendars", "instruments", "features", STATE_DIR, "features_cache", "dataset_cache"}
+_KNOWN_ENTRIES = {"calendars", "instruments", "features", META_DIR, STATE_DIR, "features_cache", "dataset_cache"}
 
 
 @dataclass
@@ -354,6 +355,7 @@ def _recover_journal(qlib_dir: Path) -> str | None:
         for rel in journal["staged"]:
             src = staged_root / rel
             if src.exists():
+                (qlib_dir / rel).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(src, qlib_dir / rel)
         action = "completed an interrupted update"
     else:
@@ -649,6 +651,7 @@ def _full(store, qlib_dir, tgt, src, names, explicit, top, window_days) -> DumpR
         }
         daily = np.vstack(amounts)
         texts = _text_files(state, tgt, rows, sorted(bar_files), daily)
+        texts[META_REL] = meta_text(store, sorted(bar_files))  # lot sizes etc.: the provider is self-contained
         for rel, text in texts.items():
             path = staging / rel
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -901,7 +904,13 @@ def _update(store, qlib_dir, tgt, src, names, explicit, state, top, window_days)
             "funding": fentries,
         }
     names_sorted = sorted(new_state_inst)
+    new_meta = meta_text(store, names_sorted)
     if horizon == old_h and not writes and names_sorted == sorted(old_inst):
+        meta_path = qlib_dir / META_REL
+        if not meta_path.is_file() or meta_path.read_text() != new_meta:  # only the metadata changed
+            from .._atomic import atomic_write_text
+
+            atomic_write_text(meta_path, new_meta)
         cal_first = format_one(first_key * tgt.ms, freq)
         return DumpResult(qlib_dir, freq, "noop", len(names_sorted), 0, 0, cal_first,
                           format_one(old_last * tgt.ms, freq), old_last - first_key + 1, 0, [], 0.0)
@@ -951,6 +960,7 @@ def _update(store, qlib_dir, tgt, src, names, explicit, state, top, window_days)
         rows = [(n, e["first_key"] * tgt.ms, e["last_key"] * tgt.ms) for n, e in sorted(new_state_inst.items())]
         daily = _update_daily(qlib_dir, tgt, sorted(old_inst), names_sorted, writes, first_key, last_key, rewrite_key)
         texts = _text_files(new_state, tgt, rows, names_sorted, daily)
+        texts[META_REL] = new_meta
         texts[f"{STATE_DIR}/{STATE_FILE}"] = _state_text(new_state)
         (staged_root / STATE_DIR).mkdir(parents=True, exist_ok=True)
         (staged_root / STATE_DIR / DAILY_FILE).write_bytes(_npy_bytes(daily))
@@ -973,6 +983,7 @@ def _update(store, qlib_dir, tgt, src, names, explicit, state, top, window_days)
         _recover_journal(qlib_dir)
         raise
     for i, rel in enumerate(journal["staged"]):
+        (qlib_dir / rel).parent.mkdir(parents=True, exist_ok=True)  # meta/ is new to a provider of an older dump
         os.replace(staged_root / rel, qlib_dir / rel)
         if i == 0:
             _hook("update-committing")

@@ -18,6 +18,10 @@ def parse_time_ms(value: object, *, what: str = "time") -> int:
     """
     if isinstance(value, (int,)) and not isinstance(value, bool):
         return int(value)
+    if isinstance(value, str):  # users' times: ISO 8601 only (01/04/2024 is ambiguous)
+        from ..timeparse import parse_iso
+
+        return int(parse_iso(value, what).value // 1_000_000)
     try:
         ts = pd.Timestamp(value)
     except (ValueError, TypeError) as exc:

@@ -19,11 +19,15 @@ from qlib.strategy.base import BaseStrategy
 
 from ..errors import ConfigError
 from .targets import (
+    MAX_POSITION_SIZE,
     TimeBook,
     apply_signals,
     changed_targets,
+    check_known_instruments,
+    check_longshort_universe,
     is_rebalance_step,
     is_swap,
+    longonly_weights,
     longshort_weights,
     order_delta,
     orders_for_weights,
@@ -37,10 +41,38 @@ logger = logging.getLogger(__name__)
 class _CryptoStrategyBase(BaseStrategy):
     """Shared plumbing: previous-step interval, prices, amounts, equity, order building."""
 
-    def __init__(self, *, min_trade_value: float = 0.0, trade_exchange=None, level_infra=None, common_infra=None,
-                 **kwargs: Any) -> None:
+    def __init__(self, *, min_trade_value: float = 0.0, skip_unknown: bool = False, trade_exchange=None,
+                 level_infra=None, common_infra=None, **kwargs: Any) -> None:
         super().__init__(level_infra=level_infra, common_infra=common_infra, trade_exchange=trade_exchange, **kwargs)
         self.min_trade_value = float(min_trade_value)
+        self.skip_unknown = bool(skip_unknown)
+
+    # -- inputs ------------------------------------------------------------------------------------------
+    def _input_frame(self) -> pd.DataFrame | None:
+        """The strategy's input rows (``instrument`` column), checked against the provider at the run's start."""
+        return None
+
+    def _set_input_frame(self, frame: pd.DataFrame) -> None:  # pragma: no cover - overridden
+        pass
+
+    def _check_instruments(self) -> None:
+        """Instruments of the input that the provider does not have: an error listing them, or with
+        ``skip_unknown`` their rows dropped (a warning gives the count). Runs when a backtest starts."""
+        frame = self._input_frame()
+        if frame is None or not len(frame):
+            return
+        freq = self.trade_calendar.get_freq()
+        try:
+            from qlib.data import D
+
+            known = D.list_instruments(D.instruments("all"), freq=freq, as_list=True)
+        except Exception as exc:  # noqa: BLE001 - no instrument list for this provider: nothing to check against
+            logger.debug("no instrument list at %s (%s): instruments not checked", freq, exc)
+            return
+        checked = check_known_instruments(frame, known, skip_unknown=self.skip_unknown,
+                                          where=f"the {type(self).__name__} input", provider=f"the {freq} provider")
+        if checked is not frame:
+            self._set_input_frame(checked)
 
     # -- time ------------------------------------------------------------------------------------------
     def _previous_interval(self) -> tuple[pd.Timestamp, pd.Timestamp] | None:
@@ -106,24 +138,39 @@ class SignalStrategy(_CryptoStrategyBase):
         ``{instrument: instType}`` or ``{instrument: {"instType": ...}}``; without it ``-SWAP`` = swap.
     min_trade_value : float
         Orders worth less than this (in quote currency) are not sent. Default 0.
+    max_position_size : float
+        Largest ``|position_size|`` of a BUY/SELL row (default 1.0: all of equity); larger sizes are an error.
+    skip_unknown : bool
+        Drop (with a warning) the rows of instruments the provider does not have, instead of refusing them.
+
+    The signals are checked when the strategy is built (see :func:`~qlib_crypto.strategy.targets.signals_frame`:
+    a NaN/inf or out-of-range size on a BUY/SELL row, or two rows for one (datetime, instrument), is a
+    ``ConfigError`` naming the row) and when a backtest starts (instruments the provider does not have).
     """
 
     def __init__(self, *, signals: Any, instrument_meta: Mapping[str, Any] | None = None,
-                 min_trade_value: float = 0.0, **kwargs: Any) -> None:
+                 min_trade_value: float = 0.0, max_position_size: float = MAX_POSITION_SIZE, **kwargs: Any) -> None:
         super().__init__(min_trade_value=min_trade_value, **kwargs)
-        frame = signals_frame(signals)
-        self.signals = frame
-        self._book = TimeBook(frame, ["signal", "position_size"])
+        frame = signals_frame(signals, max_position_size=max_position_size)
+        self._set_input_frame(frame)
         self.instrument_meta = dict(instrument_meta or {})
         self.desired: dict[str, float] = {}
         self.traded: dict[str, float] = {}
         self._warned_no_price: set[str] = set()
+
+    def _input_frame(self) -> pd.DataFrame:
+        return self.signals
+
+    def _set_input_frame(self, frame: pd.DataFrame) -> None:
+        self.signals = frame
+        self._book = TimeBook(frame, ["signal", "position_size"])
 
     def reset(self, level_infra=None, common_infra=None, outer_trade_decision=None, **kwargs: Any) -> None:
         super().reset(level_infra=level_infra, common_infra=common_infra,
                       outer_trade_decision=outer_trade_decision, **kwargs)
         if level_infra is not None:  # a new backtest run: forget the targets of the previous one
             self.desired, self.traded = {}, {}
+            self._check_instruments()
 
     def generate_trade_decision(self, execute_result: list | None = None) -> TradeDecisionWO:
         step = self.trade_calendar.get_trade_step()
@@ -159,6 +206,10 @@ class LongShortStrategy(_CryptoStrategyBase):
     else is closed. Scores stamped at bar ``t`` are traded at bar ``t + 1``. The first rebalance is the
     first step with scores on the bar before it; the next ones follow every ``rebalance_every`` steps.
 
+    With ``long_only=True`` (for spot, which cannot be shorted) the ``topk`` best scores go long with
+    ``gross_exposure / topk`` each and nothing is shorted. A long/short book over fewer than two perpetual
+    swaps cannot trade: it is refused when the strategy is built (a ``ConfigError``), before any backtest.
+
     Parameters
     ----------
     signal : pandas.Series | pandas.DataFrame | str
@@ -170,17 +221,23 @@ class LongShortStrategy(_CryptoStrategyBase):
         Bars between rebalances (1 = every bar).
     gross_exposure : float
         Sum of absolute weights (1.0: half of equity long, half short).
-    swaps_only : bool
-        Ignore scores of spot instruments (spot cannot be shorted). Default True.
+    swaps_only : bool, optional
+        Ignore scores of spot instruments. Default: True for the long/short book (spot cannot be shorted),
+        False with ``long_only``.
+    long_only : bool
+        Long the ``topk`` best scores only (spot or swaps), no shorts. Default False.
     instrument_meta : mapping, optional
         As for :class:`SignalStrategy`.
     min_trade_value : float
         Rebalancing trades worth less than this are skipped. Default 0.
+    skip_unknown : bool
+        As for :class:`SignalStrategy`.
     """
 
     def __init__(self, *, signal: Any, topk: int, rebalance_every: int = 1, gross_exposure: float = 1.0,
-                 swaps_only: bool = True, instrument_meta: Mapping[str, Any] | None = None,
-                 min_trade_value: float = 0.0, **kwargs: Any) -> None:
+                 swaps_only: bool | None = None, long_only: bool = False,
+                 instrument_meta: Mapping[str, Any] | None = None, min_trade_value: float = 0.0,
+                 **kwargs: Any) -> None:
         super().__init__(min_trade_value=min_trade_value, **kwargs)
         if int(topk) < 1:
             raise ConfigError(f"topk={topk} is below 1", hint="give the number of instruments per side, e.g. 3")
@@ -191,21 +248,31 @@ class LongShortStrategy(_CryptoStrategyBase):
         self.topk = int(topk)
         self.rebalance_every = int(rebalance_every)
         self.gross_exposure = float(gross_exposure)
-        self.swaps_only = bool(swaps_only)
+        self.long_only = bool(long_only)
+        self.swaps_only = (not self.long_only) if swaps_only is None else bool(swaps_only)
         self.instrument_meta = dict(instrument_meta or {})
         frame = scores_frame(signal)
         frame = frame[np.isfinite(frame["score"].to_numpy())]
+        check_longshort_universe(frame["instrument"].unique(), self.instrument_meta, self.long_only)
         if self.swaps_only:
             keep = np.array([is_swap(i, self.instrument_meta) for i in frame["instrument"]], dtype=bool)
             frame = frame[keep] if len(frame) else frame
-        self._book = TimeBook(frame, ["score"])
+        self._set_input_frame(frame)
         self.last_rebalance: int | None = None
+
+    def _input_frame(self) -> pd.DataFrame:
+        return self.scores
+
+    def _set_input_frame(self, frame: pd.DataFrame) -> None:
+        self.scores = frame
+        self._book = TimeBook(frame, ["score"])
 
     def reset(self, level_infra=None, common_infra=None, outer_trade_decision=None, **kwargs: Any) -> None:
         super().reset(level_infra=level_infra, common_infra=common_infra,
                       outer_trade_decision=outer_trade_decision, **kwargs)
         if level_infra is not None:  # a new backtest run
             self.last_rebalance = None
+            self._check_instruments()
 
     def generate_trade_decision(self, execute_result: list | None = None) -> TradeDecisionWO:
         step = self.trade_calendar.get_trade_step()
@@ -218,7 +285,11 @@ class LongShortStrategy(_CryptoStrategyBase):
         latest = self._book.latest_between(*prev)
         if not latest:
             return TradeDecisionWO([], self)
-        weights = longshort_weights({k: v[0] for k, v in latest.items()}, self.topk, self.gross_exposure)
+        scores = {k: v[0] for k, v in latest.items()}
+        if self.long_only:
+            weights = longonly_weights(scores, self.topk, self.gross_exposure)
+        else:
+            weights = longshort_weights(scores, self.topk, self.gross_exposure)
         if not weights:
             return TradeDecisionWO([], self)
         self.last_rebalance = step

@@ -16,6 +16,8 @@ import pandas as pd
 from ..errors import ConfigError
 
 BUY, SELL, HOLD = "BUY", "SELL", "HOLD"
+#: the largest ``|position_size|`` a BUY/SELL signal may carry by default (a fraction of equity; 1 = all of it)
+MAX_POSITION_SIZE = 1.0
 _SIGNAL_ALIASES = {
     "BUY": BUY, "LONG": BUY, "1": BUY, "1.0": BUY,
     "SELL": SELL, "SHORT": SELL, "-1": SELL, "-1.0": SELL,
@@ -87,6 +89,40 @@ def order_delta(target: float, equity: float, price: float, current_amount: floa
     if not (price > 0 and math.isfinite(price)):
         return 0.0
     return target * equity / price - current_amount
+
+
+def longonly_weights(scores: Mapping[str, float] | pd.Series, topk: int, gross_exposure: float = 1.0) -> dict[str, float]:
+    """Long-only weights (spot): the ``k = min(topk, n)`` best scores long ``+gross / k`` each (NaN scores
+    dropped; ties broken by instrument name)."""
+    items = [(str(k), float(v)) for k, v in dict(scores).items() if v is not None and np.isfinite(v)]
+    k = min(int(topk), len(items))
+    if k <= 0:
+        return {}
+    ranked = sorted(items, key=lambda kv: (-kv[1], kv[0]))
+    w = float(gross_exposure) / k
+    return {inst: w for inst, _ in ranked[:k]}
+
+
+def check_longshort_universe(instruments: Iterable[str], instrument_meta: Mapping[str, Any] | None = None,
+                             long_only: bool = False, where: str = "the scores") -> None:
+    """Refuse a long/short book that cannot trade: fewer than two perpetual swaps among ``instruments``.
+
+    ``LongShortStrategy`` shorts swaps only (spot cannot be shorted), so on a spot universe it would trade
+    nothing and record the metrics of a flat account. ``long_only=True`` (spot allowed) is always accepted."""
+    if long_only:
+        return
+    names = sorted({str(i) for i in instruments})
+    swaps = [n for n in names if is_swap(n, instrument_meta)]
+    if len(swaps) >= 2:
+        return
+    shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+    what = "no perpetual swaps" if not swaps else f"only one perpetual swap ({swaps[0]})"
+    raise ConfigError(
+        f"{what} in the universe of {where} ({len(names)} instruments: {shown}): LongShortStrategy shorts "
+        "swaps only and would trade nothing",
+        hint="use a swap universe (e.g. market okx_swap, instruments ending in -SWAP), or the long-only mode for "
+             "spot (long_only: true; --long-only on the command line)",
+    )
 
 
 def longshort_weights(scores: Mapping[str, float] | pd.Series, topk: int, gross_exposure: float = 1.0) -> dict[str, float]:
@@ -194,9 +230,18 @@ def load_frame(obj: Any, what: str, *, allow_pickle: bool = True) -> pd.DataFram
                       hint="pass a DataFrame, a Series or a .parquet/.pkl/.csv path")
 
 
-def signals_frame(signals: Any) -> pd.DataFrame:
-    """Normalise signals (DataFrame or path) to ``datetime`` (naive UTC), ``instrument``, ``signal``,
-    ``position_size`` columns."""
+def _row_text(frame: pd.DataFrame, i: int) -> str:
+    return f"row {i} ({frame['datetime'].iloc[i]}, {frame['instrument'].iloc[i]}, {frame['signal'].iloc[i]})"
+
+
+def signals_frame(signals: Any, max_position_size: float = MAX_POSITION_SIZE) -> pd.DataFrame:
+    """Normalise and check signals (DataFrame or path) into ``datetime`` (naive UTC), ``instrument``,
+    ``signal``, ``position_size`` (its magnitude) columns, in the input's row order.
+
+    The contract (a ConfigError names the first offending row, counting from 0 in the input): every row has a
+    time and an instrument; a BUY or SELL row has a finite ``position_size`` with ``|size| <=
+    max_position_size`` (default 1: all of equity); one row per ``(datetime, instrument)``. A HOLD row's size
+    is not used (missing = 0)."""
     df = load_frame(signals, "signals", allow_pickle=False)
     if isinstance(df, pd.Series):
         raise ConfigError("signals are a Series", hint="pass a DataFrame with datetime, instrument, signal, position_size")
@@ -207,13 +252,94 @@ def signals_frame(signals: Any) -> pd.DataFrame:
     if missing:
         raise ConfigError(f"signals lack the columns {missing} (have {list(df.columns)})",
                           hint="write signals with `qlib-crypto predict` or give datetime, instrument, signal, position_size")
+    times = _naive_utc(df["datetime"])
+    bad_time = np.flatnonzero(pd.isna(times))
+    if len(bad_time):
+        raise ConfigError(f"signals row {int(bad_time[0])} has no datetime ({len(bad_time)} such rows)",
+                          hint="give every signal the open time of its bar (UTC)")
+    inst = df["instrument"]
+    bad_inst = np.flatnonzero(inst.isna().to_numpy() | (inst.astype(str).str.strip() == "").to_numpy())
+    if len(bad_inst):
+        raise ConfigError(f"signals row {int(bad_inst[0])} has no instrument ({len(bad_inst)} such rows)",
+                          hint="give every signal an instrument of the provider, e.g. BTC-USDT")
+    sizes = pd.to_numeric(df["position_size"], errors="coerce").to_numpy(dtype="float64")
     out = pd.DataFrame({
-        "datetime": _naive_utc(df["datetime"]),
-        "instrument": df["instrument"].astype(str).to_numpy(),
+        "datetime": times,
+        "instrument": inst.astype(str).to_numpy(),
         "signal": [normalize_signal(v) for v in df["signal"].to_numpy()],
-        "position_size": pd.to_numeric(df["position_size"], errors="coerce").fillna(0.0).abs().to_numpy(),
+        "position_size": np.abs(sizes),
     })
+    trades = (out["signal"] != HOLD).to_numpy()
+    bad = np.flatnonzero(trades & ~np.isfinite(sizes))
+    if len(bad):
+        i = int(bad[0])
+        raise ConfigError(
+            f"signals {_row_text(out, i)}: position_size {df['position_size'].iloc[i]!r} is not a finite number"
+            + (f" ({len(bad)} BUY/SELL rows like it)" if len(bad) > 1 else ""),
+            hint="give every BUY/SELL a finite fraction of equity (e.g. 0.1), or make the row HOLD",
+        )
+    limit = float(max_position_size)
+    big = np.flatnonzero(trades & (np.abs(sizes) > limit * (1 + 1e-12)))
+    if len(big):
+        i = int(big[0])
+        raise ConfigError(
+            f"signals {_row_text(out, i)}: position_size {sizes[i]!r} is outside [-{limit:g}, {limit:g}]"
+            + (f" ({len(big)} rows like it)" if len(big) > 1 else ""),
+            hint="sizes are fractions of equity (0.05 = 5%, not 5); `qlib-crypto predict` bounds them by max_position",
+        )
+    out.loc[~trades, "position_size"] = np.where(np.isfinite(out.loc[~trades, "position_size"]),
+                                                 out.loc[~trades, "position_size"], 0.0)
+    dup = out.duplicated(["datetime", "instrument"], keep=False).to_numpy()
+    if dup.any():
+        first = int(np.flatnonzero(dup)[0])
+        when, name = out["datetime"].iloc[first], out["instrument"].iloc[first]
+        same = np.flatnonzero((out["datetime"] == when).to_numpy() & (out["instrument"] == name).to_numpy())
+        raise ConfigError(
+            f"signals rows {first} and {int(same[1])} are both for {name} at {when} "
+            f"({int(dup.sum())} rows share their (datetime, instrument) with another row)",
+            hint="keep one signal per instrument and bar",
+        )
     return out
+
+
+def unknown_instruments(instruments: Iterable[str], known: Iterable[str]) -> list[str]:
+    """The names in ``instruments`` that are not in ``known`` (case-sensitive, as Qlib's codes), sorted."""
+    known_set = {str(k) for k in known}
+    return sorted({str(i) for i in instruments} - known_set)
+
+
+def check_known_instruments(frame: pd.DataFrame, known: Iterable[str], *, skip_unknown: bool = False,
+                            where: str = "the signals", provider: str = "the provider",
+                            warn: Any = None) -> pd.DataFrame:
+    """Rows of ``frame`` whose instrument the provider has; unknown instruments are a ConfigError listing them,
+    or, with ``skip_unknown``, dropped with a warning giving their count (``warn(message)``, default: logged)."""
+    unknown = unknown_instruments(frame["instrument"], known)
+    if not unknown:
+        return frame
+    rows = frame["instrument"].isin(unknown).to_numpy()
+    shown = ", ".join(unknown[:10]) + (f", ... ({len(unknown)} in all)" if len(unknown) > 10 else "")
+    if not skip_unknown:
+        raise ConfigError(
+            f"{where} name {len(unknown)} instrument(s) that {provider} does not have: {shown} "
+            f"({int(rows.sum())} rows)",
+            hint="fix the instrument names, dump those instruments into the provider, or pass --skip-unknown "
+                 "(skip_unknown: true) to drop their rows",
+        )
+    message = (f"skipping {int(rows.sum())} rows of {where} for {len(unknown)} instrument(s) {provider} does not "
+               f"have: {shown}")
+    if warn is None:
+        import logging
+
+        logging.getLogger(__name__).warning("%s", message)
+    else:
+        warn(message)
+    return frame[~rows]
+
+
+def calendar_coverage(times: Iterable[Any], first_bar: Any, last_bar: Any) -> tuple[int, int]:
+    """How many of ``times`` fall before the calendar's first bar and after its last bar."""
+    t = pd.DatetimeIndex(_naive_utc(list(times)))
+    return int((t < pd.Timestamp(first_bar)).sum()), int((t > pd.Timestamp(last_bar)).sum())
 
 
 def scores_frame(scores: Any) -> pd.DataFrame:

@@ -1,13 +1,16 @@
 """Run a crypto backtest (``CryptoExchange`` + ``CryptoExecutor`` + ``CryptoPosition``) and record its report.
 
 - :func:`run_backtest`: one backtest through ``qlib.backtest.backtest``; returns a :class:`BacktestRun` with
-  Qlib's portfolio report, positions and the executor's fills, funding events and order reports.
+  Qlib's portfolio report, positions and the executor's fills, funding events and order reports (plain
+  DataFrames, read from the executor's own API; the report DataFrame carries no ``attrs``).
 - :func:`cost_sweep`: the same backtest over a grid of fee multipliers and slippage values (one exchange,
   loaded once, re-priced per run).
 - :class:`CryptoBacktestRecord`: a qrun record template (in the spirit of Qlib's ``PortAnaRecord``) that
   runs the backtest on ``pred.pkl`` and logs the report metrics, JSON, HTML, fills and positions.
 
-Qlib must be initialised (``qlib.init`` / ``qlib_crypto.init``) with both the bar frequency and ``day``.
+Qlib must be initialised (``qlib.init`` / ``qlib_crypto.init``) with the bar frequency's provider directory; no
+``day`` directory is needed (the benchmark is passed to Qlib as bar returns, see
+:func:`qlib_crypto.backtest.benchmark_returns`).
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ SWEEP_COLUMNS = ["fee_multiplier", "slippage_bps", "total_return", "annualized_r
 
 @dataclass
 class BacktestRun:
-    """What one backtest produced."""
+    """What one backtest produced: Qlib's portfolio report and positions, and the executor's tables."""
 
     freq: str
     initial_equity: float
@@ -47,6 +50,8 @@ class BacktestRun:
     order_reports: pd.DataFrame
     liquidations: pd.DataFrame
     settings: dict = field(default_factory=dict)
+    totals: dict = field(default_factory=dict)
+    bar_costs: pd.DataFrame | None = None
 
     @property
     def funding_received(self) -> float:
@@ -54,15 +59,41 @@ class BacktestRun:
             return 0.0
         return -float(self.funding_events["payment"].sum())
 
+    def order_summary(self) -> dict[str, Any]:
+        """Orders sent, and those the participation cap clipped or that were not (fully) filled, with notionals.
+
+        ``orders_capped``: orders the participation cap clipped (reason ``participation_cap`` or ``no_volume``);
+        ``capped_notional``: the amount it removed x the bar's deal price; ``orders_unfilled``: orders filled only
+        partly or not at all (any reason); ``unfilled_notional``: their unfilled amount x the bar's deal price."""
+        rep = self.order_reports
+        out: dict[str, Any] = {"orders": 0, "orders_capped": 0, "capped_notional": 0.0, "orders_unfilled": 0,
+                               "unfilled_notional": 0.0}
+        if rep is None or len(rep) == 0:
+            return out
+        price = pd.to_numeric(rep["deal_price"], errors="coerce").fillna(0.0) if "deal_price" in rep else 0.0
+        capped = pd.to_numeric(rep["capped"], errors="coerce").fillna(0.0) if "capped" in rep else None
+        unfilled = pd.to_numeric(rep["unfilled"], errors="coerce").fillna(0.0)
+        out["orders"] = int(len(rep))
+        if capped is not None:
+            out["orders_capped"] = int((capped > 0).sum())
+            out["capped_notional"] = float((capped * price).sum())
+        not_full = rep["status"] != "filled"
+        out["orders_unfilled"] = int(not_full.sum())
+        out["unfilled_notional"] = float((unfilled * price)[not_full].sum())
+        return out
+
     def report(self, info: Mapping[str, Any] | None = None) -> BacktestReport:
         """The :class:`~qlib_crypto.workflow.backtest_report.BacktestReport` of this run."""
         extra = dict(self.settings)
+        extra.update(self.order_summary())
         extra.update(info or {})
         extra["n_liquidations"] = int(len(self.liquidations)) if self.liquidations is not None else 0
         if self.order_reports is not None and len(self.order_reports):
             extra["orders_not_fully_filled"] = int((self.order_reports["status"] != "filled").sum())
+        events = self.funding_events
         return build_report(self.report_df, self.fills, freq=self.freq, initial_equity=self.initial_equity,
-                            funding=self.funding_received, info=extra)
+                            funding=events if events is not None and len(events) else self.funding_received,
+                            order_reports=self.order_reports, positions=self.positions, info=extra)
 
 
 def exchange_config(freq: str, exchange: Mapping[str, Any] | None = None) -> dict:
@@ -124,7 +155,7 @@ def run_backtest(
     end_time: Any = None,
     freq: str = "60min",
     account: float = 1_000_000.0,
-    benchmark: str | None = None,
+    benchmark: str | pd.Series | None = None,
     exchange: Mapping[str, Any] | Any | None = None,
     executor: Mapping[str, Any] | None = None,
     codes: str | Sequence[str] = "all",
@@ -133,13 +164,21 @@ def run_backtest(
 
     ``exchange``: ``CryptoExchange`` kwargs (or a class/module_path/kwargs block, or a ready exchange
     instance); ``executor``: ``CryptoExecutor`` kwargs (``max_leverage``, ``maintenance_margin``...).
+    ``benchmark``: an instrument (default ``BTC-USDT``, else ``BTC-USDT-SWAP``, else the first one) whose bar
+    returns are computed at ``freq`` (:func:`~qlib_crypto.backtest.benchmark_returns`), or a ``pd.Series``
+    of bar returns. Any range of one bar or more works, with only the ``freq`` provider directory.
     """
     from qlib.backtest import backtest
     from qlib.backtest.exchange import Exchange
 
+    from ..backtest import CryptoExecutor, benchmark_returns
+
     start, end = clip_to_calendar(freq, start_time, end_time)
-    if benchmark is None:
-        benchmark = default_benchmark(freq, start, end)
+    if isinstance(benchmark, pd.Series):
+        bench_name, bench_series = str(benchmark.name or "series"), benchmark
+    else:
+        bench_name = benchmark if benchmark is not None else default_benchmark(freq, start, end)
+        bench_series = benchmark_returns(bench_name, start, end, freq)
     if isinstance(exchange, Exchange):
         ex_conf: Any = exchange
     else:
@@ -148,15 +187,15 @@ def run_backtest(
         ex_conf["kwargs"].setdefault("start_time", start)
         ex_conf["kwargs"].setdefault("end_time", end)
     ex_kwargs = dict(executor or {})
+    ex_kwargs.pop("generate_portfolio_metrics", None)
     ex_kwargs.setdefault("time_per_step", freq)
-    ex_kwargs["generate_portfolio_metrics"] = True
-    executor_conf = dict(EXECUTOR_CLASS, kwargs=ex_kwargs)
+    crypto_executor = CryptoExecutor(generate_portfolio_metrics=True, **ex_kwargs)
     portfolio, _ = backtest(
         start_time=start,
         end_time=end,
         strategy=copy.copy(strategy) if isinstance(strategy, dict) else strategy,
-        executor=executor_conf,
-        benchmark=benchmark,
+        executor=crypto_executor,
+        benchmark=bench_series,
         account=float(account),
         exchange_kwargs={"exchange": ex_conf, "freq": freq, "codes": codes},
         pos_type=POS_TYPE,
@@ -165,18 +204,30 @@ def run_backtest(
         raise BacktestError("the backtest returned no portfolio report", hint="check the executor configuration")
     key = next(iter(portfolio))
     report_df, positions = portfolio[key]
-    attrs = dict(report_df.attrs)
-    empty = pd.DataFrame()
+    result = crypto_executor.result()
+    used = crypto_executor.crypto_exchange
+    meta = used.metadata_summary()
+    settings = {
+        "start": str(start), "end": str(end), "benchmark": bench_name, "account": float(account),
+        "max_participation": used.max_participation,
+        "instrument_meta_source": meta["source"],
+        "instrument_meta_read_at": meta["read_at"],
+        "instruments_with_metadata": len(meta["with_metadata"]),
+        "instruments_default_metadata": len(meta["defaults"]),
+        "instruments_default_metadata_names": ", ".join(meta["defaults"]),
+    }
     return BacktestRun(
         freq=freq,
         initial_equity=float(account),
         report_df=report_df,
         positions=positions,
-        fills=attrs.get("fills", empty),
-        funding_events=attrs.get("funding_events", empty),
-        order_reports=attrs.get("order_reports", empty),
-        liquidations=attrs.get("liquidations", empty),
-        settings={"start": str(start), "end": str(end), "benchmark": benchmark, "account": float(account)},
+        fills=result.fills,
+        funding_events=result.funding_events,
+        order_reports=result.order_reports,
+        liquidations=result.liquidations,
+        settings=settings,
+        totals=result.totals,
+        bar_costs=result.bar_costs,
     )
 
 
@@ -195,7 +246,7 @@ def cost_sweep(
     end_time: Any = None,
     freq: str = "60min",
     account: float = 1_000_000.0,
-    benchmark: str | None = None,
+    benchmark: str | pd.Series | None = None,
     exchange: Mapping[str, Any] | None = None,
     executor: Mapping[str, Any] | None = None,
     progress: Any = None,
@@ -207,7 +258,7 @@ def cost_sweep(
     """
     from qlib.utils import init_instance_by_config
 
-    from ..backtest import CryptoExchange
+    from ..backtest import CryptoExchange, benchmark_returns
 
     if not isinstance(strategy, dict):
         raise ConfigError("cost_sweep needs the strategy as a config dict", hint="give {class, module_path, kwargs}")
@@ -218,6 +269,9 @@ def cost_sweep(
         if bad:
             raise ConfigError(f"{name} value {bad[0]!r} is not a finite number >= 0", hint="e.g. 0,0.5,1,2")
     start, end = clip_to_calendar(freq, start_time, end_time)
+    if not isinstance(benchmark, pd.Series):  # loaded once for every run
+        name = benchmark if benchmark is not None else default_benchmark(freq, start, end)
+        benchmark = benchmark_returns(name, start, end, freq).rename(name)
     conf = exchange_config(freq, exchange)
     conf["kwargs"].setdefault("codes", "all")
     conf["kwargs"].setdefault("start_time", start)
@@ -312,5 +366,5 @@ class CryptoBacktestRecord(RecordTemp):
             artifact_path="portfolio_analysis",
             **{f"report_normal_{self.freq}.pkl": run.report_df, f"positions_normal_{self.freq}.pkl": run.positions},
         )
-        logger.info("crypto backtest: %s", {k: report.metrics[k] for k in ("total_return", "sharpe", "max_drawdown")})
+        print(report.summary_text(f"Crypto backtest ({self.freq})"), flush=True)  # as PortAnaRecord prints its tables
         return {"metrics": report.metrics}

@@ -1,26 +1,20 @@
-"""Backtest reports for a 24/7 market: metrics as pure functions over arrays, plus JSON and HTML writers.
+"""Backtest reports for a 24/7 market: every figure computed once (:func:`build_report`), then written as
+JSON (raw values, stable keys), HTML (formatted: %, quote currency, bars and days) and CSV.
 
-Inputs are what a Qlib backtest returns: the portfolio metrics DataFrame (``report_normal``, one row per
-bar, column ``account`` = equity at the bar's close) and the executor's fills (one row per fill:
-``datetime, instrument, side, amount, price, fee, slippage``). Funding payments come from the executor too
-(``datetime, instrument, funding``, positive = received) or as a single total.
+Inputs are plain tables, whatever ran the backtest:
 
-Annualisation uses ``bars_per_year(freq)`` of a 365-day, 24/7 year (8,760 hourly bars, 365 daily bars).
-Formulas (``r`` = per-bar simple returns of equity, ``E_0`` = initial equity, ``n`` = number of bars,
-``B`` = bars per year):
+- ``report_df``: Qlib's portfolio metrics DataFrame (``report_normal``, one row per bar; ``account`` = equity
+  at the bar's close, ``bench`` = the benchmark's return over the bar; ``return``/``cost`` as Qlib books them);
+- ``fills``: one row per fill (``datetime instrument side amount price fee slippage``; ``market`` optional);
+- ``funding``: funding settlements (``datetime instrument payment``, payment > 0 paid, as the executor records
+  them; or a ``funding`` column, > 0 received) or one total received;
+- ``order_reports`` (``status reasons`` ...), ``positions`` (Qlib's ``{time: Position}`` or a frame
+  ``datetime instrument amount price``) and ``benchmark_returns`` (a Series per bar), all optional.
 
-- ``total_return = E_n / E_0 - 1``; ``annualized_return = (E_n / E_0) ** (B / n) - 1``
-- ``volatility = std(r, ddof=1) * sqrt(B)``; ``sharpe = mean(r) / std(r, ddof=1) * sqrt(B)`` (risk-free 0)
-- ``sortino = mean(r) / sqrt(mean(min(r, 0) ** 2)) * sqrt(B)``
-- ``max_drawdown = min(E_t / max_{s<=t} E_s - 1)`` (a negative fraction; ``E_0`` counts as a peak)
-- ``max_drawdown_duration``: the longest run of consecutive bars with equity strictly below its running peak
-- ``calmar = annualized_return / |max_drawdown|``
-- ``turnover = sum |amount x fill price| / mean(E)`` (one-way traded notional over average equity)
-- ``win_rate``: share of closed round trips (flat -> position -> flat, or a flip) whose P&L after fees > 0
-- ``exposure``: share of bars that end with a non-zero position in some instrument
-- ``fees_paid``, ``slippage_paid``: sums over fills; ``funding_paid``: net funding paid (negative = received)
-
-A value that is undefined (e.g. a Sharpe ratio of a constant series) is ``null`` in JSON.
+The metric formulas are in :mod:`qlib_crypto.workflow.metrics` (the one implementation, on Qlib's
+``risk_analysis`` where its numbers fit); they are re-exported here. Annualisation uses ``bars_per_year(freq)``
+of a 365-day, 24/7 year (8,760 hourly bars, 365 daily bars). See docs/backtest-reports.md for every section,
+definition and JSON key.
 """
 from __future__ import annotations
 
@@ -36,9 +30,41 @@ import pandas as pd
 
 from .._atomic import atomic_dir, atomic_path, atomic_write_text
 from ..errors import BacktestError
-from ..settings import bars_per_year  # 365-day, 24/7 year: 60min -> 8760, day -> 365
+from ..settings import DAYS_PER_YEAR, bars_per_year  # 365-day, 24/7 year: 60min -> 8760, day -> 365
+from .metrics import (  # noqa: F401  (re-exported: the report's metric functions)
+    DRAWDOWN_COLUMNS,
+    RETURN_STAT_KEYS,
+    TRADE_STAT_KEYS,
+    annualized_return,
+    bar_hours,
+    calmar_ratio,
+    compounded,
+    default_rolling_window,
+    drawdown_curve,
+    drawdown_periods,
+    exposure,
+    finite_or_none,
+    max_drawdown,
+    max_drawdown_duration,
+    monthly_returns,
+    monthly_returns_table,
+    return_stats,
+    returns_from_equity,
+    rolling_sharpe,
+    rolling_volatility,
+    sharpe_ratio,
+    sortino_ratio,
+    total_return,
+    trade_stats,
+    turnover,
+    volatility,
+    win_rate,
+    yearly_returns,
+)
 
 logger = logging.getLogger(__name__)
+
+SCHEMA = "qlib-crypto/backtest-report/2"
 
 #: the files :meth:`BacktestReport.write` puts in a report directory
 REPORT_FILES: tuple[str, ...] = ("metrics.json", "report.json", "report.html", "fills.csv", "trades.csv",
@@ -61,129 +87,109 @@ METRIC_KEYS: tuple[str, ...] = (
     "funding_paid",
 )
 
+#: one line per metric, shown beside it in the HTML (the formulas are in docs/backtest-reports.md)
+METRIC_DEFINITIONS: dict[str, str] = {
+    "total_return": "E_n / E_0 - 1",
+    "annualized_return": "(E_n / E_0) ** (B / n) - 1, geometric",
+    "volatility": "std(r, ddof=1) x sqrt(B)",
+    "sharpe": "mean(r) / std(r, ddof=1) x sqrt(B), risk-free rate 0",
+    "sortino": "mean(r) / sqrt(mean(min(r, 0)^2)) x sqrt(B)",
+    "calmar": "annualized_return / |max_drawdown|",
+    "max_drawdown": "deepest fall of equity below its running peak (E_0 counts as a peak)",
+    "max_drawdown_duration": "longest run of consecutive bars under the running peak",
+    "turnover": "traded notional / average equity, whole run",
+    "win_rate": "share of closed round trips with P&L after fees > 0",
+    "exposure": "share of bars ending with an open position",
+    "fees_paid": "sum of the fills' fees",
+    "slippage_paid": "sum of amount x |fill price - deal price|",
+    "funding_paid": "net funding paid (negative: received)",
+}
+
+#: the unit of every number in report.json (see qlib_crypto._format): fraction, ratio, quote, bars, days,
+#: hours, times (x equity), bps, count
+UNITS: dict[str, str] = {
+    # metrics
+    "total_return": "fraction", "annualized_return": "fraction", "volatility": "fraction", "sharpe": "ratio",
+    "sortino": "ratio", "calmar": "ratio", "max_drawdown": "fraction", "max_drawdown_duration": "bars",
+    "turnover": "times", "win_rate": "fraction", "exposure": "fraction", "fees_paid": "quote",
+    "slippage_paid": "quote", "funding_paid": "quote",
+    # summary
+    "n_bars": "count", "days": "days", "initial_equity": "quote", "final_equity": "quote", "net_pnl": "quote",
+    "total_return_without_cost": "fraction", "benchmark_total_return": "fraction",
+    "excess_total_return": "fraction", "excess_total_return_without_cost": "fraction",
+    "max_drawdown_duration_days": "days", "traded_notional": "quote", "n_fills": "count",
+    "n_closed_trades": "count", "n_liquidations": "count",
+    # risk table rows
+    "mean": "fraction", "std": "fraction", "annualized_return_geometric": "fraction",
+    "annualized_volatility": "fraction", "information_ratio": "ratio", "max_drawdown_geometric": "fraction",
+    # attribution
+    "gross_pnl": "quote", "fees": "quote", "slippage": "quote", "funding": "quote", "gross_return": "fraction",
+    "fees_return": "fraction", "slippage_return": "fraction", "funding_return": "fraction",
+    "net_return": "fraction", "gross_bps": "bps", "fees_bps": "bps", "slippage_bps": "bps", "funding_bps": "bps",
+    "net_bps": "bps", "cost_share_of_gross": "fraction", "closed_trades_pnl": "quote", "other_pnl": "quote",
+    # trade statistics
+    "n_open_trades": "count", "n_long_trades": "count", "n_short_trades": "count", "long_win_rate": "fraction",
+    "short_win_rate": "fraction", "gross_profit": "quote", "gross_loss": "quote", "profit_factor": "ratio",
+    "expectancy": "quote", "expectancy_ratio": "ratio", "avg_win": "quote", "avg_loss": "quote",
+    "best_trade": "quote", "worst_trade": "quote", "avg_trade_return": "fraction", "avg_holding_bars": "bars",
+    "avg_holding_hours": "hours", "median_holding_hours": "hours", "trades_per_day": "ratio",
+    # per instrument
+    "trades": "count", "long_trades": "count", "short_trades": "count", "wins": "count",
+    "realised_pnl": "quote", "long_pnl": "quote", "short_pnl": "quote", "net_pnl_pct": "fraction",
+    "open_trades": "count",
+    # drawdowns
+    "depth": "fraction", "length_bars": "bars", "length_days": "days", "bars_to_trough": "bars",
+    # time series
+    "equity": "quote", "drawdown": "fraction", "cum_return_with_cost": "fraction",
+    "cum_return_without_cost": "fraction", "cum_benchmark": "fraction", "cum_excess_with_cost": "fraction",
+    "cum_excess_without_cost": "fraction", "excess_drawdown": "fraction", "return_with_cost": "fraction",
+    "return_without_cost": "fraction", "benchmark_return": "fraction", "cost_return": "fraction",
+    "turnover_1d": "times", "rolling_sharpe": "ratio", "rolling_volatility": "fraction",
+    "long_exposure": "fraction", "short_exposure": "fraction", "net_exposure": "fraction",
+    "gross_exposure": "fraction",
+    # orders
+    "n_orders": "count", "n_filled": "count", "n_partial": "count", "n_rejected": "count",
+    # annualisation
+    "bars_per_year": "count", "days_per_year": "count", "hours_per_bar": "hours", "bars_per_day": "ratio",
+    "rolling_window_bars": "bars", "rolling_window_days": "days", "risk_free_rate": "fraction",
+}
+
+SUMMARY_KEYS: tuple[str, ...] = (
+    "start", "end", "n_bars", "days", "quote_currency", "benchmark", "initial_equity", "final_equity", "net_pnl",
+    "total_return", "total_return_without_cost", "benchmark_total_return", "excess_total_return",
+    "excess_total_return_without_cost", "annualized_return", "sharpe", "max_drawdown", "max_drawdown_duration",
+    "max_drawdown_duration_days", "turnover", "traded_notional", "n_fills", "n_closed_trades",
+)
+
+#: the series of the risk table, as Qlib's PortAnaRecord names them (costs = fees + slippage)
+RISK_SERIES: tuple[str, ...] = ("return_with_cost", "return_without_cost", "benchmark", "excess_return_with_cost",
+                                "excess_return_without_cost")
+
+TIMESERIES_KEYS: tuple[str, ...] = (
+    "equity", "drawdown", "return_with_cost", "return_without_cost", "cost_return", "benchmark_return",
+    "cum_return_with_cost", "cum_return_without_cost", "cum_benchmark", "cum_excess_with_cost",
+    "cum_excess_without_cost", "excess_drawdown", "turnover", "turnover_1d", "rolling_sharpe", "rolling_volatility",
+    "fees", "slippage", "funding", "long_exposure", "short_exposure", "net_exposure", "gross_exposure",
+)
+
+INSTRUMENT_COLUMNS: tuple[str, ...] = (
+    "instrument", "market", "trades", "long_trades", "short_trades", "wins", "win_rate", "long_pnl", "short_pnl",
+    "realised_pnl", "fees", "slippage", "funding", "net_pnl", "net_pnl_pct", "traded_notional", "avg_holding_hours",
+    "open_trades",
+)
+
+ATTRIBUTION_KEYS: tuple[str, ...] = (
+    "gross_pnl", "fees", "slippage", "funding", "net_pnl", "gross_return", "fees_return", "slippage_return",
+    "funding_return", "net_return", "traded_notional", "gross_bps", "fees_bps", "slippage_bps", "funding_bps",
+    "net_bps", "cost_share_of_gross", "closed_trades_pnl", "other_pnl",
+)
+
 FILL_COLUMNS = ("datetime", "instrument", "side", "amount", "price", "fee", "slippage")
 
 
 # ----------------------------------------------------------------------------------------------------------
-# pure metric functions over arrays
+# fills and round trips
 # ----------------------------------------------------------------------------------------------------------
-def returns_from_equity(equity: Sequence[float], initial_equity: float) -> np.ndarray:
-    """Per-bar simple returns ``E_t / E_{t-1} - 1`` with ``E_{-1} = initial_equity``."""
-    eq = np.asarray(equity, dtype="float64")
-    prev = np.concatenate([[float(initial_equity)], eq[:-1]])
-    return eq / prev - 1.0
-
-
-def total_return(equity: Sequence[float], initial_equity: float) -> float:
-    eq = np.asarray(equity, dtype="float64")
-    return float(eq[-1] / initial_equity - 1.0) if len(eq) else 0.0
-
-
-def annualized_return(total: float, n_bars: int, periods_per_year: float) -> float:
-    """Geometric annualisation ``(1 + total) ** (B / n) - 1``; -1 when the equity was wiped out."""
-    if n_bars <= 0:
-        return float("nan")
-    growth = 1.0 + total
-    if growth <= 0:
-        return -1.0
-    return float(growth ** (periods_per_year / n_bars) - 1.0)
-
-
-def volatility(returns: Sequence[float], periods_per_year: float) -> float:
-    r = np.asarray(returns, dtype="float64")
-    if len(r) < 2:
-        return float("nan")
-    return float(np.std(r, ddof=1) * math.sqrt(periods_per_year))
-
-
-def sharpe_ratio(returns: Sequence[float], periods_per_year: float) -> float:
-    """Annualised Sharpe ratio with a zero risk-free rate; NaN when the returns do not vary."""
-    r = np.asarray(returns, dtype="float64")
-    if len(r) < 2:
-        return float("nan")
-    sd = np.std(r, ddof=1)
-    if not sd > 0:
-        return float("nan")
-    return float(np.mean(r) / sd * math.sqrt(periods_per_year))
-
-
-def sortino_ratio(returns: Sequence[float], periods_per_year: float) -> float:
-    """Annualised Sortino ratio: mean over the downside deviation ``sqrt(mean(min(r, 0)^2))``."""
-    r = np.asarray(returns, dtype="float64")
-    if len(r) == 0:
-        return float("nan")
-    downside = math.sqrt(float(np.mean(np.minimum(r, 0.0) ** 2)))
-    if not downside > 0:
-        return float("nan")
-    return float(np.mean(r) / downside * math.sqrt(periods_per_year))
-
-
-def drawdown_curve(equity: Sequence[float], initial_equity: float | None = None) -> np.ndarray:
-    """``E_t / running_peak_t - 1`` per bar (0 at a new peak); the initial equity counts as a peak."""
-    eq = np.asarray(equity, dtype="float64")
-    peak = np.maximum.accumulate(eq)
-    if initial_equity is not None:
-        peak = np.maximum(peak, float(initial_equity))
-    return eq / peak - 1.0
-
-
-def max_drawdown(equity: Sequence[float], initial_equity: float | None = None) -> float:
-    """The deepest drawdown as a negative fraction (0.0 if equity never fell below a peak)."""
-    dd = drawdown_curve(equity, initial_equity)
-    return float(min(0.0, dd.min())) if len(dd) else 0.0
-
-
-def max_drawdown_duration(equity: Sequence[float], initial_equity: float | None = None) -> int:
-    """The longest run of consecutive bars whose equity is strictly below the running peak."""
-    dd = drawdown_curve(equity, initial_equity)
-    longest = run = 0
-    for under in dd < 0:
-        run = run + 1 if under else 0
-        longest = max(longest, run)
-    return int(longest)
-
-
-def calmar_ratio(annual_return: float, max_dd: float) -> float:
-    if not max_dd < 0:
-        return float("nan")
-    return float(annual_return / abs(max_dd))
-
-
-def win_rate(trade_pnls: Sequence[float]) -> float:
-    """Share of trades with a strictly positive P&L; NaN without trades."""
-    p = np.asarray(trade_pnls, dtype="float64")
-    if len(p) == 0:
-        return float("nan")
-    return float(np.mean(p > 0))
-
-
-def turnover(traded_notional: float, equity: Sequence[float]) -> float:
-    """One-way traded notional over the average equity."""
-    eq = np.asarray(equity, dtype="float64")
-    if len(eq) == 0 or not np.mean(eq) > 0:
-        return float("nan")
-    return float(traded_notional / np.mean(eq))
-
-
-def exposure(in_market: Sequence[bool]) -> float:
-    """Share of bars that end with an open position."""
-    m = np.asarray(in_market, dtype=bool)
-    return float(m.mean()) if len(m) else 0.0
-
-
-def monthly_returns(equity: pd.Series, initial_equity: float) -> pd.Series:
-    """Return of each calendar month (UTC): last equity of the month over the last of the month before
-    (the initial equity for the first month). Indexed by ``YYYY-MM``."""
-    if equity.empty:
-        return pd.Series(dtype="float64", name="monthly_return")
-    idx = pd.DatetimeIndex(equity.index)
-    month_end = equity.groupby(idx.to_period("M")).last()
-    prev = np.concatenate([[float(initial_equity)], month_end.to_numpy(dtype="float64")[:-1]])
-    out = pd.Series(month_end.to_numpy(dtype="float64") / prev - 1.0, index=[str(p) for p in month_end.index])
-    out.name = "monthly_return"
-    return out
-
-
 def round_trips(fills: pd.DataFrame) -> pd.DataFrame:
     """Group fills into round trips per instrument: a trade opens when the position leaves zero and closes
     when it returns to zero (a fill that crosses zero closes one trade and opens the next; its fee is split
@@ -326,20 +332,21 @@ def compute_metrics(
     slippage_paid: float = 0.0,
     funding_paid: float = 0.0,
 ) -> dict[str, float]:
-    """The fourteen report metrics (keys :data:`METRIC_KEYS`) from arrays; see the module docstring."""
+    """The fourteen report metrics (keys :data:`METRIC_KEYS`) from arrays; formulas in
+    :mod:`qlib_crypto.workflow.metrics` (mean, std and the Sharpe ratio through Qlib's ``risk_analysis``)."""
     eq = np.asarray(equity, dtype="float64")
     if len(eq) == 0:
         raise BacktestError("the backtest produced no bars", hint="check the start and end times and the calendar")
-    rets = returns_from_equity(eq, initial_equity)
+    stats = return_stats(returns_from_equity(eq, initial_equity), periods_per_year)
     tot = total_return(eq, initial_equity)
     ann = annualized_return(tot, len(eq), periods_per_year)
     mdd = max_drawdown(eq, initial_equity)
     return {
         "total_return": tot,
         "annualized_return": ann,
-        "volatility": volatility(rets, periods_per_year),
-        "sharpe": sharpe_ratio(rets, periods_per_year),
-        "sortino": sortino_ratio(rets, periods_per_year),
+        "volatility": stats["annualized_volatility"],
+        "sharpe": stats["information_ratio"],
+        "sortino": stats["sortino"],
         "calmar": calmar_ratio(ann, mdd),
         "max_drawdown": mdd,
         "max_drawdown_duration": max_drawdown_duration(eq, initial_equity),
@@ -355,9 +362,14 @@ def compute_metrics(
 # ----------------------------------------------------------------------------------------------------------
 # the report object
 # ----------------------------------------------------------------------------------------------------------
+def _empty_frame(columns: Iterable[str]) -> pd.DataFrame:
+    return pd.DataFrame(columns=list(columns))
+
+
 @dataclass
 class BacktestReport:
-    """Everything a backtest report shows; ``write(out_dir)`` writes JSON, HTML and CSV files."""
+    """Everything a backtest report shows, computed once by :func:`build_report`; ``write(out_dir)`` writes
+    JSON, HTML and CSV files, ``summary_text()`` the table ``qrun`` prints."""
 
     metrics: dict[str, float]
     equity: pd.Series
@@ -366,9 +378,22 @@ class BacktestReport:
     trades: pd.DataFrame
     fills: pd.DataFrame
     info: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    annualisation: dict[str, Any] = field(default_factory=dict)
+    timeseries: pd.DataFrame = field(default_factory=lambda: _empty_frame(TIMESERIES_KEYS))
+    risk: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(index=list(RETURN_STAT_KEYS)))
+    attribution: dict[str, float] = field(default_factory=dict)
+    trade_stats: dict[str, float] = field(default_factory=dict)
+    instruments: pd.DataFrame = field(default_factory=lambda: _empty_frame(INSTRUMENT_COLUMNS))
+    instruments_total: dict[str, Any] = field(default_factory=dict)
+    drawdowns: pd.DataFrame = field(default_factory=lambda: _empty_frame(DRAWDOWN_COLUMNS))
+    monthly_table: pd.DataFrame = field(default_factory=pd.DataFrame)
+    yearly_returns: pd.Series = field(default_factory=lambda: pd.Series(dtype="float64"))
+    orders: dict[str, Any] = field(default_factory=dict)
 
+    # ------------------------------------------------------------------------------------------- outputs
     def metrics_json(self) -> str:
-        return json.dumps({k: _json_number(self.metrics[k]) for k in METRIC_KEYS}, indent=2)
+        return json.dumps({k: finite_or_none(self.metrics[k]) for k in METRIC_KEYS}, indent=2)
 
     def write(self, out_dir: str | Path, *, title: str = "qlib-crypto backtest",
               extra: Mapping[str, pd.DataFrame | None] | None = None) -> dict[str, Path]:
@@ -382,8 +407,7 @@ class BacktestReport:
         with atomic_dir(out, replaceable=names, what="report directory") as stage:
             staged = {name: stage / name for name in REPORT_FILES}
             atomic_write_text(staged["metrics.json"], self.metrics_json() + "\n", fsync=False)
-            atomic_write_text(staged["report.json"], json.dumps(self.to_dict(), indent=2, default=str) + "\n",
-                              fsync=False)
+            atomic_write_text(staged["report.json"], self.to_json() + "\n", fsync=False)
             atomic_write_text(staged["report.html"], self.to_html(title=title), fsync=False)
             _write_csv(self.fills, staged["fills.csv"])
             _write_csv(self.trades, staged["trades.csv"])
@@ -397,68 +421,77 @@ class BacktestReport:
                 _write_csv(frame if frame is not None else pd.DataFrame(), stage / name)
         return {name: out / name for name in names}
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, allow_nan=False, default=str)
+
     def to_dict(self) -> dict[str, Any]:
-        """Metrics, run information and monthly returns (the curves and trades go to CSV files)."""
+        """The whole report as JSON-ready data (every number the HTML shows; keys in docs/backtest-reports.md).
+        Raw values: fractions, quote currency, bars; ``units`` names the unit of each key."""
+        ts = self.timeseries
         return {
-            "metrics": {k: _json_number(self.metrics[k]) for k in METRIC_KEYS},
-            "info": {k: _json_number(v) if isinstance(v, float) else v for k, v in self.info.items()},
-            "monthly_returns": {k: _json_number(v) for k, v in self.monthly_returns.items()},
+            "schema": SCHEMA,
+            "metrics": {k: finite_or_none(self.metrics[k]) for k in METRIC_KEYS},
+            "summary": {k: _jsonable(self.summary.get(k)) for k in SUMMARY_KEYS},
+            "annualisation": {k: _jsonable(v) for k, v in self.annualisation.items()},
+            "risk": {s: {k: finite_or_none(self.risk.at[k, s]) if s in self.risk.columns else None
+                         for k in RETURN_STAT_KEYS} for s in RISK_SERIES},
+            "pnl_attribution": {k: finite_or_none(self.attribution.get(k)) for k in ATTRIBUTION_KEYS},
+            "trade_stats": {k: finite_or_none(self.trade_stats.get(k)) for k in TRADE_STAT_KEYS},
+            "instruments": [{k: _jsonable(v) for k, v in row.items()} for row in
+                            self.instruments.to_dict(orient="records")],
+            "instruments_total": {k: _jsonable(v) for k, v in self.instruments_total.items()},
+            "drawdowns": [{k: _jsonable(v) for k, v in row.items()} for row in
+                          self.drawdowns.to_dict(orient="records")],
+            "monthly_returns": {k: finite_or_none(v) for k, v in self.monthly_returns.items()},
+            "monthly_returns_table": {str(y): {c: finite_or_none(self.monthly_table.at[y, c])
+                                               for c in self.monthly_table.columns}
+                                      for y in self.monthly_table.index},
+            "yearly_returns": {k: finite_or_none(v) for k, v in self.yearly_returns.items()},
+            "orders": {k: _jsonable(v) for k, v in self.orders.items()},
+            "trades": [{k: _jsonable(v) for k, v in row.items()} for row in self.trades.to_dict(orient="records")],
+            "timeseries": {
+                "datetime": [pd.Timestamp(t).isoformat() for t in ts.index],
+                **{k: [finite_or_none(v) for v in ts[k].to_numpy(dtype="float64")] if k in ts.columns
+                   else [None] * len(ts) for k in TIMESERIES_KEYS},
+            },
+            "info": {k: _jsonable(v) for k, v in self.info.items()},
+            "units": dict(UNITS),
             "n_trades": int(len(self.trades)),
             "n_fills": int(len(self.fills)),
         }
 
+    def summary_text(self, title: str | None = None) -> str:
+        """The summary ``qrun`` prints at the end (as Qlib's ``PortAnaRecord`` prints its risk tables): the run,
+        the risk table of strategy / benchmark / excess with and without costs, and where the edge went."""
+        from ._report_html import summary_text
+
+        return summary_text(self, title=title)
+
     def to_html(self, *, title: str = "qlib-crypto backtest") -> str:
-        """A self-contained page: metrics table, equity and drawdown plots, monthly returns, trades."""
-        from .._html import figure_to_data_uri, img_html, new_figure, page, table_html
+        """A self-contained page (plotly.js inline, no network): see docs/backtest-reports.md for the sections."""
+        from ._report_html import backtest_html
 
-        sections: list[tuple[str, str]] = []
-        sections.append(("Metrics", table_html([(k, _json_number(self.metrics[k])) for k in METRIC_KEYS])))
-        sections.append(("Run", table_html(list(self.info.items()))))
-        fig, ax = new_figure()
-        ax.plot(self.equity.index, self.equity.to_numpy(), color="#1f77b4", lw=1.0)
-        ax.set_title("Equity")
-        ax.grid(alpha=0.3)
-        fig.autofmt_xdate()
-        sections.append(("Equity curve", img_html(figure_to_data_uri(fig), "equity curve")))
-        fig, ax = new_figure(height=2.6)
-        ax.fill_between(self.drawdown.index, self.drawdown.to_numpy(), 0.0, color="#d62728", alpha=0.5)
-        ax.set_title("Drawdown")
-        ax.grid(alpha=0.3)
-        fig.autofmt_xdate()
-        sections.append(("Drawdown", img_html(figure_to_data_uri(fig), "drawdown curve")))
-        if len(self.monthly_returns):
-            fig, ax = new_figure(height=2.8)
-            vals = self.monthly_returns.to_numpy()
-            ax.bar(range(len(vals)), vals, color=np.where(vals >= 0, "#2ca02c", "#d62728"))
-            ax.set_xticks(range(len(vals)), list(self.monthly_returns.index), rotation=60, fontsize=7)
-            ax.set_title("Monthly returns")
-            ax.grid(alpha=0.3, axis="y")
-            sections.append(("Monthly returns", img_html(figure_to_data_uri(fig), "monthly returns")
-                             + table_html([(k, v) for k, v in self.monthly_returns.items()])))
-        shown = self.trades.head(200)
-        rows = "".join(
-            "<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in rec) + "</tr>" for rec in shown.itertuples(index=False)
-        )
-        head = "".join(f"<th>{c}</th>" for c in shown.columns)
-        note = f"<p>{len(self.trades)} trades (first 200 shown; all in trades.csv).</p>"
-        sections.append(("Trades", note + f"<table><tr>{head}</tr>{rows}</table>"))
-        return page(title, sections)
+        return backtest_html(self, title=title)
 
 
-def _cell(value: Any) -> str:
-    import html
-
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return html.escape(str(value))
-
-
-def _json_number(value: Any) -> Any:
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, (np.integer,)):
-        return int(value)
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, pd.Timestamp):
+        return None if pd.isna(value) else value.isoformat()
+    if value is pd.NaT:
+        return None
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (float, np.floating, np.integer, int)):
+        return finite_or_none(value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
     return value
+
+
+def _json_number(value: Any) -> Any:  # kept for callers of the old name
+    return finite_or_none(value)
 
 
 def _write_csv(df: pd.DataFrame, path: Path, *, index: bool = False) -> None:
@@ -473,6 +506,93 @@ def initial_equity_from_report(report_df: pd.DataFrame) -> float:
     return float(first["account"] / (1.0 + first["return"] - first.get("cost", 0.0)))
 
 
+# ----------------------------------------------------------------------------------------------------------
+# building the report: every figure computed here, once
+# ----------------------------------------------------------------------------------------------------------
+def _bar_of(times: pd.DatetimeIndex, stamps: Any) -> np.ndarray:
+    """Index of the bar each time falls in (the last bar starting at or before it; 0 before the first)."""
+    t = pd.DatetimeIndex(pd.to_datetime(stamps))
+    if t.tz is not None and times.tz is None:
+        t = t.tz_convert("UTC").tz_localize(None)
+    pos = np.searchsorted(times.asi8, t.asi8, side="right") - 1
+    return np.clip(pos, 0, max(len(times) - 1, 0))
+
+
+def _per_bar(times: pd.DatetimeIndex, stamps: Any, values: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(times), dtype="float64")
+    if len(values):
+        np.add.at(out, _bar_of(times, stamps), np.asarray(values, dtype="float64"))
+    return out
+
+
+def _funding_frame(funding: pd.DataFrame | float | None) -> tuple[pd.DataFrame, float]:
+    """(events with ``datetime instrument paid``, total paid) from the accepted funding inputs."""
+    empty = pd.DataFrame({"datetime": pd.Series(dtype="datetime64[ns]"), "instrument": pd.Series(dtype=object),
+                          "paid": pd.Series(dtype="float64")})
+    if funding is None:
+        return empty, 0.0
+    if isinstance(funding, (int, float, np.floating, np.integer)):
+        return empty, -float(funding)  # a number is the total received
+    frame = pd.DataFrame(funding)
+    if len(frame) == 0:
+        return empty, 0.0
+    if "payment" in frame.columns:  # the executor's funding events: > 0 paid
+        paid = pd.to_numeric(frame["payment"]).astype("float64")
+    elif "funding" in frame.columns:  # > 0 received
+        paid = -pd.to_numeric(frame["funding"]).astype("float64")
+    else:
+        paid = -pd.to_numeric(frame[frame.columns[-1]]).astype("float64")
+    events = pd.DataFrame({
+        "datetime": pd.to_datetime(frame["datetime"]) if "datetime" in frame.columns else pd.NaT,
+        "instrument": frame["instrument"].astype(str) if "instrument" in frame.columns else "",
+        "paid": paid.to_numpy(),
+    })
+    return events, float(paid.sum())
+
+
+def _positions_exposure(positions: Any, times: pd.DatetimeIndex) -> pd.DataFrame | None:
+    """Long and short market value per bar (quote currency) from Qlib positions or a positions frame."""
+    if positions is None:
+        return None
+    rows: list[tuple[Any, float, float]] = []
+    if isinstance(positions, pd.DataFrame):
+        if not len(positions) or not {"datetime", "amount", "price"} <= set(positions.columns):
+            return None
+        value = positions["amount"].astype("float64") * positions["price"].astype("float64")
+        frame = pd.DataFrame({"datetime": pd.to_datetime(positions["datetime"]),
+                              "long": value.clip(lower=0.0), "short": value.clip(upper=0.0)})
+        agg = frame.groupby("datetime")[["long", "short"]].sum()
+    elif isinstance(positions, Mapping):
+        for t, pos in positions.items():
+            long = short = 0.0
+            try:
+                codes = pos.get_stock_list()
+            except AttributeError:
+                continue
+            for code in codes:
+                v = float(pos.get_stock_amount(code)) * float(pos.get_stock_price(code))
+                if math.isfinite(v):
+                    long += max(v, 0.0)
+                    short += min(v, 0.0)
+            rows.append((pd.Timestamp(t), long, short))
+        if not rows:
+            return None
+        agg = pd.DataFrame(rows, columns=["datetime", "long", "short"]).set_index("datetime").sort_index()
+        agg = agg[~agg.index.duplicated(keep="last")]
+    else:
+        return None
+    return agg.reindex(times)
+
+
+def _quote_currency(fills: pd.DataFrame, benchmark: str | None) -> str:
+    """The quote currency of the traded instruments (``BTC-USDT-SWAP`` -> ``USDT``), else the benchmark's."""
+    names = list(fills["instrument"].astype(str).unique()) if len(fills) else []
+    if benchmark:
+        names.append(str(benchmark))
+    quotes = sorted({parts[1] for n in names if len(parts := n.upper().split("-")) >= 2})
+    return quotes[0] if len(quotes) == 1 else ("/".join(quotes) if quotes else "")
+
+
 def build_report(
     report_df: pd.DataFrame,
     fills: pd.DataFrame | None = None,
@@ -481,11 +601,18 @@ def build_report(
     initial_equity: float | None = None,
     funding: pd.DataFrame | float | None = None,
     info: Mapping[str, Any] | None = None,
+    order_reports: pd.DataFrame | None = None,
+    positions: Any = None,
+    benchmark_returns: pd.Series | None = None,
+    quote_currency: str | None = None,
+    rolling_window: int | None = None,
 ) -> BacktestReport:
-    """Build a :class:`BacktestReport` from Qlib's portfolio metrics DataFrame and the executor's fills.
+    """Build a :class:`BacktestReport` from Qlib's portfolio metrics DataFrame and the executor's tables.
 
-    ``funding``: a DataFrame with a ``funding`` column (cash received, negative = paid) or a number (the
-    total received); ``funding_paid`` in the report is the net amount *paid*.
+    ``funding``: the executor's funding events (``payment`` > 0 paid), a DataFrame with a ``funding`` column
+    (cash received, negative = paid), or a number (the total received); ``funding_paid`` in the report is the
+    net amount *paid*. ``benchmark_returns`` (per bar) defaults to ``report_df["bench"]``. ``quote_currency``
+    defaults to the instruments' quote (``-USDT``). ``rolling_window`` (bars) defaults to 30 days of bars.
     """
     if report_df is None or len(report_df) == 0 or "account" not in report_df:
         raise BacktestError("the portfolio report is empty or has no 'account' column",
@@ -493,53 +620,265 @@ def build_report(
     equity = report_df["account"].astype("float64")
     equity.index = pd.DatetimeIndex(equity.index)
     equity.name = "equity"
+    times = pd.DatetimeIndex(equity.index)
     init = float(initial_equity) if initial_equity is not None else initial_equity_from_report(report_df)
     fills_n = normalize_fills(fills)
     bpy = bars_per_year(freq)
+    hpb = bar_hours(freq)
+    n = len(equity)
+    days = n * hpb / 24.0
     trades = round_trips(fills_n)
     closed = trades[trades["closed"]] if len(trades) else trades
-    traded = float((fills_n["amount"] * fills_n["price"]).sum()) if len(fills_n) else 0.0
-    if funding is None:
-        funding_received = 0.0
-    elif isinstance(funding, (int, float, np.floating)):
-        funding_received = float(funding)
-    else:
-        col = "funding" if "funding" in funding.columns else funding.columns[-1]
-        funding_received = float(pd.to_numeric(funding[col]).sum()) if len(funding) else 0.0
+    notional = (fills_n["amount"] * fills_n["price"]).to_numpy(dtype="float64") if len(fills_n) else np.zeros(0)
+    traded = float(notional.sum())
+    fund_events, funding_paid = _funding_frame(funding)
+    fees_paid = float(fills_n["fee"].sum())
+    slippage_paid = float(fills_n["slippage"].sum())
     metrics = compute_metrics(
         equity.to_numpy(),
         init,
         bpy,
         trade_pnls=closed["pnl"].to_numpy() if len(closed) else [],
         traded_notional=traded,
-        in_market=in_market_by_bar(fills_n, equity.index),
-        fees_paid=float(fills_n["fee"].sum()),
-        slippage_paid=float(fills_n["slippage"].sum()),
-        funding_paid=0.0 - funding_received,
+        in_market=in_market_by_bar(fills_n, times),
+        fees_paid=fees_paid,
+        slippage_paid=slippage_paid,
+        funding_paid=funding_paid,
     )
-    dd = pd.Series(drawdown_curve(equity.to_numpy(), init), index=equity.index, name="drawdown")
+    eq = equity.to_numpy(dtype="float64")
+    dd = pd.Series(drawdown_curve(eq, init), index=times, name="drawdown")
+    benchmark = (info or {}).get("benchmark")
+    quote = quote_currency if quote_currency is not None else _quote_currency(fills_n, benchmark)
+
+    # ---- per-bar series
+    prev = np.concatenate([[init], eq[:-1]])
+    r_net = eq / prev - 1.0
+    fees_bar = _per_bar(times, fills_n["datetime"], fills_n["fee"].to_numpy()) if len(fills_n) else np.zeros(n)
+    slip_bar = _per_bar(times, fills_n["datetime"], fills_n["slippage"].to_numpy()) if len(fills_n) else np.zeros(n)
+    if len(fills_n) or "cost" not in report_df.columns:
+        cost_r = (fees_bar + slip_bar) / prev
+    else:  # a plain Qlib report without fills: Qlib's own cost column (fees as Qlib books them)
+        cost_r = report_df["cost"].to_numpy(dtype="float64")
+    r_gross = r_net + cost_r
+    if benchmark_returns is not None:
+        bench = pd.Series(benchmark_returns, dtype="float64").reindex(times).to_numpy(dtype="float64")
+    elif "bench" in report_df.columns:
+        bench = report_df["bench"].to_numpy(dtype="float64")
+    else:
+        bench = np.full(n, np.nan)
+    has_bench = bool(np.isfinite(bench).any())
+    bench_filled = np.nan_to_num(bench, nan=0.0)
+    ex_net, ex_gross = r_net - bench_filled, r_gross - bench_filled
+    turnover_bar = (_per_bar(times, fills_n["datetime"], notional) if len(fills_n) else np.zeros(n)) / prev
+    bars_per_day = max(1, int(round(24.0 / hpb)))
+    window = int(rolling_window) if rolling_window else default_rolling_window(n, bpy)
+    r_series = pd.Series(r_net, index=times)
+    funding_bar = _per_bar(times, fund_events["datetime"], fund_events["paid"].to_numpy()) \
+        if len(fund_events) and fund_events["datetime"].notna().all() else np.zeros(n)
+    ts = pd.DataFrame(index=times)
+    ts["equity"] = eq
+    ts["drawdown"] = dd.to_numpy()
+    ts["return_with_cost"] = r_net
+    ts["return_without_cost"] = r_gross
+    ts["cost_return"] = cost_r
+    ts["benchmark_return"] = bench if has_bench else np.nan
+    ts["cum_return_with_cost"] = compounded(r_net)
+    ts["cum_return_without_cost"] = compounded(r_gross)
+    ts["cum_benchmark"] = compounded(bench_filled) if has_bench else np.nan
+    ts["cum_excess_with_cost"] = compounded(ex_net) if has_bench else np.nan
+    ts["cum_excess_without_cost"] = compounded(ex_gross) if has_bench else np.nan
+    ts["excess_drawdown"] = drawdown_curve(1.0 + compounded(ex_net), 1.0) if has_bench else np.nan
+    ts["turnover"] = turnover_bar
+    ts["turnover_1d"] = pd.Series(turnover_bar, index=times).rolling(bars_per_day, min_periods=1).sum().to_numpy()
+    ts["rolling_sharpe"] = rolling_sharpe(r_series, window, bpy).to_numpy()
+    ts["rolling_volatility"] = rolling_volatility(r_series, window, bpy).to_numpy()
+    ts["fees"] = fees_bar
+    ts["slippage"] = slip_bar
+    ts["funding"] = funding_bar
+    expo = _positions_exposure(positions, times)
+    if expo is not None:
+        long_v, short_v = expo["long"].to_numpy(dtype="float64"), expo["short"].to_numpy(dtype="float64")
+        ts["long_exposure"] = long_v / eq
+        ts["short_exposure"] = short_v / eq
+        ts["net_exposure"] = (long_v + short_v) / eq
+        ts["gross_exposure"] = (long_v - short_v) / eq
+    elif "gross_exposure" in report_df.columns:
+        ts["gross_exposure"] = report_df["gross_exposure"].to_numpy(dtype="float64") / eq
+    for k in TIMESERIES_KEYS:
+        if k not in ts.columns:
+            ts[k] = np.nan
+    ts = ts[list(TIMESERIES_KEYS)]
+
+    # ---- risk table (Qlib's PortAnaRecord series; costs = fees + slippage)
+    series = {"return_with_cost": r_net, "return_without_cost": r_gross,
+              "benchmark": bench if has_bench else np.full(n, np.nan),
+              "excess_return_with_cost": ex_net if has_bench else np.full(n, np.nan),
+              "excess_return_without_cost": ex_gross if has_bench else np.full(n, np.nan)}
+    risk = pd.DataFrame({name: return_stats(values, bpy) for name, values in series.items()}).loc[list(RETURN_STAT_KEYS)]
+
+    # ---- where the edge went: gross -> fees -> slippage -> funding -> net
+    net_pnl = float(eq[-1] - init)
+    gross_pnl = net_pnl + fees_paid + slippage_paid + funding_paid
+    closed_pnl = float(closed["pnl"].sum()) if len(closed) else 0.0
+
+    def per_notional(x: float) -> float:
+        return x / traded * 1e4 if traded > 0 else float("nan")
+
+    attribution = {
+        "gross_pnl": gross_pnl, "fees": fees_paid, "slippage": slippage_paid, "funding": funding_paid,
+        "net_pnl": net_pnl, "gross_return": gross_pnl / init, "fees_return": fees_paid / init,
+        "slippage_return": slippage_paid / init, "funding_return": funding_paid / init, "net_return": net_pnl / init,
+        "traded_notional": traded, "gross_bps": per_notional(gross_pnl), "fees_bps": per_notional(fees_paid),
+        "slippage_bps": per_notional(slippage_paid), "funding_bps": per_notional(funding_paid),
+        "net_bps": per_notional(net_pnl),
+        "cost_share_of_gross": (fees_paid + slippage_paid + funding_paid) / gross_pnl if gross_pnl > 0 else float("nan"),
+        "closed_trades_pnl": closed_pnl, "other_pnl": net_pnl - (closed_pnl - funding_paid),
+    }
+
+    # ---- trades and instruments
+    tstats = trade_stats(trades, days=days, hours_per_bar=hpb)
+    instruments, inst_total = _instrument_table(fills_n, trades, fund_events, init)
+
+    # ---- drawdowns and calendar
+    drawdowns = drawdown_periods(equity, init, top=5, hours_per_bar=hpb)
+    monthly = monthly_returns(equity, init)
+    yearly = yearly_returns(equity, init)
+    table = monthly_returns_table(monthly, yearly)
+
+    # ---- orders
+    orders = _orders_summary(order_reports)
+
     run_info: dict[str, Any] = {
         "freq": freq,
         "bars_per_year": bpy,
-        "start": str(equity.index[0]),
-        "end": str(equity.index[-1]),
-        "n_bars": int(len(equity)),
+        "start": str(times[0]),
+        "end": str(times[-1]),
+        "n_bars": int(n),
         "initial_equity": init,
-        "final_equity": float(equity.iloc[-1]),
+        "final_equity": float(eq[-1]),
         "traded_notional": traded,
         "n_fills": int(len(fills_n)),
         "n_closed_trades": int(len(closed)),
     }
     run_info.update(dict(info or {}))
+    annualisation = {
+        "freq": freq, "bars_per_year": bpy, "days_per_year": DAYS_PER_YEAR, "hours_per_bar": hpb,
+        "bars_per_day": 24.0 / hpb, "risk_free_rate": 0.0, "rolling_window_bars": window,
+        "rolling_window_days": window * hpb / 24.0,
+        "basis": (f"24/7 market: {bpy:,.0f} bars a year = {DAYS_PER_YEAR} days x {24.0 / hpb:,.4g} bars a day; "
+                  "risk-free rate 0"),
+    }
+    summary = {
+        "start": times[0], "end": times[-1], "n_bars": n, "days": days, "quote_currency": quote,
+        "benchmark": benchmark, "initial_equity": init, "final_equity": float(eq[-1]), "net_pnl": net_pnl,
+        "total_return": metrics["total_return"],
+        "total_return_without_cost": float(ts["cum_return_without_cost"].iloc[-1]),
+        "benchmark_total_return": float(ts["cum_benchmark"].iloc[-1]) if has_bench else float("nan"),
+        "excess_total_return": float(ts["cum_excess_with_cost"].iloc[-1]) if has_bench else float("nan"),
+        "excess_total_return_without_cost": float(ts["cum_excess_without_cost"].iloc[-1]) if has_bench
+        else float("nan"),
+        "annualized_return": metrics["annualized_return"], "sharpe": metrics["sharpe"],
+        "max_drawdown": metrics["max_drawdown"], "max_drawdown_duration": metrics["max_drawdown_duration"],
+        "max_drawdown_duration_days": metrics["max_drawdown_duration"] * hpb / 24.0,
+        "turnover": metrics["turnover"], "traded_notional": traded, "n_fills": int(len(fills_n)),
+        "n_closed_trades": int(len(closed)),
+    }
     return BacktestReport(
         metrics=metrics,
         equity=equity,
         drawdown=dd,
-        monthly_returns=monthly_returns(equity, init),
+        monthly_returns=monthly,
         trades=trades,
         fills=fills_n,
         info=run_info,
+        summary=summary,
+        annualisation=annualisation,
+        timeseries=ts,
+        risk=risk,
+        attribution=attribution,
+        trade_stats=tstats,
+        instruments=instruments,
+        instruments_total=inst_total,
+        drawdowns=drawdowns,
+        monthly_table=table,
+        yearly_returns=yearly,
+        orders=orders,
     )
+
+
+def _instrument_table(fills: pd.DataFrame, trades: pd.DataFrame, funding: pd.DataFrame,
+                      initial_equity: float) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One row per traded (or funded) instrument; see :data:`INSTRUMENT_COLUMNS` and the docs."""
+    names = sorted((set(fills["instrument"].astype(str)) | set(funding["instrument"].astype(str))) - {""})
+    rows = []
+    for name in names:
+        f = fills[fills["instrument"].astype(str) == name]
+        t = trades[trades["instrument"].astype(str) == name] if len(trades) else trades
+        c = t[t["closed"].astype(bool)] if len(t) else t
+        pnl = c["pnl"].to_numpy(dtype="float64") if len(c) else np.zeros(0)
+        side = c["side"].to_numpy() if len(c) else np.zeros(0, dtype=object)
+        fund = float(funding.loc[funding["instrument"] == name, "paid"].sum()) if len(funding) else 0.0
+        realised = float(pnl.sum())
+        held = ((pd.to_datetime(c["exit_time"]) - pd.to_datetime(c["entry_time"])).dt.total_seconds() / 3600
+                if len(c) else pd.Series(dtype="float64"))
+        market = ""
+        if "market" in f.columns and len(f):
+            market = ",".join(sorted(set(f["market"].astype(str))))
+        elif name:
+            market = "swap" if name.upper().endswith("-SWAP") else "spot"
+        rows.append({
+            "instrument": name,
+            "market": market,
+            "trades": int(len(pnl)),
+            "long_trades": int((side == "long").sum()),
+            "short_trades": int((side == "short").sum()),
+            "wins": int((pnl > 0).sum()),
+            "win_rate": float((pnl > 0).mean()) if len(pnl) else float("nan"),
+            "long_pnl": float(pnl[side == "long"].sum()),
+            "short_pnl": float(pnl[side == "short"].sum()),
+            "realised_pnl": realised,
+            "fees": float(f["fee"].sum()),
+            "slippage": float(f["slippage"].sum()),
+            "funding": fund,
+            "net_pnl": realised - fund,
+            "net_pnl_pct": (realised - fund) / initial_equity,
+            "traded_notional": float((f["amount"] * f["price"]).sum()),
+            "avg_holding_hours": float(held.mean()) if len(held) else float("nan"),
+            "open_trades": int((~t["closed"].astype(bool)).sum()) if len(t) else 0,
+        })
+    table = pd.DataFrame(rows, columns=list(INSTRUMENT_COLUMNS))
+    if len(table):
+        table = table.sort_values(["net_pnl", "instrument"], ascending=[False, True], kind="mergesort")
+        table = table.reset_index(drop=True)
+    closed = trades[trades["closed"].astype(bool)] if len(trades) else trades
+    all_pnl = closed["pnl"].to_numpy(dtype="float64") if len(closed) else np.zeros(0)
+    held_all = ((pd.to_datetime(closed["exit_time"]) - pd.to_datetime(closed["entry_time"])).dt.total_seconds() / 3600
+                if len(closed) else pd.Series(dtype="float64"))
+    total = {"instrument": "total", "market": ""}
+    for col in ("trades", "long_trades", "short_trades", "wins", "long_pnl", "short_pnl", "realised_pnl", "fees",
+                "slippage", "funding", "net_pnl", "net_pnl_pct", "traded_notional", "open_trades"):
+        total[col] = table[col].sum() if len(table) else 0
+    total["win_rate"] = float((all_pnl > 0).mean()) if len(all_pnl) else float("nan")
+    total["avg_holding_hours"] = float(held_all.mean()) if len(held_all) else float("nan")
+    total = {k: total[k] for k in INSTRUMENT_COLUMNS}
+    return table, total
+
+
+def _orders_summary(order_reports: pd.DataFrame | None) -> dict[str, Any]:
+    """Counts of the exchange's order reports by status and by reason (``reasons`` is ``;``-joined)."""
+    if order_reports is None or len(order_reports) == 0 or "status" not in order_reports.columns:
+        return {"n_orders": 0 if order_reports is not None else None, "n_filled": None, "n_partial": None,
+                "n_rejected": None, "reasons": {}}
+    status = order_reports["status"].astype(str)
+    reasons: dict[str, int] = {}
+    if "reasons" in order_reports.columns:
+        for text in order_reports["reasons"].fillna("").astype(str):
+            for r in filter(None, (p.strip() for p in text.split(";"))):
+                reasons[r] = reasons.get(r, 0) + 1
+    ordered = dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+    return {"n_orders": int(len(order_reports)), "n_filled": int((status == "filled").sum()),
+            "n_partial": int((status == "partial").sum()), "n_rejected": int((status == "rejected").sum()),
+            "reasons": ordered}
 
 
 def metrics_from_json(path: str | Path) -> dict[str, Any]:

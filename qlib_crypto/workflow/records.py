@@ -17,11 +17,11 @@ import math
 import re
 from typing import Any, Iterable, Sequence
 
-import numpy as np
 import pandas as pd
 from qlib.workflow.record_temp import PortAnaRecord, RecordTemp
 
 from ..errors import ConfigError
+from .metrics import return_stats
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,8 @@ def bars_per_year(freq: str) -> float:
 def annualized_metrics(returns: Iterable[float] | pd.Series, bars_per_year: float) -> dict[str, float]:
     """Statistics of a per-bar simple return series, annualised over ``bars_per_year`` bars.
 
-    NaN returns are dropped. Returned keys:
+    NaN returns are dropped. The numbers come from :func:`qlib_crypto.workflow.metrics.return_stats` (the one
+    implementation, built on Qlib's ``risk_analysis``). Returned keys:
 
     - ``n_bars``, ``mean``, ``std`` (ddof 1);
     - ``annualized_return``: arithmetic, ``mean * N`` (as Qlib's ``risk_analysis``);
@@ -75,38 +76,8 @@ def annualized_metrics(returns: Iterable[float] | pd.Series, bars_per_year: floa
     """
     if not (isinstance(bars_per_year, (int, float)) and bars_per_year > 0 and math.isfinite(bars_per_year)):
         raise ConfigError(f"bad bars_per_year {bars_per_year!r}", hint="pass a positive number, e.g. 8760 for 60min")
-    r = np.asarray(pd.Series(returns, dtype="float64").dropna(), dtype="float64")
-    n = int(r.size)
-    nan = float("nan")
-    if n == 0:
-        return {k: nan for k in _METRIC_KEYS} | {"n_bars": 0.0}
-    mean = float(r.mean())
-    if n < 2:
-        std = nan
-    elif np.ptp(r) == 0:  # a constant series (float rounding would give ~1e-19 and an absurd ratio)
-        std = 0.0
-    else:
-        std = float(r.std(ddof=1))
-    wealth = np.cumprod(1.0 + r)
-    cumsum = np.cumsum(r)
-    # the running maxima start from the initial state (0 return / wealth 1) so a first-bar loss counts
-    peak_sum = np.maximum.accumulate(np.concatenate([[0.0], cumsum]))[1:]
-    peak_wealth = np.maximum.accumulate(np.concatenate([[1.0], wealth]))[1:]
-    total = float(wealth[-1] - 1.0)
-    with np.errstate(over="ignore"):
-        geometric = float(np.power(wealth[-1], bars_per_year / n) - 1.0) if wealth[-1] > 0 else -1.0
-    return {
-        "n_bars": float(n),
-        "mean": mean,
-        "std": std,
-        "annualized_return": mean * bars_per_year,
-        "annualized_return_geometric": geometric,
-        "annualized_volatility": std * math.sqrt(bars_per_year),
-        "information_ratio": mean / std * math.sqrt(bars_per_year) if std and std > 0 else nan,
-        "max_drawdown": float(np.min(cumsum - peak_sum)),
-        "max_drawdown_geometric": float(np.min(wealth / peak_wealth - 1.0)),
-        "total_return": total,
-    }
+    stats = return_stats(returns, float(bars_per_year))
+    return {k: stats[k] for k in _METRIC_KEYS}
 
 
 _METRIC_KEYS = (
@@ -169,8 +140,42 @@ def _log_tables(recorder: Any, reports: dict[str, pd.DataFrame]) -> dict[str, An
         table = crypto_risk_analysis(report, freq)
         recorder.log_metrics(**flatten_risk_table(table, freq))
         artifacts[f"crypto_port_analysis_{freq}.pkl"] = table
-        logger.info("24/7 risk analysis (%s, %s bars/year):\n%s", freq, bars_per_year(freq), table.to_string())
+        # printed, as Qlib's PortAnaRecord prints its risk tables at the end of a qrun
+        print(format_risk_table(table, freq), flush=True)
     return artifacts
+
+
+#: how each row of a risk table is shown (see :mod:`qlib_crypto._format`)
+RISK_ROW_UNITS = {
+    "n_bars": "count",
+    "mean": "fraction",
+    "std": "fraction",
+    "annualized_return": "fraction",
+    "annualized_return_geometric": "fraction",
+    "annualized_volatility": "fraction",
+    "information_ratio": "ratio",
+    "max_drawdown": "fraction",
+    "max_drawdown_geometric": "fraction",
+    "total_return": "fraction",
+}
+
+
+def format_risk_table(table: pd.DataFrame, freq: str) -> str:
+    """The table of :func:`crypto_risk_analysis` as text: returns and drawdowns in %, ratios with two
+    decimals, the annualisation basis in the title."""
+    from .. import _format as fmt
+
+    n = bars_per_year(freq)
+    title = (f"24/7 risk analysis ({freq}; annualised over {n:,.0f} bars = 365 days x "
+             f"{n / 365:,.4g} bars a day, risk-free rate 0; arithmetic annualised return = mean x {n:,.0f}, "
+             f"as Qlib's risk_analysis)")
+    rows = []
+    for key in table.index:
+        unit = RISK_ROW_UNITS.get(key, "ratio")
+        digits = 4 if key in ("mean", "std") else 2
+        cells = [fmt.pct(v, digits) if unit == "fraction" else fmt.value(v, unit) for v in table.loc[key]]
+        rows.append([key] + cells)
+    return title + "\n" + fmt.text_table(rows, ["metric"] + [str(c) for c in table.columns])
 
 
 class CryptoPortAnaRecord(PortAnaRecord):
