@@ -304,10 +304,3 @@ def _make(op: str, args: list, b: _Builder) -> Node:
         return Node(op, (left, right), (n,))
     raise b.fail(f"operator {op!r} is not supported by the fast feature engine")  # pragma: no cover
 
-
-def parse_many(exprs: Iterable[str]) -> list[Node]:
-    return [parse(e) for e in exprs]
-
-
-def describe(node: Any) -> str:
-    return node.key if isinstance(node, Node) else repr(node)
