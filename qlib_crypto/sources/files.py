@@ -43,7 +43,8 @@ _EPOCH_MS_MAX = 1e14  # epoch ms stay below this until year 5138
 
 @dataclass
 class FileImportResult:
-    """What importing one instrument of one file did (rows read and the store's WriteResult counts)."""
+    """What importing one instrument of one file (bars, or funding rates with --funding) did: rows read and the
+    store's WriteResult counts."""
 
     file: str
     instrument: str
@@ -463,22 +464,6 @@ FUNDING_ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
-@dataclass
-class FundingImportResult:
-    """What importing the funding rates of one instrument from one file did."""
-
-    file: str
-    instrument: str
-    rows_read: int
-    rows_repeated: int = 0
-    rows_added: int = 0
-    rows_identical: int = 0
-    conflicts: int = 0
-    rows_replaced: int = 0
-    quarantined: int = 0
-    quarantine_reasons: dict[str, int] = field(default_factory=dict)
-
-
 def read_funding_file(
     path: str | Path,
     *,
@@ -561,7 +546,7 @@ def read_funding_file(
 def import_funding_files(
     store_dir: str | Path, paths: Sequence[str | Path], *, overwrite: bool = False, lock_timeout: float | None = None,
     **read_options: Any,
-) -> list[FundingImportResult]:
+) -> list[FileImportResult]:
     """Import funding-rate files into the store (every file read and checked first, then written under the
     store's lock). Stored rates that differ are kept unless ``overwrite``."""
     from .. import store
@@ -569,13 +554,13 @@ def import_funding_files(
     if not paths:
         raise ConfigError("no input files", hint="give one or more CSV or Parquet files")
     parsed = [(Path(p), read_funding_file(p, **read_options)) for p in paths]
-    results: list[FundingImportResult] = []
+    results: list[FileImportResult] = []
     with store.store_lock(store_dir, command="import --funding", timeout=lock_timeout):
         for path, by_instrument in parsed:
             for instrument, frame in by_instrument.items():
                 res = store.write_funding(store_dir, instrument, frame, f"import:{path.name}",
                                           on_conflict="overwrite" if overwrite else "keep")
-                results.append(FundingImportResult(
+                results.append(FileImportResult(
                     file=path.name, instrument=instrument, rows_read=len(frame), rows_repeated=res.rows_repeated,
                     rows_added=res.rows_added, rows_identical=res.rows_identical, conflicts=res.conflicts,
                     rows_replaced=res.rows_replaced, quarantined=res.quarantined,
