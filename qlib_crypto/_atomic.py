@@ -1,5 +1,6 @@
 """Atomic writes: a file goes to a temporary file in the same directory, fsync, then rename; a directory of files
 is staged beside its target and swapped into place (:func:`atomic_dir`)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -132,7 +133,11 @@ def _foreign_entries(target: Path, replaceable: Iterable[str]) -> list[str]:
 
 @contextlib.contextmanager
 def atomic_dir(
-    path: str | os.PathLike, *, replaceable: Iterable[str] | None = None, fsync: bool = True, what: str = "output directory"
+    path: str | os.PathLike,
+    *,
+    replaceable: Iterable[str] | None = None,
+    fsync: bool = True,
+    what: str = "output directory",
 ) -> Iterator[Path]:
     """Write a directory of files as one unit: yield an empty staging directory, then swap it into place.
 
@@ -157,9 +162,13 @@ def atomic_dir(
     if target.is_symlink():
         target = Path(os.path.realpath(target))
     if target.parent == target:
-        raise ConfigError(f"{what} {os.fspath(path)!r} is the filesystem root", hint="give a directory such as reports/backtest")
+        raise ConfigError(
+            f"{what} {os.fspath(path)!r} is the filesystem root", hint="give a directory such as reports/backtest"
+        )
     if target.exists() and not target.is_dir():
-        raise ConfigError(f"{what} {os.fspath(path)!r} is a file, not a directory", hint=f"give a directory for the {what}")
+        raise ConfigError(
+            f"{what} {os.fspath(path)!r} is a file, not a directory", hint=f"give a directory for the {what}"
+        )
     parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
     lock_fd = os.open(str(parent), os.O_RDONLY)

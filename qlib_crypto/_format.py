@@ -15,6 +15,7 @@ Units (the ``units`` map of a report names one per value):
 | ``count`` | 1234 | ``1,234`` |
 | ``hours`` | 30.5 | ``30.5 h (1.27 days)`` |
 """
+
 from __future__ import annotations
 
 import math

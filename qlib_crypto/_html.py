@@ -4,6 +4,7 @@ Interactive figures are plotly figures (the library Qlib's ``qlib.contrib.report
 embedded inline once per page. Static figures (the cost sweep) are matplotlib PNGs embedded as base64.
 Figures get fixed element ids, so the same inputs give the same bytes.
 """
+
 from __future__ import annotations
 
 import base64
@@ -70,9 +71,18 @@ def style_figure(fig: Any, *, title: str | None = None, height: int | None = Non
     """Apply the reports' layout (slim template, white background, horizontal legend) to a plotly figure."""
     fig.update_layout(**PLOTLY_LAYOUT)
     if title is not None:  # the title above the legend, the legend above the plot
-        fig.update_layout(title={"text": title, "x": 0, "xanchor": "left", "yref": "container", "y": 0.99,
-                                 "yanchor": "top", "font": {"size": 14}},
-                          margin={"t": 85})
+        fig.update_layout(
+            title={
+                "text": title,
+                "x": 0,
+                "xanchor": "left",
+                "yref": "container",
+                "y": 0.99,
+                "yanchor": "top",
+                "font": {"size": 14},
+            },
+            margin={"t": 85},
+        )
     if height is not None:
         fig.update_layout(height=height)
     fig.update_xaxes(**AXIS_STYLE)
@@ -92,8 +102,16 @@ def plotly_div(fig: Any, div_id: str, *, height: int | None = None) -> str:
     legend = fig.layout.showlegend is True or (fig.layout.showlegend is None and in_legend > 1)
     if not legend and fig.layout.margin.t is not None and fig.layout.margin.t > 60:
         fig.update_layout(margin={"t": 55})  # no legend between the title and the plot
-    return pio.to_html(fig, include_plotlyjs=False, full_html=False, div_id=div_id, config=PLOTLY_CONFIG,
-                       default_width="100%", default_height=f"{h}px", validate=False)
+    return pio.to_html(
+        fig,
+        include_plotlyjs=False,
+        full_html=False,
+        div_id=div_id,
+        config=PLOTLY_CONFIG,
+        default_width="100%",
+        default_height=f"{h}px",
+        validate=False,
+    )
 
 
 def _plotly_js() -> str:
@@ -105,15 +123,20 @@ def _plotly_js() -> str:
 # ----------------------------------------------------------------------------------------------- tables
 def table_html(rows: Iterable[tuple[str, Any]]) -> str:
     """A two-column key / value table."""
-    cells = "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in rows
-    )
+    cells = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in rows)
     return f"<table class='kv'>{cells}</table>"
 
 
-def grid_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, numeric_from: int = 1,
-               numeric_to: int | None = None, row_classes: Sequence[str] | None = None, table_class: str = "grid",
-               notes: Sequence[str] = ()) -> str:
+def grid_table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    numeric_from: int = 1,
+    numeric_to: int | None = None,
+    row_classes: Sequence[str] | None = None,
+    table_class: str = "grid",
+    notes: Sequence[str] = (),
+) -> str:
     """A table with a header row; cells are text (already formatted), columns ``numeric_from`` to
     ``numeric_to`` (exclusive; default: the last) right-aligned. ``notes`` go under the table."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
@@ -139,8 +162,10 @@ def cards(items: Iterable[tuple[str, str, str]]) -> str:
     """Headline numbers: (label, formatted value, tone) with tone ``pos``, ``neg`` or ``""``."""
     out = []
     for label, value, tone in items:
-        out.append(f"<div class='card {html.escape(tone)}'><div class='label'>{html.escape(label)}</div>"
-                   f"<div class='value'>{html.escape(value)}</div></div>")
+        out.append(
+            f"<div class='card {html.escape(tone)}'><div class='label'>{html.escape(label)}</div>"
+            f"<div class='value'>{html.escape(value)}</div></div>"
+        )
     return f"<div class='cards'>{''.join(out)}</div>"
 
 
@@ -184,8 +209,13 @@ _CSS = (
 )
 
 
-def page(title: str, sections: Iterable[tuple[str, str] | tuple[str, str, str]], *, subtitle: str | None = None,
-         nav: bool = False) -> str:
+def page(
+    title: str,
+    sections: Iterable[tuple[str, str] | tuple[str, str, str]],
+    *,
+    subtitle: str | None = None,
+    nav: bool = False,
+) -> str:
     """A whole HTML page. ``sections`` are (heading, inner HTML) or (heading, inner HTML, anchor id).
 
     Pages with plotly figures embed plotly.js inline (no network); ``nav`` adds links to the sections."""

@@ -3,6 +3,7 @@
 Subcommands live in ``qlib_crypto/commands/<name>.py`` (each defines a click command named ``command``) and
 are imported only when used, so ``qlib-crypto dump`` does not pay for importing Qlib, ccxt or LightGBM.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -20,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import": ("import_files", "Import OHLCV bars from CSV or Parquet files into the store."),
     "validate": ("validate", "Re-hash and validate every file of a store; exit non-zero on problems."),
     "dump": ("dump", "Dump the store into Qlib's binary provider format (full or --update)."),
+    "check": ("check", "Check a qrun workflow YAML (paths, dates, classes, arguments) before training."),
     "predict": ("predict", "Score bars with a trained model and write BUY/SELL/HOLD signals."),
     "backtest": ("backtest", "Backtest signals or a strategy with the crypto exchange and write a report."),
     "sweep": ("sweep", "Re-run a backtest over a grid of fee and slippage values."),
@@ -59,8 +61,8 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     \b
     Example (offline, synthetic market):
       qlib-crypto collect --source synthetic --instruments 10 --timeframe 1h \\
-          --start 2024-01-01 --end 2024-03-01 --store ./store
-      qlib-crypto dump --store ./store --qlib-dir ./qlib_data/60min --timeframe 1h
+          --start 2024-01-01 --end 2024-03-01 --store data/store/okx
+      qlib-crypto dump --store data/store/okx --qlib-dir data/qlib/okx/60min --timeframe 1h
     """
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
@@ -68,6 +70,13 @@ def cli(ctx: click.Context, verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Qlib's known noise off (targeted filters; our qlib_crypto.* warnings stay); --verbose keeps all of it
+    from . import _quiet
+
+    if verbose:
+        _quiet.disable()
+    else:
+        _quiet.install()
 
 
 def main(argv: list[str] | None = None) -> int:

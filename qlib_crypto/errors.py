@@ -4,6 +4,7 @@ Every error raised on purpose by the package is a :class:`QlibCryptoError`. Mess
 quote the offending value, and say what to do. The CLI prints ``str(err)`` on one line and exits with
 ``err.exit_code``; the traceback is shown only with ``--verbose``.
 """
+
 from __future__ import annotations
 
 

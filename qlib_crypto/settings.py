@@ -6,6 +6,7 @@
   (``limit_threshold: None``), deals at the bar's close (``deal_price: close``).
 - ``DAYS_PER_YEAR`` and :func:`bars_per_year`: annualisation for bars that run every hour of every day.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Timeframes: ccxt spelling (``1m 5m 15m 1h 4h 1d``), their length, OKX bar names and Qlib frequency names."""
+
 from __future__ import annotations
 
 import difflib

@@ -9,6 +9,7 @@ command-line time goes through :func:`parse_iso`, which accepts exactly::
 
 and raises :class:`~qlib_crypto.errors.ConfigError` (exit 2) naming the value for anything else.
 """
+
 from __future__ import annotations
 
 import re
@@ -43,3 +44,13 @@ def parse_iso(value: Any, what: str = "time") -> pd.Timestamp:
     if ts is pd.NaT:
         raise ConfigError(f"{what} {value!r} is not a date/time", hint=HINT)
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def parse_naive_utc(value: Any, what: str = "time") -> pd.Timestamp | None:
+    """A command-line time as Qlib's calendars hold times: a naive UTC Timestamp (``None`` or ``""`` -> None).
+
+    ISO 8601 only, as :func:`parse_iso`; an offset (``Z``, ``+02:00``) is converted to UTC first, so
+    ``2024-04-01T07:00+02:00`` -> ``2024-04-01 05:00:00``."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return parse_iso(value, what).tz_localize(None)

@@ -8,6 +8,7 @@ same simulator enforcing a strict 20 requests / 2 s window on ``market/history-c
 
 Prints bars/s, percent of the 3,000 bars/s ceiling (20 req / 2 s x 300 bars), requests and 429s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,12 +35,25 @@ def run_ours(sim: OkxSimulator, names: list[str], start_ms: int, end_ms: int, wo
         src.instruments("swap")
         r0, l0 = sim.stats.requests["market/history-candles"], sim.stats.rate_limited["market/history-candles"]
         t0 = time.monotonic()
-        report = collect(src, tmp, names, "1m", start_ms, end_ms, workers=workers, progress=False,
-                         with_funding=False, with_meta=False)
+        report = collect(
+            src,
+            tmp,
+            names,
+            "1m",
+            start_ms,
+            end_ms,
+            workers=workers,
+            progress=False,
+            with_funding=False,
+            with_meta=False,
+        )
         elapsed = time.monotonic() - t0
-    return {"bars": report.bars_fetched, "seconds": elapsed,
-            "requests": sim.stats.requests["market/history-candles"] - r0,
-            "429s": sim.stats.rate_limited["market/history-candles"] - l0}
+    return {
+        "bars": report.bars_fetched,
+        "seconds": elapsed,
+        "requests": sim.stats.requests["market/history-candles"] - r0,
+        "429s": sim.stats.rate_limited["market/history-candles"] - l0,
+    }
 
 
 def run_ccxt(sim: OkxSimulator, names: list[str], start_ms: int, end_ms: int) -> dict:
@@ -72,8 +86,12 @@ def run_ccxt(sim: OkxSimulator, names: list[str], start_ms: int, end_ms: int) ->
             counts = await asyncio.gather(*(one(n) for n in names))
             elapsed = time.monotonic() - t0
             bars = sum(counts)
-            return {"bars": bars, "seconds": elapsed, "requests": sim.stats.requests["market/history-candles"] - r0,
-                    "429s": sim.stats.rate_limited["market/history-candles"] - l0}
+            return {
+                "bars": bars,
+                "seconds": elapsed,
+                "requests": sim.stats.requests["market/history-candles"] - r0,
+                "429s": sim.stats.rate_limited["market/history-candles"] - l0,
+            }
         finally:
             await ex.close()
 
@@ -91,8 +109,10 @@ def main() -> None:
     start_ms = end_ms - int(args.days * 86_400_000)
     insts = many_instruments(args.instruments)
     names = [i.inst_id for i in insts]
-    print(f"{args.instruments} instruments x {args.days:g} days of 1m bars "
-          f"({args.instruments * int(args.days * 1440):,} bars), simulator with OKX limits (history 20 req / 2 s)")
+    print(
+        f"{args.instruments} instruments x {args.days:g} days of 1m bars "
+        f"({args.instruments * int(args.days * 1440):,} bars), simulator with OKX limits (history 20 req / 2 s)"
+    )
     results = {}
     with OkxSimulator(now=now_ms, instruments=insts, gap_prob=0.0) as sim:
         results["qlib-crypto collect"] = run_ours(sim, names, start_ms, end_ms, args.workers)
@@ -102,8 +122,10 @@ def main() -> None:
     print(f"{'':22s} {'bars':>9s} {'seconds':>8s} {'bars/s':>8s} {'% of 3000':>9s} {'requests':>8s} {'429s':>5s}")
     for name, r in results.items():
         rate = r["bars"] / r["seconds"]
-        print(f"{name:22s} {r['bars']:9,d} {r['seconds']:8.1f} {rate:8,.0f} {100 * rate / CEILING:8.1f}% "
-              f"{r['requests']:8d} {r['429s']:5d}")
+        print(
+            f"{name:22s} {r['bars']:9,d} {r['seconds']:8.1f} {rate:8,.0f} {100 * rate / CEILING:8.1f}% "
+            f"{r['requests']:8d} {r['429s']:5d}"
+        )
     ours, theirs = results["qlib-crypto collect"], results["ccxt fetch_ohlcv"]
     ratio = (ours["bars"] / ours["seconds"]) / (theirs["bars"] / theirs["seconds"])
     print(f"ratio qlib-crypto / ccxt: {ratio:.3f}x")

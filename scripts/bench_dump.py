@@ -10,6 +10,7 @@ Prints seconds, rows/s, peak memory (max RSS of each child process), the speed-u
 update-to-full time ratio for an update of one day of new bars. Qlib's script is not part of this
 repository; it is run with the same Python.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,7 @@ _runner = None
 
 def start_runner() -> None:
     global _runner
-    _runner = subprocess.Popen([sys.executable, "-c", RUNNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               text=True)
+    _runner = subprocess.Popen([sys.executable, "-c", RUNNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
 def make_bars(n_inst: int, n_bars: int, seed: int = 0):
@@ -141,16 +141,30 @@ def main() -> None:
         qfresh = iter(range(10**6))
 
         def qlib_cmd():
-            return [py, args.qlib_dump_bin, "dump_all", "--data_path", str(csv_dir), "--qlib_dir",
-                    str(work / f"qlib_ref_{next(qfresh)}"),
-                    "--freq", "60min", "--date_field_name", "date", "--symbol_field_name", "symbol",
-                    "--exclude_fields", "date,symbol"]
+            return [
+                py,
+                args.qlib_dump_bin,
+                "dump_all",
+                "--data_path",
+                str(csv_dir),
+                "--qlib_dir",
+                str(work / f"qlib_ref_{next(qfresh)}"),
+                "--freq",
+                "60min",
+                "--date_field_name",
+                "date",
+                "--symbol_field_name",
+                "symbol",
+                "--exclude_fields",
+                "date,symbol",
+            ]
 
         t_qlib, m_qlib = best(qlib_cmd)
         os.rename(work / "qlib_ref_0", qdir)
         print(f"Qlib dump_bin.py dump_all: {t_qlib:7.3f} s  {rows / t_qlib:12,.0f} rows/s  peak {m_qlib:6.0f} MiB")
-        same = all((full_dir / p.relative_to(qdir)).read_bytes() == p.read_bytes()
-                   for p in (qdir / "features").rglob("*.bin"))
+        same = all(
+            (full_dir / p.relative_to(qdir)).read_bytes() == p.read_bytes() for p in (qdir / "features").rglob("*.bin")
+        )
         print(f"speed-up (Qlib / ours, whole commands): {t_qlib / t_full:5.1f}x; identical feature files: {same}")
 
     # update: one new day of bars for every instrument, appended to a copy of the full dump each run
@@ -166,8 +180,10 @@ def main() -> None:
 
     t_upd, m_upd = best(lambda: ours + ["--qlib-dir", str(upd_dir), "--update"], prepare=reset_upd)
     new_rows = args.instruments * 24
-    print(f"qlib-crypto dump --update: {t_upd:7.3f} s  {new_rows / t_upd:12,.0f} rows/s  peak {m_upd:6.0f} MiB"
-          f"  ({new_rows} new bars)")
+    print(
+        f"qlib-crypto dump --update: {t_upd:7.3f} s  {new_rows / t_upd:12,.0f} rows/s  peak {m_upd:6.0f} MiB"
+        f"  ({new_rows} new bars)"
+    )
     t_noop, _ = best(lambda: ours + ["--qlib-dir", str(upd_dir), "--update"])
     print(f"qlib-crypto dump --update with nothing new: {t_noop:7.3f} s")
     t_start, _ = best(lambda: [py, "-c", "import qlib_crypto.cli"])

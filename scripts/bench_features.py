@@ -22,6 +22,7 @@ columns, same NaN cells, and the maximum absolute and relative difference (0 mea
 A first, untimed fast run with an empty numba cache measures the one-time JIT compilation of the kernels
 (paid once per installation: numba caches the compiled kernels next to the package).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,14 @@ def child(args: argparse.Namespace) -> int:
     import numpy as np
     import qlib
 
-    qlib.init(provider_uri={"60min": args.provider}, region="us", trade_unit=None, limit_threshold=None,
-              deal_price="close", kernels=1)
+    qlib.init(
+        provider_uri={"60min": args.provider},
+        region="us",
+        trade_unit=None,
+        limit_threshold=None,
+        deal_price="close",
+        kernels=1,
+    )
     from qlib_crypto.data import CryptoAlpha158, get_label_config
     from qlib_crypto.data.loader import CryptoAlpha158DL
 
@@ -86,8 +93,15 @@ def child(args: argparse.Namespace) -> int:
     rss0 = _status("VmRSS")
     t0 = time.perf_counter()
     if args.handler:
-        handler = cls(instruments="all", start_time=args.start, end_time=args.end_bar, freq="60min",
-                      fit_start_time=args.start, fit_end_time=args.fit_end, engine=args.engine)
+        handler = cls(
+            instruments="all",
+            start_time=args.start,
+            end_time=args.end_bar,
+            freq="60min",
+            fit_start_time=args.start,
+            fit_end_time=args.fit_end,
+            engine=args.engine,
+        )
         dataset = DatasetH(handler, segments={"train": (args.start, args.fit_end)})
         frame = dataset.prepare("train", col_set=["feature", "label"], data_key=DataHandlerLP.DK_L)
     else:
@@ -100,8 +114,19 @@ def child(args: argparse.Namespace) -> int:
         frame.index.to_frame(index=False).to_pickle(args.out + ".index.pkl")
         with open(args.out + ".columns.json", "w") as fh:
             json.dump([list(map(str, c)) if isinstance(c, tuple) else str(c) for c in frame.columns], fh)
-    print(json.dumps({"engine": args.engine, "wall": wall, "peak": peak, "rss0": rss0, "rows": frame.shape[0],
-                      "cols": frame.shape[1]}), flush=True)
+    print(
+        json.dumps(
+            {
+                "engine": args.engine,
+                "wall": wall,
+                "peak": peak,
+                "rss0": rss0,
+                "rows": frame.shape[0],
+                "cols": frame.shape[1],
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 
@@ -133,9 +158,14 @@ def compare(a_path: str, b_path: str) -> dict:
     rel = diff / np.maximum(np.abs(b.astype(np.float64)), np.finfo(np.float32).tiny)
     rel[~both] = 0
     return {
-        "same_shape": True, "same_index": same_index, "same_columns": same_cols,
-        "cells": int(a.size), "nan_cells_differ": int((nan_a != nan_b).sum()),
-        "cells_differ": int((diff > 0).sum()), "max_abs_diff": float(diff.max()), "max_rel_diff": float(rel.max()),
+        "same_shape": True,
+        "same_index": same_index,
+        "same_columns": same_cols,
+        "cells": int(a.size),
+        "nan_cells_differ": int((nan_a != nan_b).sum()),
+        "cells_differ": int((diff > 0).sum()),
+        "max_abs_diff": float(diff.max()),
+        "max_rel_diff": float(rel.max()),
     }
 
 
@@ -146,8 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--end", default="2024-01-01", help="end of the data (exclusive)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each: one fast and one qlib run)")
-    parser.add_argument("--level", choices=["loader", "handler", "both"], default="both",
-                        help="what a run does: the loader alone, the handler and dataset, or both (default)")
+    parser.add_argument(
+        "--level",
+        choices=["loader", "handler", "both"],
+        default="both",
+        help="what a run does: the loader alone, the handler and dataset, or both (default)",
+    )
     parser.add_argument("--handler", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", default=None, help="keep the provider here (default: a temporary directory)")
     parser.add_argument("--child", choices=["fast", "qlib"], help=argparse.SUPPRESS)
@@ -169,8 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         t0 = time.perf_counter()
         provider = build_provider(workdir, args.instruments, args.start, args.end, args.seed)
-        print(f"setup: {args.instruments} synthetic instruments, 1h bars, {args.start} .. {args.end} "
-              f"({time.perf_counter() - t0:.1f} s)", flush=True)
+        print(
+            f"setup: {args.instruments} synthetic instruments, 1h bars, {args.start} .. {args.end} "
+            f"({time.perf_counter() - t0:.1f} s)",
+            flush=True,
+        )
         end_bar = str(pd.Timestamp(args.end) - pd.Timedelta(hours=1))
         fit_end = str(pd.Timestamp(args.start) + (pd.Timestamp(args.end) - pd.Timestamp(args.start)) * 2 / 3)
         extra = ["--start", args.start, "--end-bar", end_bar, "--fit-end", fit_end]
@@ -183,8 +220,11 @@ def main(argv: list[str] | None = None) -> int:
             env = dict(os.environ, NUMBA_CACHE_DIR=cold)
             t0 = time.perf_counter()
             first = run_child("fast", provider, None, level_args("loader"), env=env)
-            print(f"fast loader, empty numba cache (JIT compile included): {first['wall']:.2f} s "
-                  f"(process {time.perf_counter() - t0:.1f} s)", flush=True)
+            print(
+                f"fast loader, empty numba cache (JIT compile included): {first['wall']:.2f} s "
+                f"(process {time.perf_counter() - t0:.1f} s)",
+                flush=True,
+            )
         run_child("fast", provider, None, level_args("loader"))  # fills the package's numba cache if it is empty
 
         results = {(lv, e): [] for lv in levels for e in ("fast", "qlib")}
@@ -194,28 +234,43 @@ def main(argv: list[str] | None = None) -> int:
                 for engine in ("fast", "qlib"):
                     res = run_child(engine, provider, outs[(level, engine)] if r == 0 else None, level_args(level))
                     results[(level, engine)].append(res)
-                    print(f"round {r + 1} {level:<7} {engine:<4}: {res['wall']:7.2f} s, peak RSS "
-                          f"{res['peak'] / 2**20:6.0f} MiB (+{(res['peak'] - res['rss0']) / 2**20:.0f} MiB), "
-                          f"{res['rows']} rows x {res['cols']} columns", flush=True)
+                    print(
+                        f"round {r + 1} {level:<7} {engine:<4}: {res['wall']:7.2f} s, peak RSS "
+                        f"{res['peak'] / 2**20:6.0f} MiB (+{(res['peak'] - res['rss0']) / 2**20:.0f} MiB), "
+                        f"{res['rows']} rows x {res['cols']} columns",
+                        flush=True,
+                    )
 
         for level in levels:
-            what = ("CryptoAlpha158 handler + DatasetH.prepare('train') (learn frame)" if level == "handler"
-                    else "CryptoAlpha158DL.load (features + label)")
+            what = (
+                "CryptoAlpha158 handler + DatasetH.prepare('train') (learn frame)"
+                if level == "handler"
+                else "CryptoAlpha158DL.load (features + label)"
+            )
             cmp = compare(outs[(level, "fast")], outs[(level, "qlib")])
             r0 = results[(level, "fast")][0]
             print()
-            print(f"{what}: {args.instruments} instruments, {r0['rows']} rows x {r0['cols']} columns, "
-                  f"{args.rounds} interleaved rounds, median")
-            print(f"| engine | wall s | peak RSS MiB | RSS growth MiB |")
-            print(f"| --- | ---: | ---: | ---: |")
+            print(
+                f"{what}: {args.instruments} instruments, {r0['rows']} rows x {r0['cols']} columns, "
+                f"{args.rounds} interleaved rounds, median"
+            )
+            print("| engine | wall s | peak RSS MiB | RSS growth MiB |")
+            print("| --- | ---: | ---: | ---: |")
             med = {}
             for engine in ("qlib", "fast"):
                 rs = results[(level, engine)]
-                med[engine] = (statistics.median(x["wall"] for x in rs), statistics.median(x["peak"] for x in rs),
-                               statistics.median(x["peak"] - x["rss0"] for x in rs))
-                print(f"| {engine} | {med[engine][0]:.2f} | {med[engine][1] / 2**20:.0f} | {med[engine][2] / 2**20:.0f} |")
-            print(f"speed-up {med['qlib'][0] / med['fast'][0]:.1f}x; peak RSS fast/qlib "
-                  f"{med['fast'][1] / med['qlib'][1]:.2f}; growth fast/qlib {med['fast'][2] / med['qlib'][2]:.2f}")
+                med[engine] = (
+                    statistics.median(x["wall"] for x in rs),
+                    statistics.median(x["peak"] for x in rs),
+                    statistics.median(x["peak"] - x["rss0"] for x in rs),
+                )
+                print(
+                    f"| {engine} | {med[engine][0]:.2f} | {med[engine][1] / 2**20:.0f} | {med[engine][2] / 2**20:.0f} |"
+                )
+            print(
+                f"speed-up {med['qlib'][0] / med['fast'][0]:.1f}x; peak RSS fast/qlib "
+                f"{med['fast'][1] / med['qlib'][1]:.2f}; growth fast/qlib {med['fast'][2] / med['qlib'][2]:.2f}"
+            )
             print("outputs: " + ", ".join(f"{k} {v}" for k, v in cmp.items()))
         return 0
     finally:

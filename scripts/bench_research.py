@@ -23,6 +23,7 @@ there. The backtest reads lot sizes from the work directory's store (``instrumen
 Peak memory is the process's peak resident set size sampled every 20 ms during the phase. Prints the
 test-segment IC, ICIR, rank IC and rank ICIR.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -108,10 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--end", default="2024-01-01")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", default=None, help="keep data here (default: a temporary directory)")
-    parser.add_argument("--no-backtest", action="store_true",
-                        help="records phase without CryptoBacktestRecord and CryptoRiskRecord")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a model (lr, num_leaves...) or handler (label_norm, engine...) kwarg, YAML value")
+    parser.add_argument(
+        "--no-backtest", action="store_true", help="records phase without CryptoBacktestRecord and CryptoRiskRecord"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a model (lr, num_leaves...) or handler (label_norm, engine...) kwarg, YAML value",
+    )
     args = parser.parse_args(argv)
 
     tmp = None
@@ -179,8 +186,9 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     with phase("setup"):
         dirs = build_data(workdir, args.instruments, args.start, args.end, args.seed)
 
-    import qlib_crypto
     from qlib.data import D
+
+    import qlib_crypto
 
     qlib_crypto.init(
         {k: str(v) for k, v in dirs.items()},
@@ -197,7 +205,11 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     for item in args.set:
         key, value = item.split("=", 1)
         handler_kw = task["dataset"]["kwargs"]["handler"]["kwargs"]
-        target = handler_kw if key in ("label_norm", "horizon", "windows", "include", "exclude", "engine") else task["model"]["kwargs"]
+        target = (
+            handler_kw
+            if key in ("label_norm", "horizon", "windows", "include", "exclude", "engine")
+            else task["model"]["kwargs"]
+        )
         target[key] = yaml.safe_load(value)
     segs = segments(args.start, args.end)
     n_bars = len(D.calendar(freq="60min"))
@@ -205,7 +217,9 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
 
     with phase("load"):
         fields = ["$open", "$high", "$low", "$close", "$volume", "$amount", "$funding_rate"]
-        raw = D.features(D.instruments("all"), fields, start_time=segs["train"][0], end_time=segs["test"][1], freq="60min")
+        raw = D.features(
+            D.instruments("all"), fields, start_time=segs["train"][0], end_time=segs["test"][1], freq="60min"
+        )
     rows = len(raw)
     del raw
 
@@ -246,8 +260,12 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             for record in bench_records(task, workdir, test_times, args.no_backtest):
                 t0 = time.perf_counter()
                 record = fill_placeholder(record, {"<MODEL>": model, "<DATASET>": dataset})
-                init_instance_by_config(record, recorder=recorder, default_module="qlib.workflow.record_temp",
-                                        try_kwargs={"model": model, "dataset": dataset}).generate()
+                init_instance_by_config(
+                    record,
+                    recorder=recorder,
+                    default_module="qlib.workflow.record_temp",
+                    try_kwargs={"model": model, "dataset": dataset},
+                ).generate()
                 record_times.append((record["class"], time.perf_counter() - t0))
         for name, dt in record_times:
             print(f"    {name:<22} {dt:7.1f} s", flush=True)
@@ -265,8 +283,14 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     for key in ("IC", "ICIR", "Rank IC", "Rank ICIR", "Long-Short Ann Return"):
         if key in metrics:
             print(f"test {key}: {metrics[key]:.4f}")
-    for key in ("backtest.total_return", "backtest.annualized_return", "backtest.sharpe", "backtest.max_drawdown",
-                "backtest.turnover", "crypto.60min.excess_return_with_cost.annualized_return_365d"):
+    for key in (
+        "backtest.total_return",
+        "backtest.annualized_return",
+        "backtest.sharpe",
+        "backtest.max_drawdown",
+        "backtest.turnover",
+        "crypto.60min.excess_return_with_cost.annualized_return_365d",
+    ):
         if key in metrics:
             print(f"{key}: {metrics[key]:.4f}")
     return 0

@@ -12,6 +12,7 @@ Scenarios (machinery in tests/chaos.py, shared with tests/test_store_integrity.p
   right after the fault compared with an uninterrupted run; "healed" counts the points after which re-running
   the same command gave exactly the uninterrupted run's data and a clean ``validate``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,15 @@ def main() -> int:
             lost_total += lost
             clean += int(codes == [0, 0] and equal)
             bad += int(codes == [0, 0] and not equal)
-        rows.append(("2 x collect at once", args.trials, lost_total, f"{clean}/{args.trials} exact union",
-                     time.perf_counter() - t0))
+        rows.append(
+            (
+                "2 x collect at once",
+                args.trials,
+                lost_total,
+                f"{clean}/{args.trials} exact union",
+                time.perf_counter() - t0,
+            )
+        )
         failed |= bad > 0
         t0 = time.perf_counter()
         lost_total, clean, bad = 0, 0, 0
@@ -59,8 +67,15 @@ def main() -> int:
             lost_total += lost
             clean += int(codes == [0, 0] and ok)
             bad += int(codes == [0, 0] and not ok)
-        rows.append(("2 x import at once", args.trials, lost_total, f"{clean}/{args.trials} exact union",
-                     time.perf_counter() - t0))
+        rows.append(
+            (
+                "2 x import at once",
+                args.trials,
+                lost_total,
+                f"{clean}/{args.trials} exact union",
+                time.perf_counter() - t0,
+            )
+        )
         failed |= bad > 0
         for name in ("import", "import --overwrite", "collect"):
             for mode in ("kill", "enospc"):
@@ -68,8 +83,15 @@ def main() -> int:
                 points, results = chaos.crash_matrix(chaos.SCENARIOS[name], mode, work)
                 healed = sum(r.healed for r in results)
                 label = f"{name}: {'SIGKILL' if mode == 'kill' else 'ENOSPC'} at point k"
-                rows.append((label, points, sum(r.lost_before for r in results), f"{healed}/{points} healed by re-run",
-                             time.perf_counter() - t0))
+                rows.append(
+                    (
+                        label,
+                        points,
+                        sum(r.lost_before for r in results),
+                        f"{healed}/{points} healed by re-run",
+                        time.perf_counter() - t0,
+                    )
+                )
                 failed |= healed != points
                 for r in results:
                     if not r.healed:

@@ -17,6 +17,7 @@ Usage:
     python scripts/check_synthetic_signal.py [--instruments 30] [--seed 7] [--start 2023-07-01] [--months 12]
                                              [--param reversal_decay=0.7 ...] [--no-control]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -108,8 +109,16 @@ def fit_and_test(x: pd.DataFrame, y: pd.Series, train: np.ndarray, test: np.ndar
     import lightgbm as lgb
 
     model = lgb.LGBMRegressor(
-        n_estimators=300, learning_rate=0.03, num_leaves=15, min_child_samples=500,
-        subsample=0.8, subsample_freq=1, colsample_bytree=0.8, reg_lambda=1.0, verbose=-1, n_jobs=1,
+        n_estimators=300,
+        learning_rate=0.03,
+        num_leaves=15,
+        min_child_samples=500,
+        subsample=0.8,
+        subsample_freq=1,
+        colsample_bytree=0.8,
+        reg_lambda=1.0,
+        verbose=-1,
+        n_jobs=1,
         random_state=seed,
     )
     # train on the cross-sectional rank of the label (as Qlib's CSRankNorm does): fat-tailed raw returns
@@ -136,8 +145,13 @@ def main() -> None:
     parser.add_argument("--start", default="2023-07-01")
     parser.add_argument("--months", type=int, default=12)
     parser.add_argument("--no-control", action="store_true", help="skip the control run without the planted reversal")
-    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                        help="override a SyntheticParams field (float), e.g. reversal_decay=0.7; repeatable")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a SyntheticParams field (float), e.g. reversal_decay=0.7; repeatable",
+    )
     args = parser.parse_args()
     overrides = {}
     for item in args.param:

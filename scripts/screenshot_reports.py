@@ -8,6 +8,7 @@ After ``qlib-crypto demo`` (from the repository root)::
 Uses Debian's ``/usr/bin/chromium`` (``--chromium`` to change) through Playwright, with a fresh profile and no
 network; waits until every plotly figure is drawn, then captures the top ``--height`` pixels of the page.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 DRAWN = """() => Array.from(document.querySelectorAll('.plotly-graph-div')).every(
     d => d._fullLayout && d.querySelector('svg.main-svg') && d.querySelectorAll('.trace, .hm').length >= d.data.length)"""
 
@@ -28,12 +37,15 @@ def shoot(pages: dict[Path, Path], chromium: str, width: int, height: int) -> No
     profile = tempfile.mkdtemp(prefix="qlib_crypto_shots_")
     try:
         with sync_playwright() as pw:
-            ctx = pw.chromium.launch_persistent_context(profile, executable_path=chromium, headless=True, args=ARGS,
-                                                        viewport={"width": width, "height": height})
+            ctx = pw.chromium.launch_persistent_context(
+                profile, executable_path=chromium, headless=True, args=ARGS, viewport={"width": width, "height": height}
+            )
             for src, out in pages.items():
                 page = ctx.new_page()
-                page.route("**/*", lambda r: r.continue_() if r.request.url.startswith(("file:", "data:", "about:"))
-                           else r.abort())
+                page.route(
+                    "**/*",
+                    lambda r: r.continue_() if r.request.url.startswith(("file:", "data:", "about:")) else r.abort(),
+                )
                 page.goto(src.resolve().as_uri(), wait_until="load")
                 page.wait_for_function(DRAWN, timeout=120_000)
                 page.wait_for_timeout(500)
@@ -48,7 +60,7 @@ def shoot(pages: dict[Path, Path], chromium: str, width: int, height: int) -> No
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backtest", type=Path, default=Path("reports/backtest_60min/report.html"))
+    ap.add_argument("--backtest", type=Path, default=Path("reports/latest/backtest_60min/report.html"))
     ap.add_argument("--training", type=Path, default=Path("reports/training_60min/training_report.html"))
     ap.add_argument("--out-dir", type=Path, default=Path("docs/img"))
     ap.add_argument("--chromium", default="/usr/bin/chromium")

@@ -8,6 +8,7 @@ directory is about to be swapped in (every file written). MODE ``between-renames
 the swap (no ``renameat2``) and kill between its two renames (``out -> .out.old-*`` done, the staging directory
 not yet renamed into place).
 """
+
 import os
 import signal
 import sys

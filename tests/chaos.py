@@ -10,6 +10,7 @@ re-runs the same command without faults and compares the store with one written 
 The expected data is built independently of the store: bar files are generated here with numpy, and the
 synthetic collect is compared with an uninterrupted run of the same command.
 """
+
 from __future__ import annotations
 
 import errno
@@ -35,6 +36,7 @@ _IGNORED_PREFIXES = (".qlib_crypto.lock", ".write-probe-")
 
 # --- data made here, not by the package ---------------------------------------------------------------
 
+
 def make_bars(start: str, periods: int, seed: int, freq: str = "1h") -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, periods)))
@@ -43,8 +45,17 @@ def make_bars(start: str, periods: int, seed: int, freq: str = "1h") -> pd.DataF
     low = np.minimum(open_, close) * (1 - rng.uniform(0, 0.01, periods))
     volume = rng.uniform(1, 10, periods)
     idx = pd.date_range(start, periods=periods, freq=freq, tz="UTC")
-    return pd.DataFrame({"datetime": idx, "open": open_, "high": high, "low": low, "close": close,
-                         "volume": volume, "amount": volume * close})
+    return pd.DataFrame(
+        {
+            "datetime": idx,
+            "open": open_,
+            "high": high,
+            "low": low,
+            "close": close,
+            "volume": volume,
+            "amount": volume * close,
+        }
+    )
 
 
 def write_csv(path: Path, bars: pd.DataFrame) -> Path:
@@ -55,6 +66,7 @@ def write_csv(path: Path, bars: pd.DataFrame) -> Path:
 
 
 # --- reading a store back (through files, compared as frames) --------------------------------------------
+
 
 def store_data(store: Path) -> dict[str, pd.DataFrame]:
     """Every bars and funding series of a store as frames (rows sorted), and the coverage ranges."""
@@ -71,7 +83,9 @@ def store_data(store: Path) -> dict[str, pd.DataFrame]:
             out[str(series.relative_to(store))] = frame
             cov = series / "_coverage.yaml"
             if cov.exists():
-                out[str(cov.relative_to(store))] = pd.DataFrame((yaml.safe_load(cov.read_text()) or {}).get("ranges", []))
+                out[str(cov.relative_to(store))] = pd.DataFrame(
+                    (yaml.safe_load(cov.read_text()) or {}).get("ranges", [])
+                )
     return out
 
 
@@ -88,6 +102,7 @@ def same_data(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame]) -> tuple[b
 
 # --- running commands ---------------------------------------------------------------------------------
 
+
 def cli(args: list[str]) -> tuple[int, str]:
     """Run the CLI in this process; (exit code, output)."""
     from qlib_crypto.cli import main
@@ -99,8 +114,14 @@ def cli(args: list[str]) -> tuple[int, str]:
 
 
 def cli_subprocess(args: list[str], env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "qlib_crypto", *args], cwd=tempfile.gettempdir(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-m", "qlib_crypto", *args],
+        cwd=tempfile.gettempdir(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @dataclass
@@ -167,11 +188,13 @@ def run_with_fault(args: list[str], store: Path, mode: str, k: int) -> FaultRun:
     raw = b"".join(chunks)
     dots, _, out = raw.partition(b"\n")
     exit_code = os.waitstatus_to_exitcode(status)
-    return FaultRun(points=dots.count(b"."), exit_code=None if exit_code < 0 else exit_code,
-                    output=out.decode("utf-8", "replace"))
+    return FaultRun(
+        points=dots.count(b"."), exit_code=None if exit_code < 0 else exit_code, output=out.decode("utf-8", "replace")
+    )
 
 
 # --- scenarios ----------------------------------------------------------------------------------------
+
 
 @dataclass
 class Scenario:
@@ -196,9 +219,21 @@ def _import_args(files: str, overwrite: bool) -> Callable[[Path, Path], list[str
     def args(store: Path, inputs: Path) -> list[str]:
         out = []
         for name in ("BTC-USDT", "ETH-USDT"):
-            out.append(["import", str(inputs / f"{name}.{files}.csv"), "--instrument", name, "--timeframe", "1h",
-                        "--store", str(store)] + (["--overwrite"] if overwrite else []))
+            out.append(
+                [
+                    "import",
+                    str(inputs / f"{name}.{files}.csv"),
+                    "--instrument",
+                    name,
+                    "--timeframe",
+                    "1h",
+                    "--store",
+                    str(store),
+                ]
+                + (["--overwrite"] if overwrite else [])
+            )
         return out  # type: ignore[return-value]
+
     return args
 
 
@@ -212,8 +247,22 @@ def _prep_a(store: Path, inputs: Path) -> None:
         assert code == 0, out
 
 
-COLLECT_ARGS = ["collect", "--source", "synthetic", "--instruments", "2", "--seed", "3", "--timeframe", "1h",
-                "--start", "2023-12-01", "--end", "2024-01-20", "--quiet"]
+COLLECT_ARGS = [
+    "collect",
+    "--source",
+    "synthetic",
+    "--instruments",
+    "2",
+    "--seed",
+    "3",
+    "--timeframe",
+    "1h",
+    "--start",
+    "2023-12-01",
+    "--end",
+    "2024-01-20",
+    "--quiet",
+]
 
 SCENARIOS = {
     "import": Scenario("import", _import_args("a", False), _no_prep),
@@ -248,7 +297,9 @@ class CrashResult:
     detail: str = ""
 
 
-def crash_matrix(scenario: Scenario, mode: str, work: Path, ks: list[int] | None = None) -> tuple[int, list[CrashResult]]:
+def crash_matrix(
+    scenario: Scenario, mode: str, work: Path, ks: list[int] | None = None
+) -> tuple[int, list[CrashResult]]:
     """Run the scenario with a fault at every point (or at ``ks``); returns (points, results)."""
     inputs = _inputs(work)
     ref = work / f"ref-{scenario.name.replace(' ', '_')}"
@@ -282,7 +333,9 @@ def crash_matrix(scenario: Scenario, mode: str, work: Path, ks: list[int] | None
             detail = "data differs from the uninterrupted run"
         if vcode != 0:
             detail += f" validate: {vout.strip()[-300:]}"
-        results.append(CrashResult(scenario.name, mode, k, run.exit_code, lost_before, equal and vcode == 0, vcode, detail))
+        results.append(
+            CrashResult(scenario.name, mode, k, run.exit_code, lost_before, equal and vcode == 0, vcode, detail)
+        )
         _rm(store)
     return total.points, results
 
@@ -299,12 +352,26 @@ def _rm(path: Path) -> None:
 
 # --- concurrent writers -------------------------------------------------------------------------------
 
+
 def concurrent_collect(work: Path, trial: int, n_inst: int = 12) -> tuple[list[int], dict, dict, str]:
     """Two synthetic collects (Jan-Jun, Jul-Dec of the same instruments) into one store at once."""
     store = work / f"cc-{trial}"
     _rm(store)
-    base = ["collect", "--source", "synthetic", "--instruments", str(n_inst), "--seed", "5", "--timeframe", "1h",
-            "--quiet", "--no-funding", "--store", str(store)]
+    base = [
+        "collect",
+        "--source",
+        "synthetic",
+        "--instruments",
+        str(n_inst),
+        "--seed",
+        "5",
+        "--timeframe",
+        "1h",
+        "--quiet",
+        "--no-funding",
+        "--store",
+        str(store),
+    ]
     halves = [["--start", "2023-01-01", "--end", "2023-07-01"], ["--start", "2023-07-01", "--end", "2024-01-01"]]
     procs = [cli_subprocess(base + h) for h in halves]
     outs = [p.communicate(timeout=600) for p in procs]
@@ -329,14 +396,27 @@ def concurrent_import(work: Path, trial: int, n_inst: int = 6) -> tuple[list[int
             bars.to_parquet(inputs / f"SYN{i}-USDT.parquet")
             bars = bars.assign(symbol=f"SYN{i}-USDT")
             halves["h1"].append(bars.iloc[: len(bars) // 2])
-            halves["h2"].append(bars.iloc[len(bars) // 2:])
+            halves["h2"].append(bars.iloc[len(bars) // 2 :])
         for h, parts in halves.items():
             write_csv(inputs / f"{h}.csv", pd.concat(parts, ignore_index=True))
     expected = {f"SYN{i}-USDT": pd.read_parquet(inputs / f"SYN{i}-USDT.parquet") for i in range(n_inst)}
     store = work / f"ci-{trial}"
     _rm(store)
-    procs = [cli_subprocess(["import", str(inputs / f"{h}.csv"), "--symbol-column", "symbol", "--timeframe", "1h",
-                             "--store", str(store)]) for h in ("h1", "h2")]
+    procs = [
+        cli_subprocess(
+            [
+                "import",
+                str(inputs / f"{h}.csv"),
+                "--symbol-column",
+                "symbol",
+                "--timeframe",
+                "1h",
+                "--store",
+                str(store),
+            ]
+        )
+        for h in ("h1", "h2")
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     codes = [p.returncode for p in procs]
     return codes, store_data(store), expected, "\n".join(o[0] + o[1] for o in outs)

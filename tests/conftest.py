@@ -1,4 +1,5 @@
 """Shared pytest fixtures. ``okx_sim`` / ``okx_sim_factory``: the loopback OKX simulator (tests/okx_sim.py)."""
+
 from __future__ import annotations
 
 import os

@@ -29,6 +29,7 @@ What it models (see docs/collect.md):
 - Its own deterministic bar generator (a counter-based hash of instrument, bar and timestamp), independent of
   the package's synthetic market: :meth:`expected_bars` and :meth:`expected_funding` are the ground truth.
 """
+
 from __future__ import annotations
 
 import collections
@@ -55,10 +56,21 @@ HK_OFFSET = -8 * HOUR  # Hong Kong aligned bars open at 16:00 UTC
 
 # OKX bar name -> (length ms, alignment offset ms)
 BARS: dict[str, tuple[int, int]] = {
-    "1m": (MINUTE, 0), "3m": (3 * MINUTE, 0), "5m": (5 * MINUTE, 0), "15m": (15 * MINUTE, 0),
-    "30m": (30 * MINUTE, 0), "1H": (HOUR, 0), "2H": (2 * HOUR, 0), "4H": (4 * HOUR, 0),
-    "6H": (6 * HOUR, HK_OFFSET), "12H": (12 * HOUR, HK_OFFSET), "1D": (DAY, HK_OFFSET), "1W": (7 * DAY, HK_OFFSET),
-    "6Hutc": (6 * HOUR, 0), "12Hutc": (12 * HOUR, 0), "1Dutc": (DAY, 0),
+    "1m": (MINUTE, 0),
+    "3m": (3 * MINUTE, 0),
+    "5m": (5 * MINUTE, 0),
+    "15m": (15 * MINUTE, 0),
+    "30m": (30 * MINUTE, 0),
+    "1H": (HOUR, 0),
+    "2H": (2 * HOUR, 0),
+    "4H": (4 * HOUR, 0),
+    "6H": (6 * HOUR, HK_OFFSET),
+    "12H": (12 * HOUR, HK_OFFSET),
+    "1D": (DAY, HK_OFFSET),
+    "1W": (7 * DAY, HK_OFFSET),
+    "6Hutc": (6 * HOUR, 0),
+    "12Hutc": (12 * HOUR, 0),
+    "1Dutc": (DAY, 0),
 }
 
 # endpoint -> (max requests, window seconds, key parameter or None for one budget per IP)
@@ -142,7 +154,11 @@ def _key(*parts: object) -> int:
 def _uniform(key: int, ts: np.ndarray, salt: int) -> np.ndarray:
     """Counter-based hash (splitmix64 finaliser) of (key, ts, salt) -> uniform floats in [0, 1)."""
     with np.errstate(over="ignore"):
-        x = ts.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(key) + np.uint64(salt * 0xBF58476D1CE4E5B9 % 2**64)
+        x = (
+            ts.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+            + np.uint64(key)
+            + np.uint64(salt * 0xBF58476D1CE4E5B9 % 2**64)
+        )
         x ^= x >> np.uint64(30)
         x *= np.uint64(0xBF58476D1CE4E5B9)
         x ^= x >> np.uint64(27)
@@ -169,7 +185,9 @@ class BarGenerator:
         key = _key(self.seed, inst.inst_id, bar)
         u = [_uniform(key, ts, s) for s in range(6)]
         t = ts.astype(np.float64)
-        level = inst.base_price * np.exp(0.15 * np.sin(2 * np.pi * t / (37 * DAY)) + 0.03 * np.sin(2 * np.pi * t / (1.3 * DAY) + 1.0))
+        level = inst.base_price * np.exp(
+            0.15 * np.sin(2 * np.pi * t / (37 * DAY)) + 0.03 * np.sin(2 * np.pi * t / (1.3 * DAY) + 1.0)
+        )
         close = level * (1 + 0.004 * (u[0] - 0.5))
         open_ = level * (1 + 0.004 * (u[1] - 0.5))
         high = np.maximum(open_, close) * (1 + 0.003 * u[2])
@@ -192,8 +210,19 @@ class BarGenerator:
                 quote_vol = vol_ccy = f"{base_vol * c[i] * (1 + 0.0005 * (u[5][i] - 0.5)):.4f}"
             if forming:
                 vol = vol_ccy = quote_vol = "0.5"
-            out.append([str(int(ts[i])), f"{o[i]:.{d}f}", f"{h[i]:.{d}f}", f"{l[i]:.{d}f}", f"{c[i]:.{d}f}",
-                        vol, vol_ccy, quote_vol, "0" if forming else "1"])
+            out.append(
+                [
+                    str(int(ts[i])),
+                    f"{o[i]:.{d}f}",
+                    f"{h[i]:.{d}f}",
+                    f"{l[i]:.{d}f}",
+                    f"{c[i]:.{d}f}",
+                    vol,
+                    vol_ccy,
+                    quote_vol,
+                    "0" if forming else "1",
+                ]
+            )
         return out
 
     def present(self, inst: SimInstrument, bar: str, ts: np.ndarray) -> np.ndarray:
@@ -311,8 +340,13 @@ class OkxSimulator:
         fault_rate: float = 0.0,
         fault_kinds: Iterable[str] = FAULT_KINDS,
         fault_seed: int = 1,
-        fault_endpoints: Iterable[str] = ("market/history-candles", "market/candles", "public/funding-rate-history",
-                                          "public/instruments", "market/tickers"),
+        fault_endpoints: Iterable[str] = (
+            "market/history-candles",
+            "market/candles",
+            "public/funding-rate-history",
+            "public/instruments",
+            "market/tickers",
+        ),
         timeout_sleep_s: float = 1.0,
         log_requests: bool = True,
         funding_retention_ms: int = FUNDING_RETENTION_MS,
@@ -351,8 +385,9 @@ class OkxSimulator:
     def start(self) -> "OkxSimulator":
         self._stop.clear()
         self._server = _Server(self)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="okx-sim", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="okx-sim", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -397,9 +432,16 @@ class OkxSimulator:
         with self._lock:
             self._planned.extend((k, endpoint) for k in kinds)
 
-    def add_fault_rule(self, kind: str, *, endpoint: str | None = "market/history-candles", inst_id: str | None = None,
-                       predicate: Callable[[dict], bool] | None = None, times: int | None = None,
-                       rows: Callable[[int], bool] | None = None) -> FaultRule:
+    def add_fault_rule(
+        self,
+        kind: str,
+        *,
+        endpoint: str | None = "market/history-candles",
+        inst_id: str | None = None,
+        predicate: Callable[[dict], bool] | None = None,
+        times: int | None = None,
+        rows: Callable[[int], bool] | None = None,
+    ) -> FaultRule:
         """Answer ``kind`` to every matching request (``times`` times, or forever).
 
         For the row kinds (:data:`ROW_KINDS`) ``rows(open_time_ms)`` picks the confirmed candle rows to spoil
@@ -443,13 +485,25 @@ class OkxSimulator:
         """Funding settlements in [start_ms, end_ms) that the server still keeps, ascending."""
         inst = self.instruments[inst_id]
         rows = self._funding(inst, start_ms - 1, end_ms, limit=10**9)[::-1]
-        return pd.DataFrame({"fundingTime": [int(r["fundingTime"]) for r in rows],
-                             "fundingRate": [float(r["fundingRate"]) for r in rows],
-                             "realizedRate": [float(r["realizedRate"]) for r in rows]})
+        return pd.DataFrame(
+            {
+                "fundingTime": [int(r["fundingTime"]) for r in rows],
+                "fundingRate": [float(r["fundingRate"]) for r in rows],
+                "realizedRate": [float(r["realizedRate"]) for r in rows],
+            }
+        )
 
     # -- data -----------------------------------------------------------------------------------------
-    def _candles(self, inst: SimInstrument, bar: str, before: int | None, after: int | None, limit: int,
-                 include_forming: bool = True, oldest: int | None = None) -> list[list[str]]:
+    def _candles(
+        self,
+        inst: SimInstrument,
+        bar: str,
+        before: int | None,
+        after: int | None,
+        limit: int,
+        include_forming: bool = True,
+        oldest: int | None = None,
+    ) -> list[list[str]]:
         """Rows with before < ts < after, the newest ``limit`` of them, newest first."""
         ms, off = BARS[bar]
         edge = self.live_edge(bar)
@@ -489,26 +543,73 @@ class OkxSimulator:
         ts = hi - period * np.arange((hi - lo) // period + 1, dtype=np.int64)
         ts = ts[:limit]
         rate, realized = self.generator.funding_rate(inst, ts)
-        return [{"instType": "SWAP", "instId": inst.inst_id, "formulaType": "withRate", "fundingRate": f"{rate[i]:.8f}",
-                 "realizedRate": f"{realized[i]:.8f}", "fundingTime": str(int(ts[i])), "method": "current_period"}
-                for i in range(len(ts))]
+        return [
+            {
+                "instType": "SWAP",
+                "instId": inst.inst_id,
+                "formulaType": "withRate",
+                "fundingRate": f"{rate[i]:.8f}",
+                "realizedRate": f"{realized[i]:.8f}",
+                "fundingTime": str(int(ts[i])),
+                "method": "current_period",
+            }
+            for i in range(len(ts))
+        ]
 
     def _instrument_row(self, inst: SimInstrument) -> dict:
         d = _decimals(inst.base_price)
-        tick = f"{10.0 ** -d:.{d}f}"
+        tick = f"{10.0**-d:.{d}f}"
         row = {
-            "instType": inst.inst_type, "instId": inst.inst_id, "instFamily": "", "uly": "", "category": "1",
-            "baseCcy": inst.base, "quoteCcy": inst.quote, "settleCcy": "", "ctVal": "", "ctMult": "", "ctValCcy": "",
-            "ctType": "", "optType": "", "stk": "", "listTime": str(inst.list_time), "expTime": "", "lever": "10",
-            "tickSz": tick, "lotSz": "0.0001", "minSz": "0.001", "maxLmtSz": "10000000", "maxMktSz": "1000000",
-            "maxTwapSz": "", "maxIcebergSz": "", "maxTriggerSz": "", "maxStopSz": "", "alias": "", "state": inst.state,
-            "ruleType": "normal", "instIdCode": _key(inst.inst_id) % 100000,
+            "instType": inst.inst_type,
+            "instId": inst.inst_id,
+            "instFamily": "",
+            "uly": "",
+            "category": "1",
+            "baseCcy": inst.base,
+            "quoteCcy": inst.quote,
+            "settleCcy": "",
+            "ctVal": "",
+            "ctMult": "",
+            "ctValCcy": "",
+            "ctType": "",
+            "optType": "",
+            "stk": "",
+            "listTime": str(inst.list_time),
+            "expTime": "",
+            "lever": "10",
+            "tickSz": tick,
+            "lotSz": "0.0001",
+            "minSz": "0.001",
+            "maxLmtSz": "10000000",
+            "maxMktSz": "1000000",
+            "maxTwapSz": "",
+            "maxIcebergSz": "",
+            "maxTriggerSz": "",
+            "maxStopSz": "",
+            "alias": "",
+            "state": inst.state,
+            "ruleType": "normal",
+            "instIdCode": _key(inst.inst_id) % 100000,
         }
         if inst.inst_type == "SWAP":
             family = f"{inst.base}-{inst.quote}"
-            row.update({"instFamily": family, "uly": family, "baseCcy": "", "quoteCcy": "", "settleCcy": inst.quote,
-                        "ctVal": f"{inst.ct_val:g}", "ctMult": "1", "ctValCcy": inst.base, "ctType": "linear",
-                        "lotSz": "1", "minSz": "1", "maxMktSz": "5000", "lever": "100"})
+            row.update(
+                {
+                    "instFamily": family,
+                    "uly": family,
+                    "baseCcy": "",
+                    "quoteCcy": "",
+                    "settleCcy": inst.quote,
+                    "ctVal": f"{inst.ct_val:g}",
+                    "ctMult": "1",
+                    "ctValCcy": inst.base,
+                    "ctType": "linear",
+                    "lotSz": "1",
+                    "minSz": "1",
+                    "maxMktSz": "5000",
+                    "lever": "100",
+                }
+            )
         return row
 
     def _ticker_row(self, inst: SimInstrument) -> dict:
@@ -518,10 +619,24 @@ class OkxSimulator:
             vol24h, vol_ccy24h = f"{base_vol / inst.ct_val:.0f}", f"{base_vol:.4f}"  # contracts, base
         else:
             vol24h, vol_ccy24h = f"{base_vol:.4f}", f"{base_vol * last:.4f}"  # base, quote
-        return {"instType": inst.inst_type, "instId": inst.inst_id, "last": f"{last}", "lastSz": "0.1",
-                "askPx": f"{last}", "askSz": "1", "bidPx": f"{last}", "bidSz": "1", "open24h": f"{last}",
-                "high24h": f"{last}", "low24h": f"{last}", "volCcy24h": vol_ccy24h, "vol24h": vol24h,
-                "ts": str(self.now), "sodUtc0": f"{last}", "sodUtc8": f"{last}"}
+        return {
+            "instType": inst.inst_type,
+            "instId": inst.inst_id,
+            "last": f"{last}",
+            "lastSz": "0.1",
+            "askPx": f"{last}",
+            "askSz": "1",
+            "bidPx": f"{last}",
+            "bidSz": "1",
+            "open24h": f"{last}",
+            "high24h": f"{last}",
+            "low24h": f"{last}",
+            "volCcy24h": vol_ccy24h,
+            "vol24h": vol24h,
+            "ts": str(self.now),
+            "sodUtc0": f"{last}",
+            "sodUtc8": f"{last}",
+        }
 
     # -- request handling -----------------------------------------------------------------------------
     @staticmethod
@@ -562,7 +677,7 @@ class OkxSimulator:
         params = dict(parse_qsl(parts.query))
         if not path.startswith("/api/v5/"):
             return 404, "text/plain", b"not found"
-        endpoint = path[len("/api/v5/"):]
+        endpoint = path[len("/api/v5/") :]
         with self._lock:
             n = self.stats.requests[endpoint]
             self.stats.requests[endpoint] += 1
@@ -658,8 +773,11 @@ class OkxSimulator:
                 return self._json(200, "0", rows)
             if endpoint == "market/tickers":
                 inst_type = params.get("instType", "")
-                rows = [self._ticker_row(i) for i in self.instruments.values()
-                        if i.inst_type == inst_type and i.state == "live"]
+                rows = [
+                    self._ticker_row(i)
+                    for i in self.instruments.values()
+                    if i.inst_type == inst_type and i.state == "live"
+                ]
                 return self._json(200, "0", rows)
             if endpoint in ("market/candles", "market/history-candles"):
                 inst = self.instruments.get(params.get("instId", ""))
@@ -674,8 +792,9 @@ class OkxSimulator:
                 oldest = None
                 if endpoint == "market/candles":
                     oldest = self.live_edge(bar) - (CANDLES_KEEP - 1) * BARS[bar][0]
-                rows = self._candles(inst, bar, self._int_param(params, "before"), self._int_param(params, "after"),
-                                     limit, oldest=oldest)
+                rows = self._candles(
+                    inst, bar, self._int_param(params, "before"), self._int_param(params, "after"), limit, oldest=oldest
+                )
                 with self._lock:
                     self.stats.candle_rows += sum(1 for r in rows if r[8] == "1")
                     self.stats.ok[endpoint] += 1
@@ -696,4 +815,6 @@ class OkxSimulator:
     def requests_for(self, endpoint: str, inst_id: str | None = None) -> list[dict]:
         """Parameters of the logged requests of ``endpoint`` (optionally for one instId)."""
         with self._lock:
-            return [p for ep, p, _s, _f in self.log if ep == endpoint and (inst_id is None or p.get("instId") == inst_id)]
+            return [
+                p for ep, p, _s, _f in self.log if ep == endpoint and (inst_id is None or p.get("instId") == inst_id)
+            ]

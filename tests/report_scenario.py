@@ -1,5 +1,6 @@
 """A small backtest worked out by hand (cash walk, deal prices, fees, slippage, funding) for the report tests, and
 helpers that read the plotly figures and the visible text of a report page."""
+
 from __future__ import annotations
 
 import base64
@@ -48,10 +49,22 @@ def scenario() -> dict:
             cash -= signed * price + fee
             gross_flow -= signed * deal  # the same trade at the deal price, no costs
             held[inst] += signed
-            fills.append({"datetime": IDX[t], "instrument": inst, "side": side, "amount": amount, "price": price,
-                          "fee": fee, "slippage": amount * abs(price - deal), "deal_price": deal,
-                          "value": amount * price, "role": "taker", "market": market})
-        for bar, inst, payment in FUNDING:
+            fills.append(
+                {
+                    "datetime": IDX[t],
+                    "instrument": inst,
+                    "side": side,
+                    "amount": amount,
+                    "price": price,
+                    "fee": fee,
+                    "slippage": amount * abs(price - deal),
+                    "deal_price": deal,
+                    "value": amount * price,
+                    "role": "taker",
+                    "market": market,
+                }
+            )
+        for bar, _inst, payment in FUNDING:
             if bar == t:
                 cash -= payment
         value = sum(held[k] * CLOSE[k][t] for k in CLOSE)
@@ -64,25 +77,44 @@ def scenario() -> dict:
     eq = np.array(equity)
     prev = np.concatenate([[INIT], eq[:-1]])
     fees = float(fills["fee"].sum())
-    report_df = pd.DataFrame({
-        "account": eq,
-        # Qlib's booking: return = (earning + cost) / previous equity, cost = fees / previous equity
-        "return": (eq - prev + fills.groupby("datetime")["fee"].sum().reindex(IDX, fill_value=0.0).to_numpy()) / prev,
-        "cost": fills.groupby("datetime")["fee"].sum().reindex(IDX, fill_value=0.0).to_numpy() / prev,
-        "bench": BENCH,
-        "turnover": 0.0,
-    }, index=IDX)
-    funding = pd.DataFrame([{"datetime": IDX[b], "instrument": i, "amount": 0.0, "price": 0.0, "funding_rate": 0.0,
-                             "payment": p} for b, i, p in FUNDING])
-    orders = pd.DataFrame({"datetime": [IDX[b] for b, *_ in ORDERS] + [IDX[7]],
-                           "instrument": [i for _, i, *_ in ORDERS] + ["B-USDT"],
-                           "status": ["filled"] * len(ORDERS) + ["rejected"],
-                           "reasons": [""] * len(ORDERS) + ["min_size"]})
+    report_df = pd.DataFrame(
+        {
+            "account": eq,
+            # Qlib's booking: return = (earning + cost) / previous equity, cost = fees / previous equity
+            "return": (eq - prev + fills.groupby("datetime")["fee"].sum().reindex(IDX, fill_value=0.0).to_numpy())
+            / prev,
+            "cost": fills.groupby("datetime")["fee"].sum().reindex(IDX, fill_value=0.0).to_numpy() / prev,
+            "bench": BENCH,
+            "turnover": 0.0,
+        },
+        index=IDX,
+    )
+    funding = pd.DataFrame(
+        [
+            {"datetime": IDX[b], "instrument": i, "amount": 0.0, "price": 0.0, "funding_rate": 0.0, "payment": p}
+            for b, i, p in FUNDING
+        ]
+    )
+    orders = pd.DataFrame(
+        {
+            "datetime": [IDX[b] for b, *_ in ORDERS] + [IDX[7]],
+            "instrument": [i for _, i, *_ in ORDERS] + ["B-USDT"],
+            "status": ["filled"] * len(ORDERS) + ["rejected"],
+            "reasons": [""] * len(ORDERS) + ["min_size"],
+        }
+    )
     return {
-        "report_df": report_df, "fills": fills, "funding": funding, "positions": pd.DataFrame(positions),
-        "orders": orders, "equity": eq, "prev": prev,
+        "report_df": report_df,
+        "fills": fills,
+        "funding": funding,
+        "positions": pd.DataFrame(positions),
+        "orders": orders,
+        "equity": eq,
+        "prev": prev,
         "gross_pnl": gross_flow + final_value,  # price P&L at deal prices
-        "fees": fees, "slippage": float(fills["slippage"].sum()), "funding_paid": sum(p for *_, p in FUNDING),
+        "fees": fees,
+        "slippage": float(fills["slippage"].sum()),
+        "funding_paid": sum(p for *_, p in FUNDING),
         "traded": float((fills["amount"] * fills["price"]).sum()),
     }
 

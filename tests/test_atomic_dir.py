@@ -7,6 +7,7 @@ written but before the swap, or between the two renames of the fallback swap; th
 compared with the files of a complete earlier run (the old set), and a re-run with the files of a complete run
 of the new command (the new set).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,17 @@ from qlib_crypto._atomic import atomic_dir, recover_dir
 from qlib_crypto.errors import ConfigError
 
 KILLER = Path(__file__).with_name("_kill_at_write.py")
-BACKTEST_FILES = ["equity.csv", "fills.csv", "funding.csv", "metrics.json", "monthly_returns.csv",
-                  "order_reports.csv", "report.html", "report.json", "trades.csv"]
+BACKTEST_FILES = [
+    "equity.csv",
+    "fills.csv",
+    "funding.csv",
+    "metrics.json",
+    "monthly_returns.csv",
+    "order_reports.csv",
+    "report.html",
+    "report.json",
+    "trades.csv",
+]
 SWEEP_FILES = ["sweep.csv", "sweep.html", "sweep.json", "sweep.png"]
 
 
@@ -114,8 +124,9 @@ def test_leftovers_of_a_killed_writer_are_cleaned_or_put_back(tmp_path):
 def test_training_report_directory_is_one_unit(tmp_path, monkeypatch):
     from qlib_crypto.workflow import training_report as tr
 
-    idx = pd.MultiIndex.from_product([pd.date_range("2024-01-01", periods=30, freq="h"), ["A", "B", "C", "D"]],
-                                     names=["datetime", "instrument"])
+    idx = pd.MultiIndex.from_product(
+        [pd.date_range("2024-01-01", periods=30, freq="h"), ["A", "B", "C", "D"]], names=["datetime", "instrument"]
+    )
     rng = np.random.default_rng(0)
     pred = pd.Series(rng.normal(size=len(idx)), index=idx)
     label = pd.DataFrame({"LABEL0": pred.to_numpy() + rng.normal(size=len(idx))}, index=idx)
@@ -138,22 +149,35 @@ def test_training_report_directory_is_one_unit(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------- commands, killed
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    from qlib_crypto.backtest.testing import random_walk_bars, write_provider
+    from tiny_provider import random_walk_bars, write_provider
 
     root = tmp_path_factory.mktemp("atomic_cmds")
     insts = ["BTC-USDT", "ETH-USDT", "SOL-USDT-SWAP"]
     write_provider(root / "qlib", random_walk_bars(insts, 240, start="2024-03-01", seed=4))
     rng = np.random.default_rng(8)
     times = pd.date_range("2024-03-02", periods=200, freq="h")
-    rows = [(t, i, rng.choice(["BUY", "SELL", "HOLD"], p=[0.15, 0.15, 0.7]), rng.uniform(0.1, 0.3))
-            for t in times for i in insts]
-    pd.DataFrame(rows, columns=["datetime", "instrument", "signal", "position_size"]).to_parquet(root / "signals.parquet")
+    rows = [
+        (t, i, rng.choice(["BUY", "SELL", "HOLD"], p=[0.15, 0.15, 0.7]), rng.uniform(0.1, 0.3))
+        for t in times
+        for i in insts
+    ]
+    pd.DataFrame(rows, columns=["datetime", "instrument", "signal", "position_size"]).to_parquet(
+        root / "signals.parquet"
+    )
     return root
 
 
 def _args(root: Path, command: str, out: Path, new: bool) -> list[str]:
-    common = ["--signals", str(root / "signals.parquet"), "--provider-dir", str(root / "qlib" / "60min"),
-              "--account", "100000", "--out", str(out)]
+    common = [
+        "--signals",
+        str(root / "signals.parquet"),
+        "--provider-dir",
+        str(root / "qlib" / "60min"),
+        "--account",
+        "100000",
+        "--out",
+        str(out),
+    ]
     if command == "backtest":
         return ["backtest", *common, "--slippage-bps", "5" if new else "0"]
     return ["sweep", *common, "--fee-multipliers", "0,1" if new else "0,2", "--slippage-bps", "0,3"]
@@ -166,10 +190,13 @@ def _start(argv: list[str], mode: str | None = None, needle: str = "") -> subpro
 
 def _run_in_one(argvs: list[list[str]]) -> None:
     """Several complete (never killed) commands in one subprocess: one Qlib import instead of one per command."""
-    script = ("import json, sys\nfrom qlib_crypto.cli import main\n"
-              "for argv in json.loads(sys.argv[1]):\n    assert main(argv) == 0, argv\n")
-    proc = subprocess.run([sys.executable, "-c", script, json.dumps(argvs)], capture_output=True, text=True,
-                          timeout=600)
+    script = (
+        "import json, sys\nfrom qlib_crypto.cli import main\n"
+        "for argv in json.loads(sys.argv[1]):\n    assert main(argv) == 0, argv\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(argvs)], capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
 
 
@@ -190,18 +217,29 @@ def test_killed_backtest_and_sweep_leave_old_set_and_rerun_writes_new_set(inputs
     new = {c: files(refs[(c, 1)]) for c in ("backtest", "sweep")}
     assert sorted(old["backtest"]) == BACKTEST_FILES and sorted(old["sweep"]) == SWEEP_FILES
     for c in ("backtest", "sweep"):  # the two sets differ in every file that depends on the costs
-        assert old[c]["metrics.json" if c == "backtest" else "sweep.json"] != new[c]["metrics.json" if c == "backtest" else "sweep.json"]
+        assert (
+            old[c]["metrics.json" if c == "backtest" else "sweep.json"]
+            != new[c]["metrics.json" if c == "backtest" else "sweep.json"]
+        )
 
     # each scenario: its own parent directory holding a copy of the old set, then the new command, killed
-    scenarios = {"bt_write4": ("backtest", "write:4"), "bt_swap": ("backtest", "swap"),
-                 "bt_renames": ("backtest", "between-renames"), "sw_write2": ("sweep", "write:2")}
+    scenarios = {
+        "bt_write4": ("backtest", "write:4"),
+        "bt_swap": ("backtest", "swap"),
+        "bt_renames": ("backtest", "between-renames"),
+        "sw_write2": ("sweep", "write:2"),
+    }
     outs = {}
     for name, (command, _mode) in scenarios.items():
         out = root / "kill" / name / "out"
         shutil.copytree(refs[(command, 0)], out)
         outs[name] = out
-    done = _wait_all({name: _start(_args(root, c, outs[name], True), mode, needle=f"{os.sep}kill{os.sep}{name}{os.sep}")
-                      for name, (c, mode) in scenarios.items()})
+    done = _wait_all(
+        {
+            name: _start(_args(root, c, outs[name], True), mode, needle=f"{os.sep}kill{os.sep}{name}{os.sep}")
+            for name, (c, mode) in scenarios.items()
+        }
+    )
     for name, (rc, text) in done.items():
         assert rc == -signal.SIGKILL, f"{name} was not killed (exit {rc}): {text[-2000:]}"
         command, mode = scenarios[name]

@@ -1,4 +1,5 @@
 """The pure cost functions against hand-computed numbers, and configuration errors."""
+
 from __future__ import annotations
 
 import math
@@ -60,9 +61,13 @@ def test_instrument_specs_from_dict_and_frame():
         {"BTC-USDT-SWAP": {"instType": "SWAP", "lotSz": 1, "minSz": 1, "ctVal": 0.01}, "ETH-USDT": {"lotSz": 0.0001}}
     )
     assert specs["BTC-USDT-SWAP"].market == "swap"
-    assert specs["BTC-USDT-SWAP"].lot_size == pytest.approx(0.01) and specs["BTC-USDT-SWAP"].min_size == pytest.approx(0.01)
+    assert specs["BTC-USDT-SWAP"].lot_size == pytest.approx(0.01) and specs["BTC-USDT-SWAP"].min_size == pytest.approx(
+        0.01
+    )
     assert specs["ETH-USDT"].market == "spot" and specs["ETH-USDT"].min_size is None
-    frame = pd.DataFrame({"instId": ["X-USDT-SWAP"], "instType": ["SWAP"], "lotSz": [0.1], "minSz": [0.1], "ctVal": [10.0]})
+    frame = pd.DataFrame(
+        {"instId": ["X-USDT-SWAP"], "instType": ["SWAP"], "lotSz": [0.1], "minSz": [0.1], "ctVal": [10.0]}
+    )
     spec = load_instrument_specs(frame)["X-USDT-SWAP"]
     assert spec.lot_size == pytest.approx(1.0) and spec.min_size == pytest.approx(1.0)
     with pytest.raises(ConfigError, match="instrument_meta"):
@@ -77,7 +82,12 @@ def test_position_signed_amounts_and_cheap_copy():
     pos = CryptoPosition(cash=1000.0)
     t = pd.Timestamp("2024-01-01")
     pos._init_stock("X-USDT-SWAP", 0.0, price=100.0)
-    pos.update_order(Order(stock_id="X-USDT-SWAP", amount=2.0, direction=Order.SELL, start_time=t, end_time=t), trade_val=200.0, cost=0.1, trade_price=100.0)
+    pos.update_order(
+        Order(stock_id="X-USDT-SWAP", amount=2.0, direction=Order.SELL, start_time=t, end_time=t),
+        trade_val=200.0,
+        cost=0.1,
+        trade_price=100.0,
+    )
     assert pos.get_stock_amount("X-USDT-SWAP") == -2.0
     assert pos.get_cash() == pytest.approx(1199.9)
     pos.update_stock_price("X-USDT-SWAP", 110.0)
@@ -87,7 +97,12 @@ def test_position_signed_amounts_and_cheap_copy():
     clone = copy.deepcopy(pos)
     clone.update_stock_price("X-USDT-SWAP", 50.0)
     assert pos.get_stock_price("X-USDT-SWAP") == 110.0
-    pos.update_order(Order(stock_id="X-USDT-SWAP", amount=2.0, direction=Order.BUY, start_time=t, end_time=t), trade_val=220.0, cost=0.11, trade_price=110.0)
+    pos.update_order(
+        Order(stock_id="X-USDT-SWAP", amount=2.0, direction=Order.BUY, start_time=t, end_time=t),
+        trade_val=220.0,
+        cost=0.11,
+        trade_price=110.0,
+    )
     assert pos.get_stock_list() == []
     assert pos.get_stock_price("X-USDT-SWAP") == 110.0  # remembered for Qlib's Account after a full cover
     assert pos.get_cash() == pytest.approx(1199.9 - 220.11)

@@ -1,14 +1,15 @@
 """With slippage 0 and fees equal to Qlib's open_cost/close_cost, Qlib's TopkDropoutStrategy gives the same
 fills and account values through CryptoExchange + CryptoExecutor + CryptoPosition as through Qlib's stock
 Exchange + SimulatorExecutor + Position (min_cost 0, trade_unit None) on the same data."""
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
+from tiny_provider import random_walk_bars, use_provider
 
 from qlib_crypto.backtest import CryptoExecutor
-from qlib_crypto.backtest.testing import random_walk_bars, use_provider
 
 INSTS = [f"Q{i:02d}-USDT" for i in range(8)]
 N_BARS = 120
@@ -41,8 +42,13 @@ def _run(ours: bool):
                 "class": "CryptoExchange",
                 "module_path": "qlib_crypto.backtest",
                 "kwargs": {
-                    "freq": "60min", "deal_price": "close", "slippage_bps": 0.0, "codes": INSTS,
-                    "fees": {"spot": {"maker": FEE, "taker": FEE}}, "start_time": IDX[1], "end_time": IDX[-2],
+                    "freq": "60min",
+                    "deal_price": "close",
+                    "slippage_bps": 0.0,
+                    "codes": INSTS,
+                    "fees": {"spot": {"maker": FEE, "taker": FEE}},
+                    "start_time": IDX[1],
+                    "end_time": IDX[-2],
                     "max_participation": None,  # Qlib's stock exchange has no volume cap: none here either
                 },
             }
@@ -55,19 +61,34 @@ def _run(ours: bool):
             "kwargs": {"time_per_step": "60min", "generate_portfolio_metrics": True},
         }
         exchange_kwargs = {
-            "freq": "60min", "open_cost": FEE, "close_cost": FEE, "min_cost": 0.0, "deal_price": "close",
-            "limit_threshold": None, "trade_unit": None, "codes": INSTS,
+            "freq": "60min",
+            "open_cost": FEE,
+            "close_cost": FEE,
+            "min_cost": 0.0,
+            "deal_price": "close",
+            "limit_threshold": None,
+            "trade_unit": None,
+            "codes": INSTS,
         }
         pos_type = "Position"
     pm, ind = backtest(
-        IDX[1], IDX[-2], strategy=strategy, executor=executor, benchmark=bench, account=100_000.0,
-        exchange_kwargs=exchange_kwargs, pos_type=pos_type,
+        IDX[1],
+        IDX[-2],
+        strategy=strategy,
+        executor=executor,
+        benchmark=bench,
+        account=100_000.0,
+        exchange_kwargs=exchange_kwargs,
+        pos_type=pos_type,
     )
     return pm["60min"], ind["60min"][0], executor
 
 
 def _holdings(positions: dict) -> dict:
-    return {ts: {k: p.get_stock_amount(k) for k in p.get_stock_list()} | {"cash": p.get_cash()} for ts, p in positions.items()}
+    return {
+        ts: {k: p.get_stock_amount(k) for k in p.get_stock_list()} | {"cash": p.get_cash()}
+        for ts, p in positions.items()
+    }
 
 
 def test_topk_dropout_same_fills_and_account_values_as_qlib_stock():

@@ -5,6 +5,7 @@ scenario also checks the accounting identity
     final equity = initial + price P&L - fees - slippage - funding paid
 with price P&L = sum over fills of signed amount x (final close - the bar's close), all from ``BARS``.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,9 +13,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from tiny_provider import scripted_strategy, use_provider
 
 from qlib_crypto.backtest import CryptoExecutor
-from qlib_crypto.backtest.testing import scripted_strategy, use_provider
 
 IDX = pd.date_range("2024-01-01", periods=8, freq="h")
 NAN = float("nan")
@@ -58,12 +59,25 @@ def run(codes, script, exchange_kwargs=None, executor_kwargs=None, pos_type="qli
 
     use_provider("fills", BARS)
     executor = CryptoExecutor(time_per_step="60min", generate_portfolio_metrics=True, **(executor_kwargs or {}))
-    kwargs = {"freq": "60min", "deal_price": "close", "codes": codes, "start_time": IDX[1], "end_time": IDX[-2],
-              "max_participation": None}  # the hand scenarios size orders freely; the cap has its own test
+    kwargs = {
+        "freq": "60min",
+        "deal_price": "close",
+        "codes": codes,
+        "start_time": IDX[1],
+        "end_time": IDX[-2],
+        "max_participation": None,
+    }  # the hand scenarios size orders freely; the cap has its own test
     kwargs.update(exchange_kwargs or {})
     pm, _ = backtest(
-        IDX[1], IDX[-2], strategy=scripted_strategy(script), executor=executor, benchmark=pd.Series(0.0, index=IDX), account=INIT,
-        exchange_kwargs={"exchange": {"class": "CryptoExchange", "module_path": "qlib_crypto.backtest", "kwargs": kwargs}},
+        IDX[1],
+        IDX[-2],
+        strategy=scripted_strategy(script),
+        executor=executor,
+        benchmark=pd.Series(0.0, index=IDX),
+        account=INIT,
+        exchange_kwargs={
+            "exchange": {"class": "CryptoExchange", "module_path": "qlib_crypto.backtest", "kwargs": kwargs}
+        },
         pos_type=pos_type,
     )
     report, positions = pm["60min"]
@@ -90,7 +104,8 @@ def test_one_buy_one_sell_with_fee_and_slippage():
     # buy 2 at bar 1 (close 100): fill 100 x 1.001 = 100.1, fee 2 x 100.1 x 0.001 = 0.2002, slippage 0.2
     # sell 2 at bar 3 (close 110): fill 110 x 0.999 = 109.89, fee 0.21978, slippage 0.22
     report, positions, ex = run(
-        ["AAA-USDT"], {IDX[1]: [("AAA-USDT", "buy", 2)], IDX[3]: [("AAA-USDT", "sell", 2)]},
+        ["AAA-USDT"],
+        {IDX[1]: [("AAA-USDT", "buy", 2)], IDX[3]: [("AAA-USDT", "sell", 2)]},
         exchange_kwargs={"slippage_bps": 10.0, "fees": {"spot": {"maker": 0.0008, "taker": 0.001}}},
     )
     fills = ex.fills
@@ -164,7 +179,8 @@ def test_participation_cap_and_square_root_impact():
     # volume 100 per bar, cap 10% -> 10 of 25 fill, 15 unfilled.
     # sigma = (31.5 - 28.5) / 30 = 0.1; impact = 0.5 x 0.1 x sqrt(10 / 100); fill = 30 x (1 + impact)
     report, positions, ex = run(
-        ["DDD-USDT-SWAP"], {IDX[1]: [("DDD-USDT-SWAP", "buy", 25)]},
+        ["DDD-USDT-SWAP"],
+        {IDX[1]: [("DDD-USDT-SWAP", "buy", 25)]},
         exchange_kwargs={"max_participation": 0.1, "impact_coef": 0.5},
     )
     rep = ex.order_reports.iloc[0]
@@ -199,7 +215,8 @@ def test_liquidation_closes_everything_at_the_bar_close():
     # long 250 at 100 (fee 12.5): cash -15012.5; bar 3 close 62: equity 487.5 < 0.05 x 15500 = 775
     # -> sell 250 at 62 with taker fee 7.75 -> equity 479.75, flat afterwards
     report, positions, ex = run(
-        ["GGG-USDT-SWAP"], {IDX[1]: [("GGG-USDT-SWAP", "buy", 250)]},
+        ["GGG-USDT-SWAP"],
+        {IDX[1]: [("GGG-USDT-SWAP", "buy", 250)]},
         executor_kwargs={"max_leverage": 3.0, "maintenance_margin": 0.05},
     )
     liq = ex.liquidations

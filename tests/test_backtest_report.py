@@ -1,4 +1,5 @@
 """Backtest report: metrics, sections, JSON and HTML against hand-computed numbers on known equity series and fills."""
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,17 @@ def test_drawdown_and_duration_by_hand():
 
 
 def test_compute_metrics_all_keys_by_hand():
-    m = compute_metrics(EQUITY, 100.0, 365.0, trade_pnls=[5.0, -1.0, 0.0, 2.0], traded_notional=213.45,
-                        in_market=[True, False, True, True], fees_paid=1.5, slippage_paid=0.25, funding_paid=-0.75)
+    m = compute_metrics(
+        EQUITY,
+        100.0,
+        365.0,
+        trade_pnls=[5.0, -1.0, 0.0, 2.0],
+        traded_notional=213.45,
+        in_market=[True, False, True, True],
+        fees_paid=1.5,
+        slippage_paid=0.25,
+        funding_paid=-0.75,
+    )
     assert tuple(m) == METRIC_KEYS
     assert m["total_return"] == pytest.approx(0.188)
     ann = 1.188 ** (365 / 4) - 1
@@ -72,7 +82,9 @@ def test_compute_metrics_all_keys_by_hand():
 
 
 def test_monthly_returns_by_hand():
-    idx = pd.to_datetime(["2024-01-15 00:00", "2024-01-31 23:00", "2024-02-10 00:00", "2024-02-29 23:00", "2024-03-05 00:00"])
+    idx = pd.to_datetime(
+        ["2024-01-15 00:00", "2024-01-31 23:00", "2024-02-10 00:00", "2024-02-29 23:00", "2024-03-05 00:00"]
+    )
     eq = pd.Series([105.0, 120.0, 90.0, 108.0, 113.4], index=idx)
     mr = monthly_returns(eq, 100.0)
     assert list(mr.index) == ["2024-01", "2024-02", "2024-03"]
@@ -86,25 +98,29 @@ def _fills(rows):
 def test_round_trips_and_win_rate_by_hand():
     t = pd.Timestamp("2024-01-01")
     h = pd.Timedelta(hours=1)
-    fills = _fills([
-        (t, "A", "buy", 1.0, 100.0, 0.10, 0.0),        # long A
-        (t + 2 * h, "A", "sell", 1.0, 110.0, 0.11, 0.0),  # closed: 10 - 0.21 = 9.79
-        (t, "B-SWAP", "sell", 2.0, 50.0, 0.05, 0.0),      # short B
-        (t + h, "B-SWAP", "buy", 2.0, 51.0, 0.05, 0.0),   # closed: -2 - 0.10 = -2.10
-        (t, "C-SWAP", "buy", 1.0, 10.0, 0.01, 0.0),       # long C
-        (t + h, "C-SWAP", "sell", 3.0, 12.0, 0.03, 0.0),  # flip: long closes (+2 - 0.01 - 0.01), short 2 opens
-        (t + 2 * h, "C-SWAP", "buy", 2.0, 11.0, 0.02, 0.0),  # short closes: +2 - 0.02 - 0.02
-        (t + 3 * h, "D-SWAP", "buy", 1.0, 5.0, 0.0, 0.0),   # still open at the end
-    ])
+    fills = _fills(
+        [
+            (t, "A", "buy", 1.0, 100.0, 0.10, 0.0),  # long A
+            (t + 2 * h, "A", "sell", 1.0, 110.0, 0.11, 0.0),  # closed: 10 - 0.21 = 9.79
+            (t, "B-SWAP", "sell", 2.0, 50.0, 0.05, 0.0),  # short B
+            (t + h, "B-SWAP", "buy", 2.0, 51.0, 0.05, 0.0),  # closed: -2 - 0.10 = -2.10
+            (t, "C-SWAP", "buy", 1.0, 10.0, 0.01, 0.0),  # long C
+            (t + h, "C-SWAP", "sell", 3.0, 12.0, 0.03, 0.0),  # flip: long closes (+2 - 0.01 - 0.01), short 2 opens
+            (t + 2 * h, "C-SWAP", "buy", 2.0, 11.0, 0.02, 0.0),  # short closes: +2 - 0.02 - 0.02
+            (t + 3 * h, "D-SWAP", "buy", 1.0, 5.0, 0.0, 0.0),  # still open at the end
+        ]
+    )
     trades = round_trips(fills)
     got = {(r.instrument, r.side, r.closed): r.pnl for r in trades.itertuples()}
-    assert got == pytest.approx({
-        ("A", "long", True): 9.79,
-        ("B-SWAP", "short", True): -2.10,
-        ("C-SWAP", "long", True): 1.98,
-        ("C-SWAP", "short", True): 1.96,
-        ("D-SWAP", "long", False): 0.0,
-    })
+    assert got == pytest.approx(
+        {
+            ("A", "long", True): 9.79,
+            ("B-SWAP", "short", True): -2.10,
+            ("C-SWAP", "long", True): 1.98,
+            ("C-SWAP", "short", True): 1.96,
+            ("D-SWAP", "long", False): 0.0,
+        }
+    )
     c_short = trades[(trades.instrument == "C-SWAP") & (trades.side == "short")].iloc[0]
     assert (c_short.entry_price, c_short.exit_price, c_short.max_amount) == (12.0, 11.0, 2.0)
     assert c_short.entry_time == t + h and c_short.exit_time == t + 2 * h
@@ -112,11 +128,13 @@ def test_round_trips_and_win_rate_by_hand():
 
 def test_in_market_by_bar():
     bars = pd.date_range("2024-01-01", periods=6, freq="h")
-    fills = _fills([
-        (bars[1], "A", "buy", 2.0, 10.0, 0.0, 0.0),
-        (bars[3], "A", "sell", 2.0, 11.0, 0.0, 0.0),   # flat again after bar 3
-        (bars[4], "B-SWAP", "sell", 1.0, 5.0, 0.0, 0.0),  # short from bar 4 on
-    ])
+    fills = _fills(
+        [
+            (bars[1], "A", "buy", 2.0, 10.0, 0.0, 0.0),
+            (bars[3], "A", "sell", 2.0, 11.0, 0.0, 0.0),  # flat again after bar 3
+            (bars[4], "B-SWAP", "sell", 1.0, 5.0, 0.0, 0.0),  # short from bar 4 on
+        ]
+    )
     assert in_market_by_bar(fills, bars).tolist() == [False, True, True, False, True, True]
 
 
@@ -127,13 +145,23 @@ def test_build_report_from_qlib_frame_and_write(tmp_path):
     prev = np.concatenate([[init], account[:-1]])
     cost = np.array([0.5, 0.0, 0.0, 0.25])
     # Qlib's convention: return = (earning + cost) / previous equity; cost = cost / previous equity
-    report_df = pd.DataFrame({"account": account, "return": (account - prev + cost) / prev, "cost": cost / prev,
-                              "bench": 0.0, "turnover": 0.0}, index=idx)
+    report_df = pd.DataFrame(
+        {
+            "account": account,
+            "return": (account - prev + cost) / prev,
+            "cost": cost / prev,
+            "bench": 0.0,
+            "turnover": 0.0,
+        },
+        index=idx,
+    )
     assert initial_equity_from_report(report_df) == pytest.approx(init)
-    fills = _fills([
-        (idx[0], "BTC-USDT-SWAP", "sell", 0.01, 40000.0, 0.5, 0.1),
-        (idx[3], "BTC-USDT-SWAP", "buy", 0.01, 39000.0, 0.25, 0.05),
-    ])
+    fills = _fills(
+        [
+            (idx[0], "BTC-USDT-SWAP", "sell", 0.01, 40000.0, 0.5, 0.1),
+            (idx[3], "BTC-USDT-SWAP", "buy", 0.01, 39000.0, 0.25, 0.05),
+        ]
+    )
     funding = pd.DataFrame({"datetime": [idx[2]], "instrument": ["BTC-USDT-SWAP"], "funding": [0.4]})
     rep = build_report(report_df, fills, freq="60min", funding=funding)
     m = rep.metrics
@@ -151,7 +179,7 @@ def test_build_report_from_qlib_frame_and_write(tmp_path):
     metrics = json.loads(paths["metrics.json"].read_text())
     assert list(metrics) == list(METRIC_KEYS)
     html = paths["report.html"].read_text()
-    assert html.count("class=\"plotly-graph-div\"") >= 6
+    assert html.count('class="plotly-graph-div"') >= 6
     assert not re.search(r"<(script|img|link|iframe)[^>]+(src|href)=['\"]?https?:", html)  # nothing from the network
     assert len(pd.read_csv(paths["fills.csv"])) == 2 and len(pd.read_csv(paths["trades.csv"])) == 1
     assert len(pd.read_csv(paths["equity.csv"])) == 4
@@ -182,10 +210,16 @@ def hand():
 
 @pytest.fixture(scope="module")
 def report(hand):
-    return build_report(hand["report_df"], hand["fills"], freq="60min", initial_equity=INIT, funding=hand["funding"],
-                        order_reports=hand["orders"], positions=hand["positions"],
-                        info={"benchmark": "BTC-USDT", "strategy": "hand", "capped_notional": 3952180.5,
-                              "tiny_rate": 1.5e-7})
+    return build_report(
+        hand["report_df"],
+        hand["fills"],
+        freq="60min",
+        initial_equity=INIT,
+        funding=hand["funding"],
+        order_reports=hand["orders"],
+        positions=hand["positions"],
+        info={"benchmark": "BTC-USDT", "strategy": "hand", "capped_notional": 3952180.5, "tiny_rate": 1.5e-7},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +235,8 @@ def test_where_the_edge_went_by_hand(report, hand):
     assert net == pytest.approx(hand["gross_pnl"] - hand["fees"] - hand["slippage"] - hand["funding_paid"], rel=1e-12)
     assert att["gross_pnl"] == pytest.approx(hand["gross_pnl"], rel=1e-12)
     assert (att["fees"], att["slippage"], att["funding"]) == pytest.approx(
-        (hand["fees"], hand["slippage"], hand["funding_paid"]), rel=1e-12)
+        (hand["fees"], hand["slippage"], hand["funding_paid"]), rel=1e-12
+    )
     assert att["net_pnl"] == pytest.approx(net, rel=1e-12) and att["net_return"] == pytest.approx(net / INIT)
     assert att["traded_notional"] == pytest.approx(hand["traded"])
     assert att["gross_bps"] == pytest.approx(hand["gross_pnl"] / hand["traded"] * 1e4)
@@ -290,7 +325,9 @@ def test_per_instrument_and_trade_stats_by_hand(report, hand):
     a, b, c = (f[f.instrument == k] for k in ("A-USDT-SWAP", "B-USDT", "C-USDT-SWAP"))
     a_pnl = 2 * (a.price.iloc[1] - a.price.iloc[0]) - a.fee.iloc[0] - a.fee.iloc[1]
     c_pnl = c.price.iloc[0] - c.price.iloc[1] - c.fee.sum()
-    assert t.at["A-USDT-SWAP", "realised_pnl"] == pytest.approx(a_pnl) and t.at["A-USDT-SWAP", "long_pnl"] == pytest.approx(a_pnl)
+    assert t.at["A-USDT-SWAP", "realised_pnl"] == pytest.approx(a_pnl) and t.at[
+        "A-USDT-SWAP", "long_pnl"
+    ] == pytest.approx(a_pnl)
     assert t.at["A-USDT-SWAP", "net_pnl"] == pytest.approx(a_pnl - 0.3)  # funding paid on the long
     assert t.at["A-USDT-SWAP", "fees"] == pytest.approx(a.fee.sum()) and t.at["A-USDT-SWAP", "open_trades"] == 1
     assert t.at["C-USDT-SWAP", "short_pnl"] == pytest.approx(c_pnl) and t.at["C-USDT-SWAP", "short_trades"] == 1
@@ -318,9 +355,28 @@ def test_json_keys_are_stable_typed_and_documented(written, report):
     from qlib_crypto.workflow import backtest_report as br
 
     _, data, _ = written
-    assert list(data) == ["schema", "metrics", "summary", "annualisation", "risk", "pnl_attribution", "trade_stats",
-                          "instruments", "instruments_total", "drawdowns", "monthly_returns", "monthly_returns_table",
-                          "yearly_returns", "orders", "trades", "timeseries", "info", "units", "n_trades", "n_fills"]
+    assert list(data) == [
+        "schema",
+        "metrics",
+        "summary",
+        "annualisation",
+        "risk",
+        "pnl_attribution",
+        "trade_stats",
+        "instruments",
+        "instruments_total",
+        "drawdowns",
+        "monthly_returns",
+        "monthly_returns_table",
+        "yearly_returns",
+        "orders",
+        "trades",
+        "timeseries",
+        "info",
+        "units",
+        "n_trades",
+        "n_fills",
+    ]
     assert data["schema"] == br.SCHEMA
     assert list(data["metrics"]) == list(br.METRIC_KEYS) and list(data["summary"]) == list(br.SUMMARY_KEYS)
     assert list(data["risk"]) == list(br.RISK_SERIES)
@@ -331,22 +387,59 @@ def test_json_keys_are_stable_typed_and_documented(written, report):
     assert all(list(row) == list(br.DRAWDOWN_COLUMNS) for row in data["drawdowns"])
     assert list(data["timeseries"]) == ["datetime", *br.TIMESERIES_KEYS]
     assert len(data["trades"]) == data["n_trades"] == len(report.trades)  # the page's trade list, all of it
-    assert list(data["trades"][0]) == ["instrument", "side", "entry_time", "exit_time", "entry_price", "exit_price",
-                                       "max_amount", "pnl", "fees", "closed"]
+    assert list(data["trades"][0]) == [
+        "instrument",
+        "side",
+        "entry_time",
+        "exit_time",
+        "entry_price",
+        "exit_price",
+        "max_amount",
+        "pnl",
+        "fees",
+        "closed",
+    ]
     assert all(len(v) == len(IDX) for v in data["timeseries"].values())
     # raw values: fractions and quote units, times as ISO strings
     assert data["summary"]["final_equity"] == pytest.approx(report.summary["final_equity"])
     assert data["summary"]["start"] == IDX[0].isoformat() and data["drawdowns"][0]["trough"].startswith("2024-")
     # every number has a unit, every key is documented
-    numeric_keys = (set(data["metrics"]) | set(data["summary"]) | set(data["pnl_attribution"]) | set(data["trade_stats"])
-                    | set(br.INSTRUMENT_COLUMNS) | set(br.DRAWDOWN_COLUMNS) | set(br.RETURN_STAT_KEYS)
-                    | set(br.TIMESERIES_KEYS)) - {"start", "end", "quote_currency", "benchmark", "instrument", "market",
-                                                  "peak", "trough", "recovery", "recovered"}
+    numeric_keys = (
+        set(data["metrics"])
+        | set(data["summary"])
+        | set(data["pnl_attribution"])
+        | set(data["trade_stats"])
+        | set(br.INSTRUMENT_COLUMNS)
+        | set(br.DRAWDOWN_COLUMNS)
+        | set(br.RETURN_STAT_KEYS)
+        | set(br.TIMESERIES_KEYS)
+    ) - {
+        "start",
+        "end",
+        "quote_currency",
+        "benchmark",
+        "instrument",
+        "market",
+        "peak",
+        "trough",
+        "recovery",
+        "recovered",
+    }
     assert not numeric_keys - set(data["units"])
     docs = DOCS.read_text()
-    keys = (set(data) | set(data["summary"]) | set(data["annualisation"]) | set(data["pnl_attribution"])
-            | set(data["trade_stats"]) | set(br.INSTRUMENT_COLUMNS) | set(br.DRAWDOWN_COLUMNS) | set(br.RISK_SERIES)
-            | set(br.RETURN_STAT_KEYS) | set(br.TIMESERIES_KEYS) | set(data["orders"]))
+    keys = (
+        set(data)
+        | set(data["summary"])
+        | set(data["annualisation"])
+        | set(data["pnl_attribution"])
+        | set(data["trade_stats"])
+        | set(br.INSTRUMENT_COLUMNS)
+        | set(br.DRAWDOWN_COLUMNS)
+        | set(br.RISK_SERIES)
+        | set(br.RETURN_STAT_KEYS)
+        | set(br.TIMESERIES_KEYS)
+        | set(data["orders"])
+    )
     missing = sorted(k for k in keys if f"`{k}`" not in docs)
     assert not missing, f"keys not documented in {DOCS.name}: {missing}"
 
@@ -376,11 +469,17 @@ def test_html_shows_formatted_numbers_and_every_figure_is_in_the_json(written, r
     def trace(fig, name):
         return next(t for t in figs[fig]["data"] if t.get("name") == name)
 
-    bench_map = {"strategy": "cum_return_with_cost", "strategy, no costs": "cum_return_without_cost",
-                 "benchmark (BTC-USDT)": "cum_benchmark", "excess": "cum_excess_with_cost",
-                 "excess, no costs": "cum_excess_without_cost", "drawdown": "drawdown",
-                 "excess drawdown": "excess_drawdown", "turnover per bar": "turnover",
-                 "turnover, last 24 h": "turnover_1d"}
+    bench_map = {
+        "strategy": "cum_return_with_cost",
+        "strategy, no costs": "cum_return_without_cost",
+        "benchmark (BTC-USDT)": "cum_benchmark",
+        "excess": "cum_excess_with_cost",
+        "excess, no costs": "cum_excess_without_cost",
+        "drawdown": "drawdown",
+        "excess drawdown": "excess_drawdown",
+        "turnover per bar": "turnover",
+        "turnover, last 24 h": "turnover_1d",
+    }
     assert {t["name"] for t in figs["fig-benchmark"]["data"]} == set(bench_map)
     for name, key in bench_map.items():
         assert nan_equal(values(trace("fig-benchmark", name)["y"]), json_values(ts[key])), name
@@ -391,11 +490,15 @@ def test_html_shows_formatted_numbers_and_every_figure_is_in_the_json(written, r
     for name in ("long", "short", "net", "gross"):
         assert nan_equal(values(trace("fig-exposure", name)["y"]), json_values(ts[f"{name}_exposure"]))
     att = data["pnl_attribution"]
-    assert nan_equal(values(figs["fig-edge"]["data"][0]["y"]),
-                     [att["gross_pnl"], -att["fees"], -att["slippage"], -att["funding"], att["net_pnl"]])
+    assert nan_equal(
+        values(figs["fig-edge"]["data"][0]["y"]),
+        [att["gross_pnl"], -att["fees"], -att["slippage"], -att["funding"], att["net_pnl"]],
+    )
     table = data["monthly_returns_table"]
-    assert nan_equal(values(figs["fig-monthly"]["data"][0]["z"]),
-                     json_values([table[y][f"{m:02d}"] for y in table for m in range(1, 13)]))
+    assert nan_equal(
+        values(figs["fig-monthly"]["data"][0]["z"]),
+        json_values([table[y][f"{m:02d}"] for y in table for m in range(1, 13)]),
+    )
     assert nan_equal(values(figs["fig-instruments"]["data"][0]["y"]), [r["net_pnl"] for r in data["instruments"]])
     # every drawn figure has a non-zero size set
     for fid, fig in figs.items():
@@ -408,7 +511,15 @@ def test_summary_text_for_qrun(report):
     assert text.startswith("Crypto backtest (60min): 2024-01-31 20:00 .. 2024-02-01 03:00 UTC, 8 60min bars")
     assert f"{s['total_return'] * 100:.2f}%" in text and f"{s['benchmark_total_return'] * 100:.2f}%" in text
     assert "annualised over 8,760 bars a year (365 days x 24 bars a day, 24/7)" in text
-    for label in ("strategy", "strategy, no costs", "benchmark", "excess", "excess, no costs", "Sharpe", "max drawdown"):
+    for label in (
+        "strategy",
+        "strategy, no costs",
+        "benchmark",
+        "excess",
+        "excess, no costs",
+        "Sharpe",
+        "max drawdown",
+    ):
         assert label in text
     assert f"{report.attribution['gross_pnl']:+,.2f} USDT" in text
     assert "e+0" not in text and "e-0" not in text

@@ -3,6 +3,7 @@
 References are independent of the fast code: Qlib's ``NumpyQuote`` and ``Indicator`` / ``NumpyOrderIndicator``,
 pandas' ``unstack`` and numpy's ``nansum`` / ``nanmean``.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -99,7 +100,8 @@ def _trade_info(rng: np.random.Generator, n: int, duplicate: bool = False, zero_
 
 
 @pytest.mark.parametrize(
-    "n, duplicate, zero_amount", [(6, False, False), (1, False, False), (0, False, False), (5, True, False), (4, False, True), (40, False, False)]
+    "n, duplicate, zero_amount",
+    [(6, False, False), (1, False, False), (0, False, False), (5, True, False), (4, False, True), (40, False, False)],
 )
 def test_fast_indicator_equals_qlib_indicator(n, duplicate, zero_amount):
     trade_info = _trade_info(np.random.default_rng(n), n, duplicate, zero_amount)
@@ -119,7 +121,11 @@ def test_fast_indicator_equals_qlib_indicator(n, duplicate, zero_amount):
         assert list(f[name].index) == list(q[name].index), name
         assert f[name].data.dtype == q[name].data.dtype, name
         np.testing.assert_array_equal(f[name].data, q[name].data, err_msg=name)
-    assert list(fast_ind.trade_indicator) == list(qlib_ind.trade_indicator) == ["ffr", "pa", "pos", "deal_amount", "value", "count"]
+    assert (
+        list(fast_ind.trade_indicator)
+        == list(qlib_ind.trade_indicator)
+        == ["ffr", "pa", "pos", "deal_amount", "value", "count"]
+    )
     for name, want in qlib_ind.trade_indicator.items():
         got = fast_ind.trade_indicator[name]
         assert type(got) is type(want), name

@@ -11,6 +11,7 @@ filesystem failures are injected in a subprocess (tests run as root, which ignor
 - ENOSPC / EROFS while writing: `os.write` (the call that writes the feature files) raises the OSError a full
   or read-only disk raises, after the dump has started staging files.
 """
+
 from __future__ import annotations
 
 import errno
@@ -38,9 +39,16 @@ def _bars(seed: int = 3) -> dict[str, pd.DataFrame]:
     for k, inst in enumerate(INSTRUMENTS):
         close = 100.0 * (k + 1) * np.exp(np.cumsum(rng.normal(0, 0.01, N_HOURS)))
         open_ = np.r_[close[0], close[:-1]]
-        out[inst] = pd.DataFrame({"open": open_, "high": np.maximum(open_, close) * 1.002,
-                                  "low": np.minimum(open_, close) * 0.998, "close": close,
-                                  "volume": rng.uniform(10, 20, N_HOURS)}, index=IDX)
+        out[inst] = pd.DataFrame(
+            {
+                "open": open_,
+                "high": np.maximum(open_, close) * 1.002,
+                "low": np.minimum(open_, close) * 0.998,
+                "close": close,
+                "volume": rng.uniform(10, 20, N_HOURS),
+            },
+            index=IDX,
+        )
     return out
 
 
@@ -57,13 +65,20 @@ class Canary:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """A provider (60min + day), valid and broken signals files, config files and a raw store."""
-    from qlib_crypto.backtest.testing import write_provider
+    from tiny_provider import write_provider
 
     root = tmp_path_factory.mktemp("cli_errors")
     bars = _bars()
     write_provider(root / "prov", bars)
-    signals = pd.DataFrame({"datetime": [IDX[5], IDX[30]], "instrument": ["BTC-USDT", "ETH-USDT"],
-                            "signal": ["BUY", "SELL"], "position_size": [0.3, -0.2], "score": [1.0, -1.0]})
+    signals = pd.DataFrame(
+        {
+            "datetime": [IDX[5], IDX[30]],
+            "instrument": ["BTC-USDT", "ETH-USDT"],
+            "signal": ["BUY", "SELL"],
+            "position_size": [0.3, -0.2],
+            "score": [1.0, -1.0],
+        }
+    )
     signals.to_parquet(root / "signals.parquet")
     import pickle
 
@@ -133,8 +148,18 @@ def test_backtest_and_sweep_bad_values(env, tmp_path, capsys, command, case):
 
 @pytest.mark.parametrize("command", ["backtest", "sweep"])
 def test_pickled_signals_are_never_unpickled(env, tmp_path, capsys, command):
-    code, lines = run([command, "--signals", env / "signals.pkl", "--provider-dir", env / "prov" / "60min",
-                       "--out", tmp_path / "out"], capsys)
+    code, lines = run(
+        [
+            command,
+            "--signals",
+            env / "signals.pkl",
+            "--provider-dir",
+            env / "prov" / "60min",
+            "--out",
+            tmp_path / "out",
+        ],
+        capsys,
+    )
     assert_one_line_error(code, lines, "signals.pkl", "pickle", "Parquet or CSV")
     assert not (env / "unpickled.marker").exists()
     assert listing(tmp_path) == []
@@ -143,11 +168,15 @@ def test_pickled_signals_are_never_unpickled(env, tmp_path, capsys, command):
 @pytest.mark.parametrize("command", ["backtest", "sweep"])
 @pytest.mark.parametrize("where", ["a file", "under a file", "proc"])
 def test_backtest_and_sweep_bad_out(env, tmp_path, capsys, command, where):
-    out = {"a file": env / "a_file", "under a file": env / "a_file" / "reports",
-           "proc": Path("/proc/qlib-crypto-test/reports")}[where]
+    out = {
+        "a file": env / "a_file",
+        "under a file": env / "a_file" / "reports",
+        "proc": Path("/proc/qlib-crypto-test/reports"),
+    }[where]
     before = listing(env)
-    code, lines = run([command, "--signals", env / "signals.parquet", "--provider-dir", env / "prov" / "60min",
-                       "--out", out], capsys)
+    code, lines = run(
+        [command, "--signals", env / "signals.parquet", "--provider-dir", env / "prov" / "60min", "--out", out], capsys
+    )
     assert_one_line_error(code, lines, "--out", str(out))
     assert listing(env) == before and (env / "a_file").read_text() == "not a directory\n"
 
@@ -170,8 +199,9 @@ def test_dump_into_proc(env, capsys):
 
 def test_dump_negative_window_days(env, tmp_path, capsys):
     target = tmp_path / "qlib" / "60min"
-    code, lines = run(["dump", "--store", env / "store", "--qlib-dir", target, "--timeframe", "1h",
-                       "--window-days", "-5"], capsys)
+    code, lines = run(
+        ["dump", "--store", env / "store", "--qlib-dir", target, "--timeframe", "1h", "--window-days", "-5"], capsys
+    )
     assert_one_line_error(code, lines, "--window-days", "-5")
     assert listing(tmp_path) == []
 
@@ -204,19 +234,37 @@ INJECT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("mode, needle", [
-    ("statvfs-readonly", "read-only filesystem"),
-    ("statvfs-full", "full filesystem"),
-    ("write-enospc", os.strerror(errno.ENOSPC)),
-    ("write-erofs", os.strerror(errno.EROFS)),
-])
+@pytest.mark.parametrize(
+    "mode, needle",
+    [
+        ("statvfs-readonly", "read-only filesystem"),
+        ("statvfs-full", "full filesystem"),
+        ("write-enospc", os.strerror(errno.ENOSPC)),
+        ("write-erofs", os.strerror(errno.EROFS)),
+    ],
+)
 def test_dump_read_only_or_full_filesystem(env, tmp_path, mode, needle):
     parent = tmp_path / "qlib"
     parent.mkdir()
     target = parent / "60min"
-    proc = subprocess.run([sys.executable, "-c", INJECT, mode, "dump", "--store", str(env / "store"),
-                           "--qlib-dir", str(target), "--timeframe", "1h"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            INJECT,
+            mode,
+            "dump",
+            "--store",
+            str(env / "store"),
+            "--qlib-dir",
+            str(target),
+            "--timeframe",
+            "1h",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert_one_line_error(proc.returncode, lines, str(target) if mode.startswith("write") else "--qlib-dir", needle)
     assert not target.exists()
@@ -233,19 +281,36 @@ def model(env):
     from qlib_crypto.workflow.model_io import save_model
 
     path = env / "models" / "m.pkl"
-    handler = {"class": "DataHandlerLP", "module_path": "qlib.data.dataset.handler",
-               "kwargs": {"instruments": "all", "data_loader": {"class": "QlibDataLoader", "kwargs": {
-                   "freq": "60min", "config": {"feature": [["$close"], ["CLOSE"]],
-                                               "label": [["Ref($close,-1)/$close-1"], ["LABEL0"]]}}}}}
-    save_model({"weights": [1.0]}, path, feature_names=["CLOSE"], train_window=(str(IDX[0]), str(IDX[100])),
-               handler_config=handler)
+    handler = {
+        "class": "DataHandlerLP",
+        "module_path": "qlib.data.dataset.handler",
+        "kwargs": {
+            "instruments": "all",
+            "data_loader": {
+                "class": "QlibDataLoader",
+                "kwargs": {
+                    "freq": "60min",
+                    "config": {"feature": [["$close"], ["CLOSE"]], "label": [["Ref($close,-1)/$close-1"], ["LABEL0"]]},
+                },
+            },
+        },
+    }
+    save_model(
+        {"weights": [1.0]},
+        path,
+        feature_names=["CLOSE"],
+        train_window=(str(IDX[0]), str(IDX[100])),
+        handler_config=handler,
+    )
     return path
 
 
 def test_predict_negative_warmup_bars(env, model, tmp_path, capsys):
     out = tmp_path / "signals.parquet"
-    code, lines = run(["predict", "--model", model, "--provider-dir", env / "prov" / "60min",
-                       "--warmup-bars", "-5", "--out", out], capsys)
+    code, lines = run(
+        ["predict", "--model", model, "--provider-dir", env / "prov" / "60min", "--warmup-bars", "-5", "--out", out],
+        capsys,
+    )
     assert_one_line_error(code, lines, "--warmup-bars", "-5")
     assert listing(tmp_path) == []
 
@@ -263,11 +328,15 @@ def test_predict_tracking_uri_that_does_not_exist(env, tmp_path, capsys, monkeyp
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     store_dir = tmp_path / ("mlruns" if form == "default" else "nowhere")
-    uri = {"path": ["--tracking-uri", str(store_dir)], "file-uri": ["--tracking-uri", "file:" + str(store_dir)],
-           "default": []}[form]
+    uri = {
+        "path": ["--tracking-uri", str(store_dir)],
+        "file-uri": ["--tracking-uri", "file:" + str(store_dir)],
+        "default": [],
+    }[form]
     out = tmp_path / "signals.parquet"
-    code, lines = run(["predict", "--experiment", "crypto", *uri, "--provider-dir", env / "prov" / "60min",
-                       "--out", out], capsys)
+    code, lines = run(
+        ["predict", "--experiment", "crypto", *uri, "--provider-dir", env / "prov" / "60min", "--out", out], capsys
+    )
     assert_one_line_error(code, lines, str(store_dir), "does not exist")
     assert listing(tmp_path) == []  # no mlruns store was created
 
@@ -276,16 +345,20 @@ def test_predict_tracking_uri_that_does_not_exist(env, tmp_path, capsys, monkeyp
 def test_import_conflict_names_the_fields_that_differ(tmp_path, capsys):
     header = "timestamp,open,high,low,close,volume,amount"
     stamps = ["2024-03-01T00:00:00Z", "2024-03-01T01:00:00Z", "2024-03-01T02:00:00Z"]
-    rows = [[100.0, 101.0, 99.0, 100.5, 10.0, 1003.5],
-            [100.5, 102.25, 100.0, 101.5, 12.0, 1214.0],
-            [101.5, 103.0, 101.0, 102.5, 5.5, 563.75]]
+    rows = [
+        [100.0, 101.0, 99.0, 100.5, 10.0, 1003.5],
+        [100.5, 102.25, 100.0, 101.5, 12.0, 1214.0],
+        [101.5, 103.0, 101.0, 102.5, 5.5, 563.75],
+    ]
     changed = [list(r) for r in rows]
     changed[1][4] = 12.5  # only the volume of 01:00 differs
     changed[2][1], changed[2][5] = 104.0, 570.0  # high and amount of 02:00 differ
 
     def write(name, table):
         path = tmp_path / name
-        path.write_text("\n".join([header] + [",".join([s] + [repr(v) for v in r]) for s, r in zip(stamps, table)]) + "\n")
+        path.write_text(
+            "\n".join([header] + [",".join([s] + [repr(v) for v in r]) for s, r in zip(stamps, table)]) + "\n"
+        )
         return path
 
     st = tmp_path / "store"

@@ -3,6 +3,7 @@
 Every expected number is computed here from the simulator's ground truth (``sim.expected_bars``) and the fault
 rules' row selectors, never from the code under test.
 """
+
 from __future__ import annotations
 
 import base64
@@ -16,19 +17,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from okx_sim import DAY, HOUR, MINUTE, to_ms
 
 from qlib_crypto import store
 from qlib_crypto.cli import main
 from qlib_crypto.errors import CollectionIncomplete, ExchangeUnreachable, PagingError, SourceError
 from qlib_crypto.sources.collector import collect
 from qlib_crypto.sources.okx import OkxSource, RetryPolicy
-from okx_sim import DAY, HOUR, MINUTE, to_ms
 
 NOW = "2024-03-01T12:34:56.789Z"
-SIM_LIMITS = {"market/history-candles": (20, 0.5, None), "market/candles": (40, 0.5, None),
-              "public/funding-rate-history": (10, 0.5, "instId"), "public/instruments": (20, 0.5, "instType")}
-SRC_LIMITS = {"history-candles": (20, 0.5, None), "candles": (40, 0.5, None),
-              "funding-rate-history": (10, 0.5, "instId"), "instruments": (20, 0.5, "instType")}
+SIM_LIMITS = {
+    "market/history-candles": (20, 0.5, None),
+    "market/candles": (40, 0.5, None),
+    "public/funding-rate-history": (10, 0.5, "instId"),
+    "public/instruments": (20, 0.5, "instType"),
+}
+SRC_LIMITS = {
+    "history-candles": (20, 0.5, None),
+    "candles": (40, 0.5, None),
+    "funding-rate-history": (10, 0.5, "instId"),
+    "instruments": (20, 0.5, "instType"),
+}
 START, END = "2023-11-01", "2023-11-03"  # 48 hourly bars, served by market/history-candles
 
 
@@ -79,8 +88,9 @@ DROPPED = [
 
 
 @pytest.mark.parametrize("kind,reason,select,per_slot", DROPPED, ids=[d[0] for d in DROPPED])
-def test_dropped_bars_are_quarantined_left_uncovered_and_refetched(okx_sim_factory, tmp_path, kind, reason, select,
-                                                                   per_slot):
+def test_dropped_bars_are_quarantined_left_uncovered_and_refetched(
+    okx_sim_factory, tmp_path, kind, reason, select, per_slot
+):
     sim = okx_sim_factory(now=NOW, limits=SIM_LIMITS, gap_prob=0.0)
     sim.add_fault_rule(kind, endpoint=None, inst_id="BTC-USDT", rows=select)
     s = tmp_path / "s"
@@ -93,8 +103,17 @@ def test_dropped_bars_are_quarantined_left_uncovered_and_refetched(okx_sim_facto
     assert len(bad) == expected_n
 
     with fast_source(sim) as src:
-        report = collect(src, s, ["BTC-USDT", "ETH-USDT"], "1h", START, END, progress=False, with_funding=False,
-                         raise_on_incomplete=False)
+        report = collect(
+            src,
+            s,
+            ["BTC-USDT", "ETH-USDT"],
+            "1h",
+            START,
+            END,
+            progress=False,
+            with_funding=False,
+            raise_on_incomplete=False,
+        )
     btc, eth = report.results
     # counted, with the reason; the healthy instrument is untouched
     assert not report.ok and eth.ok and eth.quarantined == 0
@@ -153,8 +172,17 @@ def test_forming_bar_is_normal_but_an_unconfirmed_past_bar_at_the_edge_is_not(ok
     sim.add_fault_rule("unconfirmed", endpoint="market/candles", rows=lambda t: t == bad)
     start, end = edge - 120 * MINUTE, edge + 60 * MINUTE
     with fast_source(sim) as src:
-        report = collect(src, tmp_path / "s", ["ETH-USDT"], "1m", start, end, progress=False, with_funding=False,
-                         raise_on_incomplete=False)
+        report = collect(
+            src,
+            tmp_path / "s",
+            ["ETH-USDT"],
+            "1m",
+            start,
+            end,
+            progress=False,
+            with_funding=False,
+            raise_on_incomplete=False,
+        )
     r = report.results[0]
     assert r.quarantine_reasons == {"unconfirmed_past_bar": 1} and r.holes == 1  # not the forming bar
     q = quarantined(tmp_path / "s", "1m", "ETH-USDT")
@@ -185,8 +213,7 @@ def test_candle_pager_that_ignores_paging_stops_with_paging_error(okx_sim_factor
 
 def test_funding_pager_that_ignores_paging_stops_with_paging_error(okx_sim_factory, tmp_path):
     # a year of funding history kept: a full page of 400 rows, then the same page again and again
-    sim = okx_sim_factory(now=NOW, limits=SIM_LIMITS, gap_prob=0.0, funding_retention_ms=400 * DAY,
-                          request_cap=200)
+    sim = okx_sim_factory(now=NOW, limits=SIM_LIMITS, gap_prob=0.0, funding_retention_ms=400 * DAY, request_cap=200)
     sim.add_fault_rule("ignore_paging", endpoint="public/funding-rate-history")
     assert len(sim.expected_funding("BTC-USDT-SWAP", sim.now - 300 * DAY, sim.now)) == 900
     with fast_source(sim) as src:
@@ -196,8 +223,16 @@ def test_funding_pager_that_ignores_paging_stops_with_paging_error(okx_sim_facto
         n = sim.stats.requests["public/funding-rate-history"]
         assert n <= 1 + 3  # one page that advanced, then 3 answers that did not
         # a day long before the newest 400 settlements: no answer ever holds a row of it
-        report = collect(src, tmp_path / "s", ["BTC-USDT-SWAP"], "1h", "2023-06-01", "2023-06-02",
-                         progress=False, raise_on_incomplete=False)
+        report = collect(
+            src,
+            tmp_path / "s",
+            ["BTC-USDT-SWAP"],
+            "1h",
+            "2023-06-01",
+            "2023-06-02",
+            progress=False,
+            raise_on_incomplete=False,
+        )
     assert not report.ok and "funding" in report.results[0].error and "paging cursor" in report.results[0].error
     assert sim.stats.total_requests < 200
 
@@ -222,9 +257,26 @@ def test_no_network_fails_fast_with_one_line_exit_3_and_no_empty_store(tmp_path,
     port = unused_port()  # nothing listens there: connection refused
     new_store = tmp_path / "new" / "store"
     t0 = time.monotonic()
-    rc = main(["collect", "--source", "okx", "--api-url", f"http://127.0.0.1:{port}", "--instruments", "BTC-USDT",
-               "--timeframe", "1h", "--start", "2024-01-01", "--end", "2024-01-02", "--store", str(new_store),
-               "--quiet"])
+    rc = main(
+        [
+            "collect",
+            "--source",
+            "okx",
+            "--api-url",
+            f"http://127.0.0.1:{port}",
+            "--instruments",
+            "BTC-USDT",
+            "--timeframe",
+            "1h",
+            "--start",
+            "2024-01-01",
+            "--end",
+            "2024-01-02",
+            "--store",
+            str(new_store),
+            "--quiet",
+        ]
+    )
     elapsed = time.monotonic() - t0
     captured = capsys.readouterr()
     print(f"time to fail without network: {elapsed:.2f} s")
@@ -238,9 +290,27 @@ def test_no_network_fails_fast_with_one_line_exit_3_and_no_empty_store(tmp_path,
     existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "keep.txt").write_text("x")
-    rc = main(["collect", "--source", "okx", "--api-url", f"http://127.0.0.1:{port}", "--instruments", "BTC-USDT",
-               "--timeframe", "1h", "--start", "2024-01-01", "--end", "2024-01-02", "--store", str(existing),
-               "--max-retries", "0"])
+    rc = main(
+        [
+            "collect",
+            "--source",
+            "okx",
+            "--api-url",
+            f"http://127.0.0.1:{port}",
+            "--instruments",
+            "BTC-USDT",
+            "--timeframe",
+            "1h",
+            "--start",
+            "2024-01-01",
+            "--end",
+            "2024-01-02",
+            "--store",
+            str(existing),
+            "--max-retries",
+            "0",
+        ]
+    )
     assert rc == 3 and (existing / "keep.txt").read_text() == "x"
     # the number of attempts is bounded, whatever --max-retries says
     with OkxSource(api_url=f"http://127.0.0.1:{port}", retry=RetryPolicy(max_retries=8)) as src:
@@ -256,8 +326,9 @@ SECRET = "S3CRET"
 def run_cli(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "QLIB_CRYPTO_OKX_API_URL"}
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "qlib_crypto", *args], env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "qlib_crypto", *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_credentials_in_api_url_are_masked_everywhere(okx_sim, tmp_path, capsys):
@@ -265,28 +336,69 @@ def test_credentials_in_api_url_are_masked_everywhere(okx_sim, tmp_path, capsys)
     token = base64.b64encode(f"user:{SECRET}".encode()).decode()
     common = ["--instruments", "BTC-USDT", "--timeframe", "1h", "--start", "2024-02-20", "--end", "2024-02-21"]
     # a successful run, URL from the environment, with debug logs
-    ok = run_cli(["--verbose", "collect", "--source", "okx", "--store", str(tmp_path / "a"), "--quiet", *common],
-                 {"QLIB_CRYPTO_OKX_API_URL": url})
+    ok = run_cli(
+        ["--verbose", "collect", "--source", "okx", "--store", str(tmp_path / "a"), "--quiet", *common],
+        {"QLIB_CRYPTO_OKX_API_URL": url},
+    )
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "DEBUG" in ok.stderr  # a leak would have had its chance
     # the credentials were used (HTTP basic auth), never printed
     assert ("authorization", f"Basic {token}") in okx_sim.seen_headers
     # a failing run: every candle request fails with a 502 whose ccxt message carries the URL
     okx_sim.add_fault_rule("502", endpoint=None, predicate=lambda p: "bar" in p)
-    bad = run_cli(["--verbose", "collect", "--source", "okx", "--api-url", url, "--store", str(tmp_path / "b"),
-                   "--quiet", "--max-retries", "0", *common])
+    bad = run_cli(
+        [
+            "--verbose",
+            "collect",
+            "--source",
+            "okx",
+            "--api-url",
+            url,
+            "--store",
+            str(tmp_path / "b"),
+            "--quiet",
+            "--max-retries",
+            "0",
+            *common,
+        ]
+    )
     assert bad.returncode == 3, bad.stderr[-2000:]
     assert "Traceback" in bad.stderr and "ExchangeNotAvailable" in bad.stderr
     for proc in (ok, bad):
         for text in (proc.stdout, proc.stderr):
             assert SECRET not in text and token not in text
     # in process: a host that cannot be reached, and a bad URL, name the host but not the password
-    rc = main(["collect", "--source", "okx", "--api-url", f"http://user:{SECRET}@127.0.0.1:{unused_port()}",
-               "--store", str(tmp_path / "c"), *common])
-    rc_bad_url = main(["collect", "--source", "okx", "--api-url", f"ftp://user:{SECRET}@127.0.0.1:1",
-                       "--store", str(tmp_path / "d"), *common])
+    rc = main(
+        [
+            "collect",
+            "--source",
+            "okx",
+            "--api-url",
+            f"http://user:{SECRET}@127.0.0.1:{unused_port()}",
+            "--store",
+            str(tmp_path / "c"),
+            *common,
+        ]
+    )
+    rc_bad_url = main(
+        [
+            "collect",
+            "--source",
+            "okx",
+            "--api-url",
+            f"ftp://user:{SECRET}@127.0.0.1:1",
+            "--store",
+            str(tmp_path / "d"),
+            *common,
+        ]
+    )
     captured = capsys.readouterr()
-    assert rc == 3 and "cannot be reached" in captured.err and rc_bad_url == 2 and "ftp://user:***@127.0.0.1:1" in captured.err
+    assert (
+        rc == 3
+        and "cannot be reached" in captured.err
+        and rc_bad_url == 2
+        and "ftp://user:***@127.0.0.1:1" in captured.err
+    )
     assert SECRET not in captured.out + captured.err and token not in captured.out + captured.err
 
 
@@ -319,8 +431,26 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(okx_sim, tmp_path, cap
 
 
 def test_okx_end_in_the_future_is_clamped_to_now(okx_sim, tmp_path, capsys):
-    rc = main(["collect", "--source", "okx", "--api-url", okx_sim.url, "--store", str(tmp_path / "s"), "--quiet",
-               "--instruments", "BTC-USDT", "--timeframe", "1d", "--start", "2024-01-01", "--end", "9999-01-01"])
+    rc = main(
+        [
+            "collect",
+            "--source",
+            "okx",
+            "--api-url",
+            okx_sim.url,
+            "--store",
+            str(tmp_path / "s"),
+            "--quiet",
+            "--instruments",
+            "BTC-USDT",
+            "--timeframe",
+            "1d",
+            "--start",
+            "2024-01-01",
+            "--end",
+            "9999-01-01",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "--end 9999-01-01 is in the future" in captured.err

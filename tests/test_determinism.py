@@ -14,6 +14,7 @@ What is excluded from the comparison, and why (these are timestamps or ids, not 
   over the metadata (it covers ``created_at``). Pickled artifacts (predictions, labels, portfolio report and
   positions, model, dataset) are compared byte for byte.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,7 +60,9 @@ def run_pair(root: Path, name: str, make_cmds, timeout: float = 600) -> list[Pat
         for cmd in cmds[1:]:
             if rc != 0:
                 break
-            rc = subprocess.run(cmd, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
+            rc = subprocess.run(
+                cmd, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout
+            ).returncode
         log.close()
         text = Path(log.name).read_text(errors="replace")
         assert rc == 0, f"{name} in {run_dir} exited with {rc}:\n{text[-3000:]}"
@@ -96,8 +99,26 @@ def without_collected_at(rel: str, data: bytes) -> tuple[str, bytes]:
 
 # ---------------------------------------------------------------------------------------------- shared inputs
 def _collect_cmds(d: Path) -> list[list[str]]:
-    return [_cli("collect", "--source", "synthetic", "--instruments", 6, "--seed", 3, "--timeframe", "1h",
-                 "--start", START, "--end", END, "--store", d / "store", "--quiet")]
+    return [
+        _cli(
+            "collect",
+            "--source",
+            "synthetic",
+            "--instruments",
+            6,
+            "--seed",
+            3,
+            "--timeframe",
+            "1h",
+            "--start",
+            START,
+            "--end",
+            END,
+            "--store",
+            d / "store",
+            "--quiet",
+        )
+    ]
 
 
 def _snapshot_days(runs: list[Path]) -> set[tuple[str, ...]]:
@@ -110,10 +131,24 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("determinism")
     collect = run_pair(root, "collect", _collect_cmds)
     store = collect[0] / "store"
-    dump = run_pair(root, "dump", lambda d: [
-        _cli("dump", "--store", store, "--qlib-dir", d / "qlib" / "60min", "--timeframe", "1h"),
-        _cli("dump", "--store", store, "--qlib-dir", d / "qlib" / "day", "--timeframe", "1d", "--from-timeframe", "1h"),
-    ])
+    dump = run_pair(
+        root,
+        "dump",
+        lambda d: [
+            _cli("dump", "--store", store, "--qlib-dir", d / "qlib" / "60min", "--timeframe", "1h"),
+            _cli(
+                "dump",
+                "--store",
+                store,
+                "--qlib-dir",
+                d / "qlib" / "day",
+                "--timeframe",
+                "1d",
+                "--from-timeframe",
+                "1h",
+            ),
+        ],
+    )
     provider = dump[0] / "qlib"
     instruments = sorted(p.name for p in (store / "bars" / "1h").iterdir())
     # random BUY/SELL/HOLD signals with sizes, and random scores, for every instrument and bar of the test window
@@ -123,13 +158,22 @@ def world(tmp_path_factory):
     for t in idx:
         for inst in instruments:
             u = rng.random()
-            rows.append((t, inst, "BUY" if u < 0.1 else ("SELL" if u < 0.2 else "HOLD"), rng.uniform(0.05, 0.3),
-                         rng.normal()))
+            rows.append(
+                (t, inst, "BUY" if u < 0.1 else ("SELL" if u < 0.2 else "HOLD"), rng.uniform(0.05, 0.3), rng.normal())
+            )
     frame = pd.DataFrame(rows, columns=["datetime", "instrument", "signal", "position_size", "score"])
     frame.to_parquet(root / "signals.parquet")
     frame.set_index(["datetime", "instrument"])["score"].to_pickle(root / "pred.pkl")
-    return {"root": root, "collect": collect, "dump": dump, "store": store, "provider": provider,
-            "instruments": instruments, "signals": root / "signals.parquet", "pred": root / "pred.pkl"}
+    return {
+        "root": root,
+        "collect": collect,
+        "dump": dump,
+        "store": store,
+        "provider": provider,
+        "instruments": instruments,
+        "signals": root / "signals.parquet",
+        "pred": root / "pred.pkl",
+    }
 
 
 # ---------------------------------------------------------------------------------------------- data commands
@@ -166,8 +210,11 @@ def test_import_same_bytes(world):
     rows["timestamp"] = rows.pop("datetime").dt.strftime("%Y-%m-%dT%H:%M:%SZ")
     csv = world["root"] / "import.csv"
     rows.to_csv(csv, index=False)
-    runs = run_pair(world["root"], "import", lambda d: [_cli(
-        "import", csv, "--symbol-column", "symbol", "--timeframe", "1h", "--store", d / "store")])
+    runs = run_pair(
+        world["root"],
+        "import",
+        lambda d: [_cli("import", csv, "--symbol-column", "symbol", "--timeframe", "1h", "--store", d / "store")],
+    )
     files = assert_same_tree(runs[0] / "store", runs[1] / "store", without_collected_at)
     assert sum(rel.endswith(".parquet") for rel in files) == 3
 
@@ -186,17 +233,49 @@ MAIN_SCRIPT = (
 
 def backtest_args(world, strategy: str, out: Path) -> list[str]:
     source = ["--signals", world["signals"]] if strategy == "signal" else ["--pred", world["pred"]]
-    return [str(a) for a in ("backtest", *source, "--strategy", strategy, "--provider-dir", world["provider"] / "60min",
-                             "--slippage-bps", 2, "--account", 1_000_000, "--out", out)]
+    return [
+        str(a)
+        for a in (
+            "backtest",
+            *source,
+            "--strategy",
+            strategy,
+            "--provider-dir",
+            world["provider"] / "60min",
+            "--slippage-bps",
+            2,
+            "--account",
+            1_000_000,
+            "--out",
+            out,
+        )
+    ]
 
 
 @pytest.fixture(scope="module")
 def backtest_pair(world):
     """``backtest`` with each strategy and a ``sweep``, under both seeds."""
+
     def commands(d: Path):
         argvs = [backtest_args(world, s, d / f"backtest_{s}") for s in ("signal", "longshort", "topk")]
-        argvs.append([str(a) for a in ("sweep", "--signals", world["signals"], "--provider-dir", world["provider"] / "60min",
-                                       "--fee-multipliers", "0,1", "--slippage-bps", "0,5", "--out", d / "sweep")])
+        argvs.append(
+            [
+                str(a)
+                for a in (
+                    "sweep",
+                    "--signals",
+                    world["signals"],
+                    "--provider-dir",
+                    world["provider"] / "60min",
+                    "--fee-multipliers",
+                    "0,1",
+                    "--slippage-bps",
+                    "0,5",
+                    "--out",
+                    d / "sweep",
+                )
+            ]
+        )
         return [[sys.executable, "-c", MAIN_SCRIPT, json.dumps(argvs)]]
 
     return run_pair(world["root"], "backtest", commands)
@@ -210,8 +289,10 @@ def test_backtest_same_bytes(backtest_pair, strategy):
     # over holdings, whose order used to follow set order)
     fills = pd.read_csv(a / "fills.csv")
     assert len(fills) > 100
-    signed = pd.Series(np.where(fills["side"] == "buy", fills["amount"], -fills["amount"]),
-                       index=[fills["datetime"], fills["instrument"]])
+    signed = pd.Series(
+        np.where(fills["side"] == "buy", fills["amount"], -fills["amount"]),
+        index=[fills["datetime"], fills["instrument"]],
+    )
     holdings = signed.groupby(level=[0, 1]).sum().unstack(fill_value=0.0).cumsum()  # after each fill time
     assert (holdings.abs() > 1e-6 * holdings.abs().max()).sum(axis=1).max() >= 2
     assert json.loads(files["metrics.json"])["fees_paid"] > 0
@@ -227,13 +308,23 @@ def test_sweep_same_bytes(backtest_pair):
 def _small_workflow(world, run_dir: Path) -> Path:
     """The repository's 60min workflow on the module's provider: 3 weeks train, 1 valid, 1 test; a small model."""
     conf = yaml.safe_load(WORKFLOW.read_text())
-    conf["qlib_init"]["provider_uri"] = {"60min": str(world["provider"] / "60min"), "day": str(world["provider"] / "day")}
+    conf["qlib_init"]["provider_uri"] = {
+        "60min": str(world["provider"] / "60min"),
+        "day": str(world["provider"] / "day"),
+    }
     handler = conf["task"]["dataset"]["kwargs"]["handler"]["kwargs"]
-    handler.update(start_time=START, end_time="2024-02-04 23:00:00", fit_start_time=START,
-                   fit_end_time="2024-01-21 23:00:00", windows=[3, 12, 24])
+    handler.update(
+        start_time=START,
+        end_time="2024-02-04 23:00:00",
+        fit_start_time=START,
+        fit_end_time="2024-01-21 23:00:00",
+        windows=[3, 12, 24],
+    )
     conf["task"]["dataset"]["kwargs"]["segments"] = {
-        "train": [START, "2024-01-21 23:00:00"], "valid": ["2024-01-22", "2024-01-28 23:00:00"],
-        "test": ["2024-01-29", "2024-02-04 23:00:00"]}
+        "train": [START, "2024-01-21 23:00:00"],
+        "valid": ["2024-01-22", "2024-01-28 23:00:00"],
+        "test": ["2024-01-29", "2024-02-04 23:00:00"],
+    }
     conf["task"]["model"]["kwargs"].update(num_boost_round=20, min_data_in_leaf=20, num_leaves=7)
     for record in conf["task"]["record"]:
         if record["class"] == "CryptoBacktestRecord":
@@ -278,8 +369,11 @@ def _recorder_normalizer(run: Path):
         if rel.startswith("artifacts/") and Path(rel).suffix in (".yaml", ".json", ".html"):
             for raw, placeholder in ids:
                 data = data.replace(raw, placeholder)
-            data = b"\n".join(ln for ln in data.split(b"\n")
-                              if not ln.startswith(b"created_at:") and not ln.startswith(digest_key + b":"))
+            data = b"\n".join(
+                ln
+                for ln in data.split(b"\n")
+                if not ln.startswith(b"created_at:") and not ln.startswith(digest_key + b":")
+            )
         return rel, data
 
     return normalize
@@ -291,23 +385,32 @@ def test_qrun_artifacts_same(qrun_pair):
     ta = tree(run_a, _recorder_normalizer(run_a))
     tb = tree(run_b, _recorder_normalizer(run_b))
     assert sorted(ta) == sorted(tb), sorted(set(ta) ^ set(tb))
-    for name in ("artifacts/pred.pkl", "artifacts/label.pkl", "artifacts/portfolio_analysis/report_normal_60min.pkl",
-                 "artifacts/crypto_backtest/fills.csv", "artifacts/model/model.pkl", "metrics/IC"):
+    for name in (
+        "artifacts/pred.pkl",
+        "artifacts/label.pkl",
+        "artifacts/portfolio_analysis/report_normal_60min.pkl",
+        "artifacts/crypto_backtest/fills.csv",
+        "artifacts/model/model.pkl",
+        "metrics/IC",
+    ):
         assert name in ta, name
     differ = [rel for rel in ta if ta[rel] != tb[rel]]
     assert not differ, f"recorder files differ between PYTHONHASHSEED={SEEDS[0]} and {SEEDS[1]}: {differ}"
     # the frames themselves (equal bytes imply this; it names the first differing cell if not)
     for name in ("pred.pkl", "label.pkl", "portfolio_analysis/report_normal_60min.pkl"):
-        pd.testing.assert_frame_equal(pd.read_pickle(run_a / "artifacts" / name),
-                                      pd.read_pickle(run_b / "artifacts" / name), check_exact=True)
+        pd.testing.assert_frame_equal(
+            pd.read_pickle(run_a / "artifacts" / name), pd.read_pickle(run_b / "artifacts" / name), check_exact=True
+        )
     assert len(pd.read_csv(run_a / "artifacts" / "crypto_backtest" / "fills.csv")) > 10
     # the training report written to out_dir: same files up to the run/experiment ids
     ids = {a: (run_a.name, run_a.parent.name), b: (run_b.name, run_b.parent.name)}
 
     def report_files(d: Path) -> dict[str, bytes]:
         run_id, exp_id = ids[d]
-        return {rel: data.replace(run_id.encode(), b"<RUN_ID>").replace(exp_id.encode(), b"<EXPERIMENT_ID>")
-                for rel, data in tree(d / "reports" / "training").items()}
+        return {
+            rel: data.replace(run_id.encode(), b"<RUN_ID>").replace(exp_id.encode(), b"<EXPERIMENT_ID>")
+            for rel, data in tree(d / "reports" / "training").items()
+        }
 
     ra, rb = report_files(a), report_files(b)
     assert sorted(ra) == ["training_report.html", "training_report.json"] and ra == rb
@@ -315,10 +418,31 @@ def test_qrun_artifacts_same(qrun_pair):
 
 def test_predict_same_bytes(world, qrun_pair):
     tracking = f"file:{qrun_pair[0] / 'mlruns'}"
-    runs = run_pair(world["root"], "predict", lambda d: [_cli(
-        "predict", "--experiment", "crypto_lightgbm_60min", "--tracking-uri", tracking,
-        "--provider-dir", f"60min={world['provider'] / '60min'}", "--provider-dir", f"day={world['provider'] / 'day'}",
-        "--freq", "60min", "--start", "2024-01-29", "--end", "2024-02-04 22:00", "--out", d / "out" / "signals.parquet")])
+    runs = run_pair(
+        world["root"],
+        "predict",
+        lambda d: [
+            _cli(
+                "predict",
+                "--experiment",
+                "crypto_lightgbm_60min",
+                "--tracking-uri",
+                tracking,
+                "--provider-dir",
+                f"60min={world['provider'] / '60min'}",
+                "--provider-dir",
+                f"day={world['provider'] / 'day'}",
+                "--freq",
+                "60min",
+                "--start",
+                "2024-01-29",
+                "--end",
+                "2024-02-04 22:00",
+                "--out",
+                d / "out" / "signals.parquet",
+            )
+        ],
+    )
     assert_same_tree(runs[0] / "out", runs[1] / "out")
     signals = pd.read_parquet(runs[0] / "out" / "signals.parquet")
     assert len(signals) > 100 and signals["instrument"].nunique() == 6
@@ -346,12 +470,21 @@ def test_round_trips_ignore_rounding_dust_of_closing_fill():
     sell = np.nextafter(np.nextafter(held, np.inf), np.inf)  # two ulps more than the buys' float sum
     assert sell > held and sell - held < 1e-9
     t = pd.Timestamp("2024-01-01")
-    fills = pd.DataFrame({
-        "datetime": [t, t + pd.Timedelta(hours=1), t + pd.Timedelta(hours=2)],
-        "instrument": ["SOL-USDT"] * 3, "side": ["buy", "buy", "sell"], "amount": [a, b, sell],
-        "price": [0.15, 0.15, 0.16], "fee": [0.0, 0.0, 0.0], "slippage": [0.0] * 3, "deal_price": [0.15, 0.15, 0.16],
-        "value": [a * 0.15, b * 0.15, sell * 0.16], "role": ["taker"] * 3, "market": ["spot"] * 3,
-    })
+    fills = pd.DataFrame(
+        {
+            "datetime": [t, t + pd.Timedelta(hours=1), t + pd.Timedelta(hours=2)],
+            "instrument": ["SOL-USDT"] * 3,
+            "side": ["buy", "buy", "sell"],
+            "amount": [a, b, sell],
+            "price": [0.15, 0.15, 0.16],
+            "fee": [0.0, 0.0, 0.0],
+            "slippage": [0.0] * 3,
+            "deal_price": [0.15, 0.15, 0.16],
+            "value": [a * 0.15, b * 0.15, sell * 0.16],
+            "role": ["taker"] * 3,
+            "market": ["spot"] * 3,
+        }
+    )
     trades = round_trips(fills)
     assert len(trades) == 1
     trade = trades.iloc[0]

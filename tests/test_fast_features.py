@@ -11,6 +11,7 @@ within 1 ULP of float32 (Qlib's output dtype). The engine repeats Qlib's arithme
 (pandas' Kahan sums and Welford variance, Qlib's Cython regression sums) and casts to float32 last, so the
 only room left is the last rounding; the tests report how many cells are not bit-identical (none so far).
 """
+
 from __future__ import annotations
 
 import pickle
@@ -36,23 +37,62 @@ T_CUT = "2023-01-12 09:00:00"
 # Every operator of the engine, with windows of 1 bar, ordinary ones, and ones longer than the data; NaN, inf,
 # bool and constant inputs; nested expressions. Keys name the operator each group exercises.
 OPERATOR_EXPRS: dict[str, list[str]] = {
-    "Ref": ["Ref($close, 1)", "Ref($close, 5)", "Ref($close, -2)", "Ref($close, 0)", "Ref($close>$open, 2)",
-            "Ref(Mean($close, 3), -1)"],
-    "Mean": ["Mean($close, 1)", "Mean($close, 5)", "Mean($volume, 30)", "Mean($close>Ref($close, 1), 6)",
-             "Mean($funding_rate, 8)", "Mean($close, 0)", "Mean($volume/Ref($volume, 1), 4)"],
-    "Sum": ["Sum($volume, 5)", "Sum($funding_rate, 24)", "Sum(Greater($close-Ref($close, 1), 0), 12)", "Sum($close, 0)",
-            "Sum($close<Ref($close, 1), 3)"],
-    "Std": ["Std($close, 2)", "Std($close, 10)", "Std($volume, 24)", "Std($close/Ref($close, 1)-1, 6)", "Std($close, 700)"],
+    "Ref": [
+        "Ref($close, 1)",
+        "Ref($close, 5)",
+        "Ref($close, -2)",
+        "Ref($close, 0)",
+        "Ref($close>$open, 2)",
+        "Ref(Mean($close, 3), -1)",
+    ],
+    "Mean": [
+        "Mean($close, 1)",
+        "Mean($close, 5)",
+        "Mean($volume, 30)",
+        "Mean($close>Ref($close, 1), 6)",
+        "Mean($funding_rate, 8)",
+        "Mean($close, 0)",
+        "Mean($volume/Ref($volume, 1), 4)",
+    ],
+    "Sum": [
+        "Sum($volume, 5)",
+        "Sum($funding_rate, 24)",
+        "Sum(Greater($close-Ref($close, 1), 0), 12)",
+        "Sum($close, 0)",
+        "Sum($close<Ref($close, 1), 3)",
+    ],
+    "Std": [
+        "Std($close, 2)",
+        "Std($close, 10)",
+        "Std($volume, 24)",
+        "Std($close/Ref($close, 1)-1, 6)",
+        "Std($close, 700)",
+    ],
     "Var": ["Var($close, 7)", "Var($volume, 3)"],
     "Max": ["Max($high, 5)", "Max($high, 1000)", "Max($volume/Ref($volume, 1), 4)"],
     "Min": ["Min($low, 5)", "Min($low, 1)", "Min($volume, 12)"],
-    "Quantile": ["Quantile($close, 5, 0.8)", "Quantile($close, 12, 0.2)", "Quantile($close, 4, 0.5)",
-                 "Quantile($volume, 3, 0)", "Quantile($volume, 3, 1)", "Quantile($close, 0, 0.3)"],
+    "Quantile": [
+        "Quantile($close, 5, 0.8)",
+        "Quantile($close, 12, 0.2)",
+        "Quantile($close, 4, 0.5)",
+        "Quantile($volume, 3, 0)",
+        "Quantile($volume, 3, 1)",
+        "Quantile($close, 0, 0.3)",
+    ],
     "Rank": ["Rank($close, 5)", "Rank($close, 24)", "Rank(Ref($close, 1), 3)", "Rank($volume, 6)"],
-    "IdxMax": ["IdxMax($high, 5)", "IdxMax($high, 24)", "IdxMax($close/Ref($close, 1), 6)", "IdxMax($volume/Ref($volume, 1), 5)"],
+    "IdxMax": [
+        "IdxMax($high, 5)",
+        "IdxMax($high, 24)",
+        "IdxMax($close/Ref($close, 1), 6)",
+        "IdxMax($volume/Ref($volume, 1), 5)",
+    ],
     "IdxMin": ["IdxMin($low, 5)", "IdxMin($low, 48)", "IdxMin(Ref($low, 2), 3)"],
-    "Corr": ["Corr($close, Log($volume+1), 6)", "Corr($close/Ref($close,1), Log($volume/Ref($volume, 1)+1), 12)",
-             "Corr($close, $volume, 2)", "Corr($high, $low, 24)"],
+    "Corr": [
+        "Corr($close, Log($volume+1), 6)",
+        "Corr($close/Ref($close,1), Log($volume/Ref($volume, 1)+1), 12)",
+        "Corr($close, $volume, 2)",
+        "Corr($high, $low, 24)",
+    ],
     "Cov": ["Cov($close, $volume, 5)"],
     "Slope": ["Slope($close, 5)", "Slope($close, 24)", "Slope($close, 1)", "Slope($close>$open, 4)"],
     "Rsquare": ["Rsquare($close, 5)", "Rsquare($close, 24)", "Rsquare($volume, 3)"],
@@ -64,10 +104,28 @@ OPERATOR_EXPRS: dict[str, list[str]] = {
     "Sign": ["Sign($close-$open)"],
     "Greater": ["Greater($open, $close)", "Greater($close-Ref($close, 1), 0)"],
     "Less": ["Less($open, $close)", "Less(Ref($close, 1)-$close, 0)"],
-    "arithmetic": ["$close+$open", "$close-1", "2*$close", "1-$close", "$close/$open", "($high-$low)/($high-$low+1e-12)",
-                   "$volume/Ref($volume, 1)", "1/$volume", "$close**2", "Power($close, 0.5)", "-1*$close", "(2*$close-$high-$low)/$open"],
-    "compare": ["$close>$open", "$close>=Ref($close,1)", "$close<$open", "$close<=$open", "$close==Ref($close, 1)",
-                "$close!=Ref($close, 1)"],
+    "arithmetic": [
+        "$close+$open",
+        "$close-1",
+        "2*$close",
+        "1-$close",
+        "$close/$open",
+        "($high-$low)/($high-$low+1e-12)",
+        "$volume/Ref($volume, 1)",
+        "1/$volume",
+        "$close**2",
+        "Power($close, 0.5)",
+        "-1*$close",
+        "(2*$close-$high-$low)/$open",
+    ],
+    "compare": [
+        "$close>$open",
+        "$close>=Ref($close,1)",
+        "$close<$open",
+        "$close<=$open",
+        "$close==Ref($close, 1)",
+        "$close!=Ref($close, 1)",
+    ],
     "logic": ["($close>$open)&($volume>100)", "($close>$open)|($volume>100)"],
     "If": ["If($close>$open, $close, $open)"],
 }
@@ -179,8 +237,12 @@ def _write_markets(root: Path) -> None:
 
 def _run(script_mode: str, p60: Path, pday: Path, out: Path) -> dict:
     payload = pickle.dumps({"exprs": OPERATOR_EXPRS, "starts": STARTS}).hex()
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(p60), str(pday), str(out), script_mode, payload],
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(p60), str(pday), str(out), script_mode, payload],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     with open(out, "rb") as fh:
         return pickle.load(fh)
@@ -249,7 +311,7 @@ def test_operator_matches_qlib(results, op):
     windows, ties and +-inf, from the calendar start and from mid-way (truncated history), for the whole
     market and for a universe whose members enter and leave."""
     inexact = 0
-    for (kind, start_name, market), (ref, ours) in ((k, v) for k, v in results["compare"].items() if k[0] == "ops"):
+    for (_kind, start_name, market), (ref, ours) in ((k, v) for k, v in results["compare"].items() if k[0] == "ops"):
         for expr in OPERATOR_EXPRS[op]:
             inexact += assert_same(ref[[expr]], ours[[expr]], f"{expr} ({start_name}, market {market})")
     assert inexact == 0, f"{inexact} cells within 1 ULP but not bit-identical"
@@ -346,3 +408,50 @@ def test_handler_engine_switch_and_errors():
         FastDataLoader(config={"feature": (["EMA($close, 5)"], ["E"])}, freq="60min")
     # the same expression is accepted with Qlib's engine
     assert FastDataLoader(config={"feature": (["EMA($close, 5)"], ["E"])}, freq="60min", engine="qlib").engine == "qlib"
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_in_place_processors_are_qlibs_bits(clip):
+    """InfToNaN, RobustZScoreNorm (fit and apply) and Fillna on the float32 block give the bits of Qlib's own
+    processors on the same frame (values with NaN, +-inf, constant columns, huge and tiny magnitudes)."""
+    from qlib.data.dataset import processor as qp
+
+    from qlib_crypto.data.processors import Block, InfToNaN, apply_wide, fit_rows
+
+    rng = np.random.default_rng(5)
+    times = pd.date_range("2024-01-01", periods=400, freq="h")
+    index = pd.MultiIndex.from_product([times, ["A", "B", "C"]], names=["datetime", "instrument"])
+    n = len(index)
+    cols = pd.MultiIndex.from_tuples([("feature", f"F{i}") for i in range(7)] + [("label", "LABEL0")])
+    data = rng.standard_normal((n, 8)).astype(np.float32) * np.float32(3)
+    data[:, 1] *= np.float32(1e30)
+    data[:, 2] *= np.float32(1e-30)
+    data[:, 3] = np.float32(7.25)  # constant: MAD 0 -> std EPS * 1.4826
+    data[rng.random((n, 8)) < 0.1] = np.nan
+    data[rng.random((n, 8)) < 0.02] = np.inf
+    data[rng.random((n, 8)) < 0.02] = -np.inf
+    frame = pd.DataFrame(data, index=index, columns=cols)
+    fit_start, fit_end = times[0], times[250]
+
+    def procs():
+        return [
+            InfToNaN(),
+            qp.RobustZScoreNorm(
+                fit_start_time=fit_start, fit_end_time=fit_end, fields_group="feature", clip_outlier=clip
+            ),
+            qp.Fillna(fields_group="feature", fill_value=0.5),
+        ]
+
+    expected = frame.copy()
+    for p in procs():
+        p.fit(expected)
+        expected = p(expected)
+    block = Block(np.ascontiguousarray(frame.to_numpy().T), index, cols)
+    for p in procs():
+        apply_wide(p, block, True, fit_rows(p, index) if hasattr(p, "fit_start_time") else None)
+    got = block.frame()
+    want = expected.to_numpy(dtype=np.float32)
+    assert got.to_numpy().dtype == np.float32
+    assert np.array_equal(np.isnan(got.to_numpy()), np.isnan(want))
+    ok = ~np.isnan(want)
+    assert np.array_equal(got.to_numpy().view(np.uint32)[ok], want.view(np.uint32)[ok])

@@ -3,6 +3,7 @@
 Provider directories are written here directly in Qlib's binary format (float32 LE, first value = start
 index into the calendar) so the test controls every bar; Qlib runs in subprocesses (qlib.init is global).
 """
+
 from __future__ import annotations
 
 import pickle
@@ -252,9 +253,13 @@ def test_features_match_hand_computation(loaded):
     assert row[("feature", "MAX12")] == pytest.approx(btc["high"].iloc[i - 11 : i + 1].max() / c, rel=1e-5)
     ups = (btc["close"].diff().iloc[i - 23 : i + 1] > 0).mean()
     assert row[("feature", "CNTP24")] == pytest.approx(ups, abs=1e-6)
-    assert row[("feature", "AMA24")] == pytest.approx(btc["amount"].iloc[i - 23 : i + 1].mean() / btc["amount"].iloc[i], rel=1e-4)
+    assert row[("feature", "AMA24")] == pytest.approx(
+        btc["amount"].iloc[i - 23 : i + 1].mean() / btc["amount"].iloc[i], rel=1e-4
+    )
     # label: close 2 bars ahead over close 1 bar ahead, minus 1
-    assert row[("label", "LABEL0")] == pytest.approx(btc["close"].iloc[i + 2] / btc["close"].iloc[i + 1] - 1, rel=1e-4, abs=1e-7)
+    assert row[("label", "LABEL0")] == pytest.approx(
+        btc["close"].iloc[i + 2] / btc["close"].iloc[i + 1] - 1, rel=1e-4, abs=1e-7
+    )
     # market-relative: 24-bar return minus the mean 24-bar return of all instruments at t
     ret24 = closes.iloc[i] / closes.iloc[i - 24] - 1
     assert row[("feature", "XRET24")] == pytest.approx(ret24["BTC-USDT"] - ret24.mean(), rel=1e-3, abs=1e-6)

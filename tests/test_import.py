@@ -1,5 +1,6 @@
 """``qlib-crypto import``: formats, timezones, symbol columns, merge with stored bars, and clear failures that
 leave the store untouched."""
+
 from __future__ import annotations
 
 import hashlib
@@ -34,7 +35,9 @@ def expected(rows=ROWS, times=TIMES) -> pd.DataFrame:
     return frame
 
 
-def write_csv(path: Path, stamps: list, rows=ROWS, header="timestamp,open,high,low,close,volume,amount", extra=None) -> Path:
+def write_csv(
+    path: Path, stamps: list, rows=ROWS, header="timestamp,open,high,low,close,volume,amount", extra=None
+) -> Path:
     lines = [header]
     for i, (stamp, row) in enumerate(zip(stamps, rows)):
         cells = [str(stamp)] + [repr(v) for v in row] + ([str(extra[i])] if extra else [])
@@ -46,7 +49,11 @@ def write_csv(path: Path, stamps: list, rows=ROWS, header="timestamp,open,high,l
 def store_hashes(root: Path) -> dict[str, str]:
     if not root.exists():
         return {}
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def run(args: list[str]) -> int:
@@ -87,7 +94,17 @@ def test_csv_epoch_seconds_and_milliseconds(tmp_path, st, unit, scale, fmt):
         # Shanghai is UTC+8 all year: local 08:00 is 00:00 UTC
         ([f"2024-03-01 {8 + i:02d}:00:00" for i in range(6)], "Asia/Shanghai"),
         # New York on 2024-03-01 is EST, UTC-5: local 19:00 on Feb 29 is 00:00 UTC on Mar 1
-        (["2024-02-29 19:00", "2024-02-29 20:00", "2024-02-29 21:00", "2024-02-29 22:00", "2024-02-29 23:00", "2024-03-01 00:00"], "America/New_York"),
+        (
+            [
+                "2024-02-29 19:00",
+                "2024-02-29 20:00",
+                "2024-02-29 21:00",
+                "2024-02-29 22:00",
+                "2024-02-29 23:00",
+                "2024-03-01 00:00",
+            ],
+            "America/New_York",
+        ),
         # explicit offsets win over --timezone
         ([f"2024-03-01T{2 + i:02d}:00:00+02:00" for i in range(6)], "Asia/Tokyo"),
     ],
@@ -117,7 +134,9 @@ def test_symbol_column_with_two_instruments(tmp_path, st, capsys):
         stamps += [EPOCH_S0 * 1000 + 3600_000 * i] * 2
         symbols += ["BTC/USDT", "ETH/USDT:USDT"]
         rows += [ROWS[i], [v * 2 for v in ROWS[i]]]
-    f = write_csv(tmp_path / "multi.csv", stamps, rows=rows, header="time,open,high,low,close,volume,amount,sym", extra=symbols)
+    f = write_csv(
+        tmp_path / "multi.csv", stamps, rows=rows, header="time,open,high,low,close,volume,amount,sym", extra=symbols
+    )
     assert run([f, "--symbol-column", "sym", "--timeframe", "1h", "--store", st]) == 0
     pd.testing.assert_frame_equal(store.read_bars(st, "BTC-USDT", "1h"), expected(), check_freq=False)
     doubled = [[v * 2 for v in r] for r in ROWS]
@@ -132,8 +151,10 @@ def test_symbol_column_with_two_instruments(tmp_path, st, capsys):
 
 def test_derive_amount_from_typical_price(tmp_path, st):
     f = tmp_path / "noamount.csv"
-    f.write_text("date,Open,High,Low,Close,Volume\n" + "".join(
-        f"{t.strftime('%Y-%m-%d %H:%M')},{r[0]},{r[1]},{r[2]},{r[3]},{r[4]}\n" for t, r in zip(TIMES, ROWS)))
+    f.write_text(
+        "date,Open,High,Low,Close,Volume\n"
+        + "".join(f"{t.strftime('%Y-%m-%d %H:%M')},{r[0]},{r[1]},{r[2]},{r[3]},{r[4]}\n" for t, r in zip(TIMES, ROWS))
+    )
     assert run([f, "--instrument", "BTC-USDT", "--timeframe", "1h", "--store", st]) != 0  # amount missing
     assert run([f, "--instrument", "BTC-USDT", "--timeframe", "1h", "--store", st, "--derive-amount"]) == 0
     got = store.read_bars(st, "BTC-USDT", "1h")
@@ -189,14 +210,20 @@ def bad_files(tmp_path: Path) -> dict[str, tuple[Path, list[str]]]:
     later = pd.date_range("2024-03-01 06:00", periods=6, freq="1h", tz="UTC")
     iso = [t.isoformat() for t in later]
     missing = tmp_path / "missing.csv"
-    missing.write_text("timestamp,open,high,low,volume,amount\n" + "".join(
-        f"{s},{r[0]},{r[1]},{r[2]},{r[4]},{r[5]}\n" for s, r in zip(iso, ROWS)))
+    missing.write_text(
+        "timestamp,open,high,low,volume,amount\n"
+        + "".join(f"{s},{r[0]},{r[1]},{r[2]},{r[4]},{r[5]}\n" for s, r in zip(iso, ROWS))
+    )
     unparseable = write_csv(tmp_path / "unparseable.csv", iso[:3] + ["2024-03-01 9am"] + iso[4:])
     misaligned = write_csv(tmp_path / "misaligned.csv", iso[:2] + ["2024-03-01T08:30:00+00:00"] + iso[3:])
     text_price = tmp_path / "text.csv"
-    text_price.write_text("timestamp,open,high,low,close,volume,amount\n" + "".join(
-        f"{s},{r[0]},{r[1]},{r[2]},{'1,5' if i == 4 else r[3]},{r[4]},{r[5]}\n".replace(",1,5,", ',"1,5",')
-        for i, (s, r) in enumerate(zip(iso, ROWS))))
+    text_price.write_text(
+        "timestamp,open,high,low,close,volume,amount\n"
+        + "".join(
+            f"{s},{r[0]},{r[1]},{r[2]},{'1,5' if i == 4 else r[3]},{r[4]},{r[5]}\n".replace(",1,5,", ',"1,5",')
+            for i, (s, r) in enumerate(zip(iso, ROWS))
+        )
+    )
     return {
         "missing": (missing, ["missing.csv", "'close'", "--column close="]),
         "unparseable": (unparseable, ["unparseable.csv", "'2024-03-01 9am'", "'timestamp'", "row 4 (line 5)"]),

@@ -1,10 +1,11 @@
 """Import: rows repeated inside a file are counted; funding rates import from files (issue 11)."""
+
 from __future__ import annotations
 
+import chaos
 import numpy as np
 import pandas as pd
 
-import chaos
 from qlib_crypto.store import read_bars, read_funding, validate_store
 
 
@@ -12,8 +13,9 @@ def test_repeats_inside_one_file_are_counted(tmp_path):
     bars = chaos.make_bars("2024-01-01", 200, seed=31)
     repeated = pd.concat([bars, bars.iloc[10:110]], ignore_index=True)  # 100 rows given twice
     csv = chaos.write_csv(tmp_path / "rep.csv", repeated)
-    code, out = chaos.cli(["import", str(csv), "--instrument", "BTC-USDT", "--timeframe", "1h", "--store",
-                           str(tmp_path / "s")])
+    code, out = chaos.cli(
+        ["import", str(csv), "--instrument", "BTC-USDT", "--timeframe", "1h", "--store", str(tmp_path / "s")]
+    )
     assert code == 0, out
     assert "300 rows read, 100 repeated inside a file (kept once), 200 added, 0 identical" in out
     assert len(read_bars(tmp_path / "s", "BTC-USDT", "1h")) == 200

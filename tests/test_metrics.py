@@ -1,5 +1,6 @@
 """The one metrics implementation (qlib_crypto.workflow.metrics) against independent computations: plain Python
 loops over the textbook (empyrical / QuantStats style) formulas at 24/7 annualisation, and Qlib's risk_analysis."""
+
 from __future__ import annotations
 
 import math
@@ -129,9 +130,10 @@ def test_rolling_sharpe_and_volatility_by_hand():
     rs, rv = M.rolling_sharpe(r, w, B_HOUR), M.rolling_volatility(r, w, B_HOUR)
     assert rs.iloc[: w - 1].isna().all() and rv.iloc[: w - 1].isna().all()
     for end in (w - 1, 40, 59):
-        window = list(r.iloc[end - w + 1: end + 1])
-        assert rs.iloc[end] == pytest.approx(statistics.fmean(window) / statistics.stdev(window) * math.sqrt(8760),
-                                             rel=1e-9)
+        window = list(r.iloc[end - w + 1 : end + 1])
+        assert rs.iloc[end] == pytest.approx(
+            statistics.fmean(window) / statistics.stdev(window) * math.sqrt(8760), rel=1e-9
+        )
         assert rv.iloc[end] == pytest.approx(statistics.stdev(window) * math.sqrt(8760), rel=1e-9)
     flat = M.rolling_sharpe(pd.Series([0.01] * 5), 3, 365)
     assert flat.isna().all()
@@ -148,7 +150,9 @@ def test_monthly_yearly_returns_and_table():
     assert monthly.to_dict() == pytest.approx({"2023-12": 0.1, "2024-01": 0.1, "2024-02": -0.1, "2024-03": 0.1})
     assert yearly.to_dict() == pytest.approx({"2023": 0.1, "2024": 119.79 / 110 - 1})
     table = M.monthly_returns_table(monthly, yearly)
-    assert list(table.index) == ["2023", "2024"] and list(table.columns) == [f"{m:02d}" for m in range(1, 13)] + ["year"]
+    assert list(table.index) == ["2023", "2024"] and list(table.columns) == [f"{m:02d}" for m in range(1, 13)] + [
+        "year"
+    ]
     assert table.at["2023", "12"] == pytest.approx(0.1) and math.isnan(table.at["2023", "01"])
     assert table.at["2024", "02"] == pytest.approx(-0.1) and table.at["2024", "year"] == pytest.approx(119.79 / 110 - 1)
 
@@ -156,16 +160,18 @@ def test_monthly_yearly_returns_and_table():
 def test_trade_stats_by_hand():
     t = pd.Timestamp("2024-01-01")
     h = pd.Timedelta(hours=1)
-    trades = pd.DataFrame({
-        "instrument": ["A", "A", "B", "B", "C"],
-        "side": ["long", "short", "long", "short", "long"],
-        "entry_time": [t, t + 2 * h, t, t + 5 * h, t + 9 * h],
-        "exit_time": [t + 2 * h, t + 3 * h, t + 6 * h, t + 9 * h, pd.NaT],
-        "entry_price": [100.0, 50.0, 10.0, 20.0, 5.0],
-        "max_amount": [1.0, 2.0, 10.0, 1.0, 3.0],
-        "pnl": [10.0, -4.0, 6.0, -2.0, 1.0],
-        "closed": [True, True, True, True, False],
-    })
+    trades = pd.DataFrame(
+        {
+            "instrument": ["A", "A", "B", "B", "C"],
+            "side": ["long", "short", "long", "short", "long"],
+            "entry_time": [t, t + 2 * h, t, t + 5 * h, t + 9 * h],
+            "exit_time": [t + 2 * h, t + 3 * h, t + 6 * h, t + 9 * h, pd.NaT],
+            "entry_price": [100.0, 50.0, 10.0, 20.0, 5.0],
+            "max_amount": [1.0, 2.0, 10.0, 1.0, 3.0],
+            "pnl": [10.0, -4.0, 6.0, -2.0, 1.0],
+            "closed": [True, True, True, True, False],
+        }
+    )
     st = M.trade_stats(trades, days=2.0, hours_per_bar=1.0)
     assert tuple(st) == M.TRADE_STAT_KEYS
     assert (st["n_closed_trades"], st["n_open_trades"], st["n_long_trades"], st["n_short_trades"]) == (4, 1, 2, 2)

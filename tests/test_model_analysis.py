@@ -1,5 +1,6 @@
 """Model analysis (IC by month, IC distribution, group returns, score autocorrelation): by hand on small frames, and
 equal to the numbers inside Qlib's own analysis_model.model_performance_graph figures on 24/7 hourly bars."""
+
 from __future__ import annotations
 
 import math
@@ -29,10 +30,14 @@ def _frame(times, insts, score, label):
 def test_group_returns_by_hand():
     times = pd.date_range("2024-03-01", periods=2, freq="h")
     insts = [f"I{i:02d}" for i in range(11)]
-    score = [[0.9, 0.1, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.0, -0.1],
-             [0.0, 1.0, 0.2, 0.8, 0.4, 0.6, np.nan, 0.3, 0.5, 0.7, 0.9]]
-    label = [[0.09, 0.01, 0.05, 0.03, 0.07, 0.02, 0.08, 0.04, 0.06, 0.00, -0.01],
-             [0.10, 0.20, 0.30, 0.40, 0.50, 0.60, 0.70, 0.80, np.nan, 1.00, 1.10]]
+    score = [
+        [0.9, 0.1, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.0, -0.1],
+        [0.0, 1.0, 0.2, 0.8, 0.4, 0.6, np.nan, 0.3, 0.5, 0.7, 0.9],
+    ]
+    label = [
+        [0.09, 0.01, 0.05, 0.03, 0.07, 0.02, 0.08, 0.04, 0.06, 0.00, -0.01],
+        [0.10, 0.20, 0.30, 0.40, 0.50, 0.60, 0.70, 0.80, np.nan, 1.00, 1.10],
+    ]
     pred, lab = _frame(times, insts, score, label)
     g = group_returns(pred_label_frame(pred, lab), 5)
     # bar 0: 11 scores -> 2 per group by descending score; the lowest (-0.1) is in no group
@@ -47,7 +52,7 @@ def test_group_returns_by_hand():
     ok = ~np.isnan(s1)
     order = np.argsort(-s1[ok], kind="stable")
     lab1 = l1[ok][order]
-    expect1 = [np.nanmean(lab1[2 * i: 2 * i + 2]) for i in range(5)]
+    expect1 = [np.nanmean(lab1[2 * i : 2 * i + 2]) for i in range(5)]
     assert g.iloc[1][[f"Group{i}" for i in range(1, 6)]].to_numpy() == pytest.approx(expect1)
     assert g.iloc[1]["long-average"] == pytest.approx(expect1[0] - np.nanmean(l1))
     summary = group_summary(g, 8760)
@@ -93,14 +98,19 @@ def test_numbers_equal_qlib_model_performance_graph_on_hourly_bars():
     ma = model_analysis(pred, label, bars_per_year=8760)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pandas' FutureWarning on Qlib's freq="1M"
-        figs = model_performance_graph(pd.DataFrame({"score": pred, "label": label}),
-                                       graph_names=["group_return", "pred_ic", "pred_autocorr"], show_notebook=False)
+        figs = model_performance_graph(
+            pd.DataFrame({"score": pred, "label": label}),
+            graph_names=["group_return", "pred_ic", "pred_autocorr"],
+            show_notebook=False,
+        )
     cum, _, ic_bars, monthly, dist, autocorr = figs
     for trace in cum.data:  # cumulative returns of Group1..5, long-short, long-average
         assert np.allclose(np.asarray(trace.y, float), ma.group_cumulative[trace.name].to_numpy(), equal_nan=True)
     for trace in ic_bars.data:
         ours = ma.ic if trace.name == "IC" else ma.rank_ic
-        assert np.allclose(np.asarray(trace.y, float), ours.reindex(pd.DatetimeIndex(trace.x)).to_numpy(), equal_nan=True)
+        assert np.allclose(
+            np.asarray(trace.y, float), ours.reindex(pd.DatetimeIndex(trace.x)).to_numpy(), equal_nan=True
+        )
     z = np.array(monthly.data[0].z, dtype=float)
     assert list(monthly.data[0].y) == ["2024"]
     assert np.allclose(z[0, :2], [ma.ic_monthly["2024-01"], ma.ic_monthly["2024-02"]]) and np.isnan(z[0, 2:]).all()
@@ -109,5 +119,6 @@ def test_numbers_equal_qlib_model_performance_graph_on_hourly_bars():
     assert np.allclose(np.asarray(qq.x, float), ma.ic_distribution["qq"]["theoretical"])
     assert np.allclose(np.asarray(qq.y, float), ma.ic_distribution["qq"]["sample"])
     ac = autocorr.data[0]
-    assert np.allclose(np.asarray(ac.y, float), ma.autocorrelation.reindex(pd.DatetimeIndex(ac.x)).to_numpy(),
-                       equal_nan=True)
+    assert np.allclose(
+        np.asarray(ac.y, float), ma.autocorrelation.reindex(pd.DatetimeIndex(ac.x)).to_numpy(), equal_nan=True
+    )

@@ -1,4 +1,5 @@
 """Model persistence: round trip, hash check, feature mismatch, recorder loading."""
+
 from __future__ import annotations
 
 import hashlib
@@ -46,14 +47,23 @@ def fitted_model():
     x = rng.normal(size=(300, 3))
     y = 0.5 * x[:, 0] - 0.2 * x[:, 2] + rng.normal(scale=0.1, size=300)
     model = LGBModel(num_leaves=7, min_data_in_leaf=5)
-    model.model = lgb.train({"objective": "mse", "verbosity": -1, "num_leaves": 7, "min_data_in_leaf": 5},
-                            lgb.Dataset(x, label=y), num_boost_round=15)
+    model.model = lgb.train(
+        {"objective": "mse", "verbosity": -1, "num_leaves": 7, "min_data_in_leaf": 5},
+        lgb.Dataset(x, label=y),
+        num_boost_round=15,
+    )
     return model, x
 
 
 def _save(model, path):
-    return save_model(model, path, feature_names=FEATURES, train_window=("2024-01-01", "2024-01-10 23:00"),
-                      handler_config=HANDLER, extra={"note": "test"})
+    return save_model(
+        model,
+        path,
+        feature_names=FEATURES,
+        train_window=("2024-01-01", "2024-01-10 23:00"),
+        handler_config=HANDLER,
+        extra={"note": "test"},
+    )
 
 
 def test_round_trip_and_metadata(tmp_path, fitted_model):
@@ -128,8 +138,15 @@ def test_load_from_recorder(tmp_path, fitted_model):
     # an older run with only Qlib's own artifacts, then a newer one with the model/ artifact
     old = client.create_run(exp_id)
     (tmp_path / "params.pkl").write_bytes(pickle.dumps(model))
-    task = {"dataset": {"class": "DatasetH", "kwargs": {"handler": HANDLER, "segments": {
-        "train": ["2024-01-01", "2024-01-05"], "test": ["2024-01-06", "2024-01-07"]}}}}
+    task = {
+        "dataset": {
+            "class": "DatasetH",
+            "kwargs": {
+                "handler": HANDLER,
+                "segments": {"train": ["2024-01-01", "2024-01-05"], "test": ["2024-01-06", "2024-01-07"]},
+            },
+        }
+    }
     (tmp_path / "task").write_bytes(pickle.dumps(task))
     client.log_artifact(old.info.run_id, str(tmp_path / "params.pkl"))
     client.log_artifact(old.info.run_id, str(tmp_path / "task"))

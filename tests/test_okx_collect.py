@@ -1,4 +1,5 @@
 """OKX collection against the loopback simulator: exact bars under faults, boundaries, resume, idempotence."""
+
 from __future__ import annotations
 
 import hashlib
@@ -7,18 +8,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from okx_sim import ALL_FAULT_KINDS, BARS, to_ms
 
 from qlib_crypto import store
 from qlib_crypto.errors import CollectionIncomplete, ConfigError
 from qlib_crypto.sources.collector import collect
 from qlib_crypto.sources.okx import OkxSource, RetryPolicy
-from okx_sim import ALL_FAULT_KINDS, BARS, to_ms
 
 # shortened windows (same ratios as OKX) so the tests run fast; the source uses the same budgets
-SIM_LIMITS = {"market/history-candles": (20, 0.5, None), "market/candles": (40, 0.5, None),
-              "public/funding-rate-history": (10, 0.5, "instId"), "public/instruments": (20, 0.5, "instType")}
-SRC_LIMITS = {"history-candles": (20, 0.5, None), "candles": (40, 0.5, None),
-              "funding-rate-history": (10, 0.5, "instId"), "instruments": (20, 0.5, "instType")}
+SIM_LIMITS = {
+    "market/history-candles": (20, 0.5, None),
+    "market/candles": (40, 0.5, None),
+    "public/funding-rate-history": (10, 0.5, "instId"),
+    "public/instruments": (20, 0.5, "instType"),
+}
+SRC_LIMITS = {
+    "history-candles": (20, 0.5, None),
+    "candles": (40, 0.5, None),
+    "funding-rate-history": (10, 0.5, "instId"),
+    "instruments": (20, 0.5, "instType"),
+}
 NOW = "2024-03-01T12:34:56.789Z"
 
 
@@ -47,8 +56,11 @@ def assert_exact(got: pd.DataFrame, exp: pd.DataFrame, swap: bool) -> None:
 
 
 def file_digests(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*.parquet")) if "meta" not in p.parts}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*.parquet"))
+        if "meta" not in p.parts
+    }
 
 
 CASES = [
@@ -60,8 +72,14 @@ CASES = [
 
 @pytest.mark.parametrize("tf,bar,start,end", CASES)
 def test_exact_bars_with_faults_of_every_kind(okx_sim_factory, tmp_path, tf, bar, start, end):
-    sim = okx_sim_factory(now=NOW, limits=SIM_LIMITS, fault_rate=0.2, fault_kinds=ALL_FAULT_KINDS,
-                          fault_seed=len(tf) + 10 * len(bar), timeout_sleep_s=0.5)
+    sim = okx_sim_factory(
+        now=NOW,
+        limits=SIM_LIMITS,
+        fault_rate=0.2,
+        fault_kinds=ALL_FAULT_KINDS,
+        fault_seed=len(tf) + 10 * len(bar),
+        timeout_sleep_s=0.5,
+    )
     sim.plan_faults(ALL_FAULT_KINDS, endpoint=None)  # every kind at least once, on any endpoint
     insts = ["BTC-USDT", "ETH-USDT-SWAP", "ARB-USDT", "DOGE-USDT-SWAP"]
     with fast_source(sim) as src:
@@ -87,8 +105,16 @@ def test_exact_bars_with_faults_of_every_kind(okx_sim_factory, tmp_path, tf, bar
 def test_first_and_last_bar_and_listing(okx_sim_factory, tmp_path):
     sim = okx_sim_factory(now=NOW, limits=SIM_LIMITS, gap_prob=0.0)
     with fast_source(sim) as src:
-        collect(src, tmp_path / "s", ["ARB-USDT", "BTC-USDT"], "1h", "2024-02-01T05:00", "2024-02-25T07:00",
-                workers=2, progress=False)
+        collect(
+            src,
+            tmp_path / "s",
+            ["ARB-USDT", "BTC-USDT"],
+            "1h",
+            "2024-02-01T05:00",
+            "2024-02-25T07:00",
+            workers=2,
+            progress=False,
+        )
     btc = store.read_bars(tmp_path / "s", "BTC-USDT", "1h")
     assert btc.index[0] == pd.Timestamp("2024-02-01T05:00Z")  # start inclusive
     assert btc.index[-1] == pd.Timestamp("2024-02-25T06:00Z")  # end exclusive
@@ -98,7 +124,9 @@ def test_first_and_last_bar_and_listing(okx_sim_factory, tmp_path):
     # nothing was asked before the listing, and the range before it counts as fetched
     for p in sim.requests_for("market/history-candles", "ARB-USDT"):
         assert int(p["after"]) > to_ms("2024-02-20T10:00")
-    assert store.get_coverage(tmp_path / "s", "ARB-USDT", "1h") == [(to_ms("2024-02-01T05:00"), to_ms("2024-02-25T07:00"))]
+    assert store.get_coverage(tmp_path / "s", "ARB-USDT", "1h") == [
+        (to_ms("2024-02-01T05:00"), to_ms("2024-02-25T07:00"))
+    ]
 
 
 def test_run_twice_identical_files_and_no_refetch(okx_sim_factory, tmp_path):
@@ -144,8 +172,7 @@ def test_silent_empty_page_in_the_middle_is_verified(okx_sim_factory, tmp_path):
 def test_funding_and_metadata(okx_sim_factory, tmp_path):
     sim = okx_sim_factory(now=NOW, limits=SIM_LIMITS)
     with fast_source(sim) as src:
-        collect(src, tmp_path / "s", ["BTC-USDT-SWAP", "BTC-USDT"], "1d", "2023-06-01", "2024-03-01",
-                progress=False)
+        collect(src, tmp_path / "s", ["BTC-USDT-SWAP", "BTC-USDT"], "1d", "2023-06-01", "2024-03-01", progress=False)
     funding = store.read_funding(tmp_path / "s", "BTC-USDT-SWAP")
     exp = sim.expected_funding("BTC-USDT-SWAP", to_ms("2023-06-01"), to_ms("2024-03-01"))
     # OKX keeps about 3 months: 92 days x 3 settlements, minus those after 2024-03-01 00:00
@@ -166,8 +193,16 @@ def test_exhausted_retries_keep_what_was_fetched(okx_sim_factory, tmp_path):
     sim.add_fault_rule("500", inst_id="ETH-USDT", predicate=lambda p: int(p["after"]) > bad_from)
     with fast_source(sim, retry=RetryPolicy(max_retries=2, base_s=0.01, cap_s=0.02), page_concurrency=1) as src:
         with pytest.raises(CollectionIncomplete) as info:
-            collect(src, tmp_path / "s", ["BTC-USDT", "ETH-USDT"], "1h", "2023-10-01", "2023-12-01",
-                    progress=False, with_funding=False)
+            collect(
+                src,
+                tmp_path / "s",
+                ["BTC-USDT", "ETH-USDT"],
+                "1h",
+                "2023-10-01",
+                "2023-12-01",
+                progress=False,
+                with_funding=False,
+            )
     msg = str(info.value)
     assert "ETH-USDT" in msg and "BTC-USDT [" not in msg
     report = info.value.report
@@ -179,8 +214,16 @@ def test_exhausted_retries_keep_what_was_fetched(okx_sim_factory, tmp_path):
     sim.clear_faults()
     before = sim.stats.requests["market/history-candles"]
     with fast_source(sim) as src:
-        collect(src, tmp_path / "s", ["BTC-USDT", "ETH-USDT"], "1h", "2023-10-01", "2023-12-01", progress=False,
-                with_funding=False)
+        collect(
+            src,
+            tmp_path / "s",
+            ["BTC-USDT", "ETH-USDT"],
+            "1h",
+            "2023-10-01",
+            "2023-12-01",
+            progress=False,
+            with_funding=False,
+        )
     asked = sim.stats.requests["market/history-candles"] - before
     assert asked == -(-(to_ms("2023-12-01") - failed[0]) // (300 * 3_600_000))
     got, exp = stored_vs_expected(tmp_path / "s", sim, "ETH-USDT", "1h", "1H", "2023-10-01", "2023-12-01")
@@ -192,8 +235,9 @@ def test_universe_selection(okx_sim):
         spot = src.resolve_universe(inst_type="spot")
         top = src.resolve_universe(top=4)
         top_swap = src.resolve_universe(top=2, inst_type="swap")
-    expected_spot = sorted(i.inst_id for i in okx_sim.instruments.values()
-                           if i.inst_type == "SPOT" and i.state == "live")
+    expected_spot = sorted(
+        i.inst_id for i in okx_sim.instruments.values() if i.inst_type == "SPOT" and i.state == "live"
+    )
     assert spot == expected_spot and "LUNA-USDT" not in spot
     # independent ranking from the simulator's own tickers: spot volCcy24h is quote, swap volCcy24h is base
     rows = [okx_sim._ticker_row(i) for i in okx_sim.instruments.values() if i.state == "live"]

@@ -1,4 +1,5 @@
 """The sliding-window limiter: exact window arithmetic, thread safety, and zero 429s against the simulator."""
+
 from __future__ import annotations
 
 import collections
@@ -6,12 +7,12 @@ import threading
 import time
 
 import pytest
+from okx_sim import many_instruments
 
 from qlib_crypto.errors import ConfigError
 from qlib_crypto.sources.collector import collect
 from qlib_crypto.sources.okx import OkxSource, RetryPolicy
 from qlib_crypto.sources.ratelimit import SlidingWindowLimiter
-from okx_sim import many_instruments
 
 
 class FakeClock:
@@ -92,8 +93,17 @@ def test_full_speed_collection_gets_zero_429(okx_sim_factory, tmp_path):
     insts = many_instruments(8)
     sim = okx_sim_factory(instruments=insts, gap_prob=0.0, limits={"market/history-candles": (20, 0.5, None)})
     with OkxSource(api_url=sim.url, limits=FAST, retry=RetryPolicy(max_retries=0), use_candles_endpoint=False) as src:
-        report = collect(src, tmp_path / "s", [i.inst_id for i in insts], "1m", "2024-02-25", "2024-02-27",
-                         workers=8, progress=False, with_funding=False)
+        report = collect(
+            src,
+            tmp_path / "s",
+            [i.inst_id for i in insts],
+            "1m",
+            "2024-02-25",
+            "2024-02-27",
+            workers=8,
+            progress=False,
+            with_funding=False,
+        )
     pages = 8 * (2 * 1440 // 300 + 1)  # 10 windows of 300 bars per instrument per 2 days
     assert sim.stats.requests["market/history-candles"] == pages
     assert sim.stats.total_rate_limited == 0
@@ -105,8 +115,22 @@ def test_simulator_does_enforce_the_window(okx_sim_factory, tmp_path):
     insts = many_instruments(6)
     sim = okx_sim_factory(instruments=insts, gap_prob=0.0, limits={"market/history-candles": (20, 0.5, None)})
     loose = {"history-candles": (40, 0.5, None)}
-    with OkxSource(api_url=sim.url, limits=loose, retry=RetryPolicy(max_retries=1, base_s=0.01, cap_s=0.02),
-                   use_candles_endpoint=False) as src:
-        collect(src, tmp_path / "s", [i.inst_id for i in insts], "1m", "2024-02-25", "2024-02-27",
-                workers=6, progress=False, with_funding=False, raise_on_incomplete=False)
+    with OkxSource(
+        api_url=sim.url,
+        limits=loose,
+        retry=RetryPolicy(max_retries=1, base_s=0.01, cap_s=0.02),
+        use_candles_endpoint=False,
+    ) as src:
+        collect(
+            src,
+            tmp_path / "s",
+            [i.inst_id for i in insts],
+            "1m",
+            "2024-02-25",
+            "2024-02-27",
+            workers=6,
+            progress=False,
+            with_funding=False,
+            raise_on_incomplete=False,
+        )
     assert sim.stats.rate_limited["market/history-candles"] > 0

@@ -1,5 +1,6 @@
 """predict -> signals on a small LightGBM model trained (through Qlib's task_train, as qrun does) on a
 hand-written provider directory. Qlib is initialised only in subprocesses (qlib.init is process-global)."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,6 @@ import os
 import pickle
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -54,9 +54,17 @@ def _write_provider(root: Path) -> None:
         folder = root / "features" / inst.lower()
         folder.mkdir(parents=True)
         prev = np.r_[np.nan, close[:-1]]
-        values = {"open": prev, "high": close * 1.001, "low": close * 0.999, "close": close,
-                  "volume": np.full(len(close), 10.0), "amount": close * 10.0, "vwap": close,
-                  "factor": np.where(np.isnan(close), np.nan, 1.0), "change": close / prev - 1}
+        values = {
+            "open": prev,
+            "high": close * 1.001,
+            "low": close * 0.999,
+            "close": close,
+            "volume": np.full(len(close), 10.0),
+            "amount": close * 10.0,
+            "vwap": close,
+            "factor": np.where(np.isnan(close), np.nan, 1.0),
+            "change": close / prev - 1,
+        }
         for field in FIELDS:
             np.r_[float(s), values[field]].astype("<f4").tofile(folder / f"{field}.60min.bin")
     (root / "instruments" / "all.txt").write_text("\n".join(lines) + "\n")
@@ -69,13 +77,28 @@ HANDLER = {
         "instruments": "all",
         "start_time": str(CAL[0]),
         "end_time": str(CAL[-1]),
-        "data_loader": {"class": "QlibDataLoader", "kwargs": {"freq": "60min", "config": {
-            "feature": [["$close/Ref($close,1)-1", "$close/Mean($close,5)-1", "Std($close/Ref($close,1)-1,10)"],
-                        FEATURES],
-            "label": [["Ref($close,-2)/Ref($close,-1)-1"], ["LABEL0"]]}}},
+        "data_loader": {
+            "class": "QlibDataLoader",
+            "kwargs": {
+                "freq": "60min",
+                "config": {
+                    "feature": [
+                        ["$close/Ref($close,1)-1", "$close/Mean($close,5)-1", "Std($close/Ref($close,1)-1,10)"],
+                        FEATURES,
+                    ],
+                    "label": [["Ref($close,-2)/Ref($close,-1)-1"], ["LABEL0"]],
+                },
+            },
+        },
         "infer_processors": [
-            {"class": "ZScoreNorm", "kwargs": {"fields_group": "feature", "fit_start_time": str(CAL[TRAIN[0]]),
-                                               "fit_end_time": str(CAL[TRAIN[1]])}},
+            {
+                "class": "ZScoreNorm",
+                "kwargs": {
+                    "fields_group": "feature",
+                    "fit_start_time": str(CAL[TRAIN[0]]),
+                    "fit_end_time": str(CAL[TRAIN[1]]),
+                },
+            },
             {"class": "Fillna", "kwargs": {"fields_group": "feature"}},
         ],
         "learn_processors": [{"class": "DropnaLabel"}],
@@ -125,8 +148,15 @@ Path(root / "predict.json").write_text(json.dumps({"mismatch": err}))
 """
 
 RULES_A = {"mode": "threshold", "buy_threshold": 0.0, "sell_threshold": 0.0, "max_position": 0.4, "max_total": 1.0}
-RULES_B = {"mode": "quantile", "buy_quantile": 0.34, "sell_quantile": 0.34, "max_position": 0.3,
-           "max_total": 0.5, "vol_target": 0.5, "vol_window": 24}
+RULES_B = {
+    "mode": "quantile",
+    "buy_quantile": 0.34,
+    "sell_quantile": 0.34,
+    "max_position": 0.3,
+    "max_total": 0.5,
+    "vol_target": 0.5,
+    "vol_window": 24,
+}
 
 
 def _run(args, cwd):
@@ -142,19 +172,46 @@ def trained(tmp_path_factory):
     _write_provider(root / "qlib")
     segments = {k: [str(CAL[a]), str(CAL[b])] for k, (a, b) in (("train", TRAIN), ("valid", VALID), ("test", TEST))}
     task = {
-        "model": {"class": "LGBModel", "module_path": "qlib.contrib.model.gbdt",
-                  "kwargs": {"loss": "mse", "num_boost_round": 30, "early_stopping_rounds": 30, "num_leaves": 7,
-                             "min_data_in_leaf": 10, "learning_rate": 0.1, "num_threads": 1, "seed": 1}},
-        "dataset": {"class": "DatasetH", "module_path": "qlib.data.dataset",
-                    "kwargs": {"handler": HANDLER, "segments": segments}},
+        "model": {
+            "class": "LGBModel",
+            "module_path": "qlib.contrib.model.gbdt",
+            "kwargs": {
+                "loss": "mse",
+                "num_boost_round": 30,
+                "early_stopping_rounds": 30,
+                "num_leaves": 7,
+                "min_data_in_leaf": 10,
+                "learning_rate": 0.1,
+                "num_threads": 1,
+                "seed": 1,
+            },
+        },
+        "dataset": {
+            "class": "DatasetH",
+            "module_path": "qlib.data.dataset",
+            "kwargs": {"handler": HANDLER, "segments": segments},
+        },
         "record": [
-            {"class": "SignalRecord", "module_path": "qlib.workflow.record_temp",
-             "kwargs": {"model": "<MODEL>", "dataset": "<DATASET>"}},
-            {"class": "ModelArtifactRecord", "module_path": "qlib_crypto.workflow.report_record",
-             "kwargs": {"model": "<MODEL>", "dataset": "<DATASET>", "out_path": str(root / "models" / "lgb_rec.pkl"),
-                        "warmup_bars": 30}},
-            {"class": "TrainingReportRecord", "module_path": "qlib_crypto.workflow.report_record",
-             "kwargs": {"model": "<MODEL>", "dataset": "<DATASET>", "out_dir": str(root / "report")}},
+            {
+                "class": "SignalRecord",
+                "module_path": "qlib.workflow.record_temp",
+                "kwargs": {"model": "<MODEL>", "dataset": "<DATASET>"},
+            },
+            {
+                "class": "ModelArtifactRecord",
+                "module_path": "qlib_crypto.workflow.report_record",
+                "kwargs": {
+                    "model": "<MODEL>",
+                    "dataset": "<DATASET>",
+                    "out_path": str(root / "models" / "lgb_rec.pkl"),
+                    "warmup_bars": 30,
+                },
+            },
+            {
+                "class": "TrainingReportRecord",
+                "module_path": "qlib_crypto.workflow.report_record",
+                "kwargs": {"model": "<MODEL>", "dataset": "<DATASET>", "out_dir": str(root / "report")},
+            },
         ],
     }
     (root / "task.json").write_text(json.dumps(task))
@@ -173,8 +230,15 @@ def _expected_scores(root: Path) -> pd.Series:
     for inst, (s, close) in _bars().items():
         c = pd.Series(close.astype("float64"), index=CAL[s:])
         ret = c / c.shift(1) - 1
-        frames.append(pd.DataFrame({"RET1": ret, "MA5": c / c.rolling(5, min_periods=1).mean() - 1,
-                                    "STD10": ret.rolling(10, min_periods=1).std()}).assign(instrument=inst))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "RET1": ret,
+                    "MA5": c / c.rolling(5, min_periods=1).mean() - 1,
+                    "STD10": ret.rolling(10, min_periods=1).std(),
+                }
+            ).assign(instrument=inst)
+        )
     feats = pd.concat(frames).rename_axis("datetime").set_index("instrument", append=True).sort_index()
     in_train = feats.index.get_level_values("datetime") <= CAL[TRAIN[1]]
     mean, std = np.nanmean(feats[in_train].values, axis=0), np.nanstd(feats[in_train].values, axis=0)
@@ -187,8 +251,10 @@ def test_recorder_holds_model_and_report(trained):
     info = json.loads((trained / "train.json").read_text())
     assert {"pred.pkl", "label.pkl", "params.pkl", "model", "training_report"} <= set(info["artifacts"])
     assert set(info["sub"]["model"]) == {"model/model.pkl", "model/model.pkl.meta.yaml", "model/model.pkl.dataset.pkl"}
-    assert set(info["sub"]["training_report"]) == {"training_report/training_report.json",
-                                                   "training_report/training_report.html"}
+    assert set(info["sub"]["training_report"]) == {
+        "training_report/training_report.json",
+        "training_report/training_report.html",
+    }
     assert {"l2.train", "l2.valid"} <= set(info["metrics"])
     report = json.loads((trained / "report" / "training_report.json").read_text())
     assert set(report["evals_result"]) == {"train", "valid"} and len(report["evals_result"]["valid"]["l2"]) > 1
@@ -222,7 +288,9 @@ def test_range_quantile_vol_target(trained):
     b = pd.read_parquet(trained / "b.parquet")
     c = pd.read_parquet(trained / "c.parquet")
     pd.testing.assert_frame_equal(b, c)  # model file without dataset == recorder run with fitted dataset
-    assert b["datetime"].min() == CAL[RANGE_START].tz_localize("UTC") and b["datetime"].nunique() == N_BARS - RANGE_START
+    assert (
+        b["datetime"].min() == CAL[RANGE_START].tz_localize("UTC") and b["datetime"].nunique() == N_BARS - RANGE_START
+    )
     expected = _expected_scores(trained)
     key = pd.MultiIndex.from_arrays([b["datetime"].dt.tz_localize(None).astype("datetime64[ns]"), b["instrument"]])
     assert np.allclose(b["score"].values, expected.reindex(key).values, rtol=1e-4, atol=1e-7)
@@ -257,14 +325,33 @@ def test_feature_mismatch_is_model_error(trained):
 
 def test_cli_predict_prints_table(trained):
     out = trained / "cli.parquet"
-    proc = _run(["-m", "qlib_crypto", "predict", "--model", str(trained / "models" / "lgb_rec.pkl"),
-                 "--provider-dir", f"60min={trained / 'qlib'}", "--mode", "threshold", "--buy-threshold", "0",
-                 "--sell-threshold", "0", "--max-position", "0.4", "--out", str(out)], cwd=trained)
+    proc = _run(
+        [
+            "-m",
+            "qlib_crypto",
+            "predict",
+            "--model",
+            str(trained / "models" / "lgb_rec.pkl"),
+            "--provider-dir",
+            f"60min={trained / 'qlib'}",
+            "--mode",
+            "threshold",
+            "--buy-threshold",
+            "0",
+            "--sell-threshold",
+            "0",
+            "--max-position",
+            "0.4",
+            "--out",
+            str(out),
+        ],
+        cwd=trained,
+    )
     a = pd.read_parquet(trained / "a.parquet")
     pd.testing.assert_frame_equal(pd.read_parquet(out), a)
     lines = proc.stdout.splitlines()
-    table = lines[next(i for i, line in enumerate(lines) if line.startswith("wrote ")):]
-    assert table[1] == "latest bar 2024-01-13 11:00:00+00:00:"
+    table = lines[next(i for i, line in enumerate(lines) if line.startswith("wrote ")) :]
+    assert table[1] == f"latest bar 2024-01-13 11:00:00+00:00 ({len(a)} instruments, best score first):"
     assert table[2].split() == ["instrument", "score", "signal", "position_size"]
     best = a.sort_values("score", ascending=False).iloc[0]
     assert table[3].split()[0] == best["instrument"] and table[3].split()[2] == best["signal"]
@@ -272,8 +359,17 @@ def test_cli_predict_prints_table(trained):
 
 
 def test_cli_missing_model_one_line(tmp_path, capsys):
-    code = cli_main(["predict", "--model", str(tmp_path / "nope.pkl"), "--provider-dir", str(tmp_path),
-                     "--out", str(tmp_path / "s.parquet")])
+    code = cli_main(
+        [
+            "predict",
+            "--model",
+            str(tmp_path / "nope.pkl"),
+            "--provider-dir",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "s.parquet"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "nope.pkl" in err[0] and "does not exist" in err[0]

@@ -1,9 +1,9 @@
 """Full dump into Qlib's binary format: golden byte identity, read-back through Qlib, missing bars, late
 listings, funding placement, coarser frequencies, market universes, bad inputs, settings."""
+
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import subprocess
 import sys
@@ -30,8 +30,9 @@ def bars_frame(start: str, n: int, seed: int, p0: float = 100.0, drop=(), freq="
     high = np.maximum(open_, close) * (1 + rng.uniform(0, 0.01, n))
     low = np.minimum(open_, close) * (1 - rng.uniform(0, 0.01, n))
     vol = rng.uniform(1, 100, n)
-    df = pd.DataFrame({"datetime": idx, "open": open_, "high": high, "low": low, "close": close,
-                       "volume": vol, "amount": vol * close})
+    df = pd.DataFrame(
+        {"datetime": idx, "open": open_, "high": high, "low": low, "close": close, "volume": vol, "amount": vol * close}
+    )
     return df.drop(index=list(drop)).reset_index(drop=True)
 
 
@@ -68,9 +69,14 @@ def test_missing_bars_late_listing_and_derived_fields(tmp_path):
     b = bars_frame("2024-01-01 10:00", 17, 2, p0=5.0)  # listed at hour 10, ends at hour 26 (before A)
     write_bars(store, "AAA-USDT", "1h", a, "t")
     write_bars(store, "BBB-USDT-SWAP", "1h", b, "t")
-    fund = pd.DataFrame({"funding_time": pd.to_datetime(["2024-01-01 08:00", "2024-01-01 16:00",
-                                                         "2024-01-02 00:30", "2024-01-03 08:00"], utc=True),
-                         "funding_rate": [0.5e-4, 1e-4, -2e-4, 3e-4]})
+    fund = pd.DataFrame(
+        {
+            "funding_time": pd.to_datetime(
+                ["2024-01-01 08:00", "2024-01-01 16:00", "2024-01-02 00:30", "2024-01-03 08:00"], utc=True
+            ),
+            "funding_rate": [0.5e-4, 1e-4, -2e-4, 3e-4],
+        }
+    )
     write_funding(store, "BBB-USDT-SWAP", fund, "t")
     dump(store, out, "1h")
 
@@ -103,10 +109,12 @@ def test_missing_bars_late_listing_and_derived_fields(tmp_path):
     expected[24 - 10] = -2e-4  # 00:30 settles within the 00:00 bar
     np.testing.assert_array_equal(fr, expected)
     assert (out / "instruments" / "all.txt").read_text() == (
-        "AAA-USDT\t2024-01-01 00:00:00\t2024-01-02 05:00:00\nBBB-USDT-SWAP\t2024-01-01 10:00:00\t2024-01-02 02:00:00\n")
+        "AAA-USDT\t2024-01-01 00:00:00\t2024-01-02 05:00:00\nBBB-USDT-SWAP\t2024-01-01 10:00:00\t2024-01-02 02:00:00\n"
+    )
     assert (out / "instruments" / "okx_spot.txt").read_text().startswith("AAA-USDT\t")
     assert (out / "instruments" / "okx_swap.txt").read_text().splitlines() == [
-        "BBB-USDT-SWAP\t2024-01-01 10:00:00\t2024-01-02 02:00:00"]
+        "BBB-USDT-SWAP\t2024-01-01 10:00:00\t2024-01-02 02:00:00"
+    ]
 
 
 def test_day_from_hourly_marks_incomplete_days(tmp_path):
@@ -115,18 +123,34 @@ def test_day_from_hourly_marks_incomplete_days(tmp_path):
     b = bars_frame("2024-01-02 07:00", 20, 4, p0=3.0)  # listed mid-day 2
     write_bars(store, "AAA-USDT", "1h", a, "t")
     write_bars(store, "BBB-USDT-SWAP", "1h", b, "t")
-    write_funding(store, "BBB-USDT-SWAP", pd.DataFrame({
-        "funding_time": pd.to_datetime(["2024-01-02 08:00", "2024-01-02 16:00", "2024-01-03 00:00"], utc=True),
-        "funding_rate": [1e-4, 2e-4, 4e-4]}), "t")
+    write_funding(
+        store,
+        "BBB-USDT-SWAP",
+        pd.DataFrame(
+            {
+                "funding_time": pd.to_datetime(["2024-01-02 08:00", "2024-01-02 16:00", "2024-01-03 00:00"], utc=True),
+                "funding_rate": [1e-4, 2e-4, 4e-4],
+            }
+        ),
+        "t",
+    )
     res = dump(store, out, "day", source_timeframe="1h")
     assert (out / "calendars" / "day.txt").read_text() == "2024-01-01\n2024-01-02\n2024-01-03\n2024-01-04\n"
     assert (out / "calendars" / "day_future.txt").read_text().splitlines()[-1] == "2024-01-05"
     assert res.calendar_bars == 4
     for name, df, start in (("AAA-USDT", a, 0), ("BBB-USDT-SWAP", b, 1)):
         g = df.set_index("datetime").resample("1D")
-        exp = pd.DataFrame({"open": g["open"].first(), "high": g["high"].max(), "low": g["low"].min(),
-                            "close": g["close"].last(), "volume": g["volume"].sum(), "amount": g["amount"].sum(),
-                            "bars": g["close"].count()})
+        exp = pd.DataFrame(
+            {
+                "open": g["open"].first(),
+                "high": g["high"].max(),
+                "low": g["low"].min(),
+                "close": g["close"].last(),
+                "volume": g["volume"].sum(),
+                "amount": g["amount"].sum(),
+                "bars": g["close"].count(),
+            }
+        )
         exp = exp.reindex(pd.date_range("2024-01-01", periods=4, freq="D", tz="UTC")[start:])
         d = out / "features" / name.lower()
         for field in ("open", "high", "low", "close", "bars"):
@@ -140,7 +164,8 @@ def test_day_from_hourly_marks_incomplete_days(tmp_path):
     _, fr = read_bin(out / "features" / "bbb-usdt-swap" / "funding_rate.day.bin")
     np.testing.assert_allclose(fr[:2], [3e-4, 4e-4], rtol=1e-6)  # two settlements on 01-02 are summed
     assert (out / "instruments" / "all.txt").read_text() == (
-        "AAA-USDT\t2024-01-01\t2024-01-04\nBBB-USDT-SWAP\t2024-01-02\t2024-01-03\n")
+        "AAA-USDT\t2024-01-01\t2024-01-04\nBBB-USDT-SWAP\t2024-01-02\t2024-01-03\n"
+    )
 
 
 READBACK = textwrap.dedent("""
@@ -209,8 +234,17 @@ def test_point_in_time_liquidity_universe(tmp_path):
     # quote volume per day (amount = volume * close with close = 1 -> amount = volume)
     daily = {"AAA-USDT": [10, 10, 1, 1, 1], "BBB-USDT": [1, 1, 10, 10, 10], "CCC-USDT": [5, 5, 5, 5, 0]}
     for name, vols in daily.items():
-        df = pd.DataFrame({"datetime": days, "open": 1.0, "high": 1.0, "low": 1.0, "close": 1.0,
-                           "volume": np.array(vols, float), "amount": np.array(vols, float)})
+        df = pd.DataFrame(
+            {
+                "datetime": days,
+                "open": 1.0,
+                "high": 1.0,
+                "low": 1.0,
+                "close": 1.0,
+                "volume": np.array(vols, float),
+                "amount": np.array(vols, float),
+            }
+        )
         df = df[df["volume"] > 0]
         write_bars(store, name, "1d", df, "t")
     out = tmp_path / "q"
@@ -218,10 +252,12 @@ def test_point_in_time_liquidity_universe(tmp_path):
     # decision 01-02 uses 01-01 only: A10 C5 B1; 01-03: A20 C10 B2; 01-04 (01-02,01-03): A11 B11 C10 -> tie, name
     # order -> A; 01-05 (01-03,01-04): B20 C10 A2
     assert (out / "instruments" / "top1.txt").read_text() == (
-        "AAA-USDT\t2024-01-02\t2024-01-04\nBBB-USDT\t2024-01-05\t2024-01-05\n")
+        "AAA-USDT\t2024-01-02\t2024-01-04\nBBB-USDT\t2024-01-05\t2024-01-05\n"
+    )
     assert (out / "instruments" / "top2.txt").read_text() == (
         "AAA-USDT\t2024-01-02\t2024-01-04\nBBB-USDT\t2024-01-04\t2024-01-05\n"
-        "CCC-USDT\t2024-01-02\t2024-01-03\nCCC-USDT\t2024-01-05\t2024-01-05\n")
+        "CCC-USDT\t2024-01-02\t2024-01-03\nCCC-USDT\t2024-01-05\t2024-01-05\n"
+    )
 
 
 def test_liquidity_universe_hourly_spans_end_before_next_decision(tmp_path):
@@ -229,14 +265,16 @@ def test_liquidity_universe_hourly_spans_end_before_next_decision(tmp_path):
     idx = pd.date_range("2024-01-01 12:00", periods=60, freq="h", tz="UTC")  # to 2024-01-03 23:00
     for name, vol in (("AAA-USDT", lambda t: 5.0 if t.day == 1 else 1.0), ("BBB-USDT", lambda t: 2.0)):
         v = np.array([vol(t) for t in idx])
-        df = pd.DataFrame({"datetime": idx, "open": 1.0, "high": 1.0, "low": 1.0, "close": 1.0, "volume": v,
-                           "amount": v})
+        df = pd.DataFrame(
+            {"datetime": idx, "open": 1.0, "high": 1.0, "low": 1.0, "close": 1.0, "volume": v, "amount": v}
+        )
         write_bars(store, name, "1h", df, "t")
     out = tmp_path / "q"
     dump(store, out, "1h", top=[1], window_days=1)
     # 01-02 00:00: A 60 vs B 24 -> A until 01-02 23:00; 01-03 00:00: A 24 vs B 48 -> B until the last bar
     assert (out / "instruments" / "top1.txt").read_text() == (
-        "AAA-USDT\t2024-01-02 00:00:00\t2024-01-02 23:00:00\nBBB-USDT\t2024-01-03 00:00:00\t2024-01-03 23:00:00\n")
+        "AAA-USDT\t2024-01-02 00:00:00\t2024-01-02 23:00:00\nBBB-USDT\t2024-01-03 00:00:00\t2024-01-03 23:00:00\n"
+    )
 
 
 # ------------------------------------------------------------------------------------ bad input
@@ -294,8 +332,21 @@ def test_cli_dump_and_errors(tmp_path, capsys):
     store = tmp_path / "store"
     write_bars(store, "AAA-USDT", "1h", bars_frame("2024-01-01", 48, 7), "t")
     out = tmp_path / "q" / "day"
-    rc = main(["dump", "--store", str(store), "--qlib-dir", str(out), "--timeframe", "day",
-               "--from-timeframe", "1h", "--top", "1"])
+    rc = main(
+        [
+            "dump",
+            "--store",
+            str(store),
+            "--qlib-dir",
+            str(out),
+            "--timeframe",
+            "day",
+            "--from-timeframe",
+            "1h",
+            "--top",
+            "1",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "2 calendar bars" in printed and str(out) in printed
@@ -303,8 +354,24 @@ def test_cli_dump_and_errors(tmp_path, capsys):
     assert main(["dump", "--store", str(store), "--qlib-dir", str(out), "--timeframe", "1h"]) == 2
     assert "holds day data" in capsys.readouterr().err
     assert main(["dump", "--store", str(store), "--qlib-dir", str(out), "--timeframe", "day", "--top", "x"]) == 2
-    assert main(["dump", "--store", str(store), "--qlib-dir", str(out), "--timeframe", "day",
-                 "--from-timeframe", "1h", "--top", ""]) == 0
+    assert (
+        main(
+            [
+                "dump",
+                "--store",
+                str(store),
+                "--qlib-dir",
+                str(out),
+                "--timeframe",
+                "day",
+                "--from-timeframe",
+                "1h",
+                "--top",
+                "",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (out / "instruments").iterdir()) == ["all.txt", "okx_spot.txt", "okx_swap.txt"]
 
 
@@ -314,8 +381,12 @@ def test_cli_dump_and_errors(tmp_path, capsys):
 def test_settings_and_init_config(tmp_path):
     from qlib_crypto import settings
 
-    assert settings.QLIB_INIT_KWARGS == {"region": "us", "trade_unit": None, "limit_threshold": None,
-                                         "deal_price": "close"}
+    assert settings.QLIB_INIT_KWARGS == {
+        "region": "us",
+        "trade_unit": None,
+        "limit_threshold": None,
+        "deal_price": "close",
+    }
     assert settings.DAYS_PER_YEAR == 365
     assert settings.bars_per_year("60min") == 24 * 365
     assert settings.bars_per_year("1h") == 24 * 365
@@ -332,7 +403,8 @@ def test_settings_and_init_config(tmp_path):
     assert cfg["provider_uri"] == {"60min": str(tmp_path / "okx" / "60min"), "day": str(tmp_path / "okx" / "day")}
     assert cfg["region"] == "us" and cfg["trade_unit"] is None
     assert settings.qlib_init_config(tmp_path / "okx" / "day", kernels=1)["provider_uri"] == {
-        "day": str(tmp_path / "okx" / "day")}
+        "day": str(tmp_path / "okx" / "day")
+    }
     assert settings.qlib_init_config({"60min": "x"}, kernels=1)["kernels"] == 1
     json.dumps(cfg)  # YAML/JSON-serialisable
     with pytest.raises(ConfigError):
@@ -345,11 +417,17 @@ def test_package_import_and_cli_dump_are_light(tmp_path):
     assert out == "[]"
     store = tmp_path / "store"
     write_bars(store, "AAA-USDT-SWAP", "1h", bars_frame("2024-01-01", 30, 9), "t")
-    write_funding(store, "AAA-USDT-SWAP", pd.DataFrame({"funding_time": pd.to_datetime(["2024-01-01 08:00"], utc=True),
-                                                        "funding_rate": [1e-4]}), "t")
-    code = ("import sys; from qlib_crypto.cli import main; "
-            f"rc = main(['dump', '--store', {str(store)!r}, '--qlib-dir', {str(tmp_path / 'q')!r}, '--timeframe', '1h']); "
-            "print(rc, sorted(m for m in ('pandas', 'qlib') if m in sys.modules))")
+    write_funding(
+        store,
+        "AAA-USDT-SWAP",
+        pd.DataFrame({"funding_time": pd.to_datetime(["2024-01-01 08:00"], utc=True), "funding_rate": [1e-4]}),
+        "t",
+    )
+    code = (
+        "import sys; from qlib_crypto.cli import main; "
+        f"rc = main(['dump', '--store', {str(store)!r}, '--qlib-dir', {str(tmp_path / 'q')!r}, '--timeframe', '1h']); "
+        "print(rc, sorted(m for m in ('pandas', 'qlib') if m in sys.modules))"
+    )
     out = subprocess.run([PY, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
     assert out.endswith("0 []")
     assert (tmp_path / "q" / "features" / "aaa-usdt-swap" / "funding_rate.60min.bin").exists()
@@ -364,8 +442,19 @@ def test_misaligned_bars_in_a_hand_written_store_file_are_refused(tmp_path):
     path.parent.mkdir(parents=True)
     ts = np.array([1704067200000, 1704067200000 + 5_400_000], dtype=np.int64)  # 00:00 and 01:30
     write_table(path, ts, np.ones((2, 6)), ["open", "high", "low", "close", "volume", "amount"])
-    write_manifest(path, build_manifest(path, kind="bars", instrument="AAA-USDT", timeframe="1h",
-                                        start_ms=int(ts[0]), end_ms=int(ts[1]), row_count=2, source="hand"))
+    write_manifest(
+        path,
+        build_manifest(
+            path,
+            kind="bars",
+            instrument="AAA-USDT",
+            timeframe="1h",
+            start_ms=int(ts[0]),
+            end_ms=int(ts[1]),
+            row_count=2,
+            source="hand",
+        ),
+    )
     with pytest.raises(ProviderError, match="01:30:00"):
         dump(tmp_path / "store", tmp_path / "q", "1h")
     assert not (tmp_path / "q").exists()
@@ -381,12 +470,15 @@ def test_manifest_reader_matches_pyyaml(tmp_path):
     (f,) = series_files(store / "bars" / "1h" / "AAA-USDT")
     full = yaml.safe_load((f.path.parent / (f.path.name + ".manifest.yaml")).read_text())
     assert {k: f.manifest[k] for k in ("sha256", "start_ts", "end_ts", "row_count")} == {
-        k: full[k] for k in ("sha256", "start_ts", "end_ts", "row_count")}
+        k: full[k] for k in ("sha256", "start_ts", "end_ts", "row_count")
+    }
     assert full["row_count"] == 10 and full["start_ts"] == "2024-01-01T00:00:00Z"
     # a manifest written by hand in another YAML style is read by PyYAML
     mpath = f.path.parent / (f.path.name + ".manifest.yaml")
-    mpath.write_text("{sha256: %s, start_ts: '2024-01-01T00:00:00Z', end_ts: '2024-01-01T09:00:00Z', "
-                     "row_count: 10}\n" % full["sha256"])
+    mpath.write_text(
+        "{sha256: %s, start_ts: '2024-01-01T00:00:00Z', end_ts: '2024-01-01T09:00:00Z', "
+        "row_count: 10}\n" % full["sha256"]
+    )
     (g,) = series_files(store / "bars" / "1h" / "AAA-USDT")
     assert g.manifest["sha256"] == full["sha256"] and g.manifest["row_count"] == 10
     assert dump(store, tmp_path / "q", "1h").bars_written == 10

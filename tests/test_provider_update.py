@@ -1,7 +1,9 @@
 """Incremental ``--update``: byte-identical to a full dump after any sequence of updates, refuses backfills,
 and interrupted dumps/updates (killed subprocesses) leave a readable old dataset and recover."""
+
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -19,6 +21,7 @@ from qlib_crypto.provider import dump
 from qlib_crypto.store import write_bars, write_funding
 
 PY = sys.executable
+PAUSE_DUMP = Path(__file__).with_name("_pause_dump.py")
 
 
 def bars(start: str, n: int, seed: int, p0: float = 100.0, drop=()) -> pd.DataFrame:
@@ -27,9 +30,17 @@ def bars(start: str, n: int, seed: int, p0: float = 100.0, drop=()) -> pd.DataFr
     close = p0 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
     open_ = np.r_[p0, close[:-1]]
     vol = rng.uniform(1, 100, n)
-    df = pd.DataFrame({"datetime": idx, "open": open_, "high": np.maximum(open_, close) * 1.001,
-                       "low": np.minimum(open_, close) * 0.999, "close": close, "volume": vol,
-                       "amount": vol * close})
+    df = pd.DataFrame(
+        {
+            "datetime": idx,
+            "open": open_,
+            "high": np.maximum(open_, close) * 1.001,
+            "low": np.minimum(open_, close) * 0.999,
+            "close": close,
+            "volume": vol,
+            "amount": vol * close,
+        }
+    )
     return df.drop(index=list(drop)).reset_index(drop=True)
 
 
@@ -94,9 +105,21 @@ def write_until(store: Path, frames, fund, lo, hi):
 def test_updates_equal_full_dump(tmp_path, timeframe, source):
     frames, fund = history()
     store, upd, full = tmp_path / "store", tmp_path / "upd", tmp_path / "full"
-    cuts = pd.to_datetime(["2023-12-30 00:00", "2023-12-30 09:00", "2023-12-31 03:00", "2023-12-31 05:00",
-                           "2024-01-01 00:00", "2024-01-01 13:00", "2024-01-01 14:30", "2024-01-02 00:00",
-                           "2024-01-03 22:00", "2024-01-04 00:00"], utc=True)
+    cuts = pd.to_datetime(
+        [
+            "2023-12-30 00:00",
+            "2023-12-30 09:00",
+            "2023-12-31 03:00",
+            "2023-12-31 05:00",
+            "2024-01-01 00:00",
+            "2024-01-01 13:00",
+            "2024-01-01 14:30",
+            "2024-01-02 00:00",
+            "2024-01-03 22:00",
+            "2024-01-04 00:00",
+        ],
+        utc=True,
+    )
     write_until(store, frames, fund, cuts[0], cuts[1])
     dump(store, upd, timeframe, source_timeframe=source, top=[2])
     modes = []
@@ -139,7 +162,7 @@ def test_update_appends_in_place_and_pads_idle_instruments(tmp_path):
     assert path.stat().st_ino == inode  # appended, not rewritten
     data = path.read_bytes()
     assert data[: len(old)] == old
-    assert np.isnan(np.frombuffer(data[len(old):], dtype="<f4")).all() and len(data) == len(old) + 16
+    assert np.isnan(np.frombuffer(data[len(old) :], dtype="<f4")).all() and len(data) == len(old) + 16
     a = np.fromfile(out / "features" / "aaa-usdt" / "close.60min.bin", dtype="<f4")
     np.testing.assert_array_equal(a[11:], new["close"].to_numpy(np.float32))
 
@@ -180,7 +203,8 @@ def test_update_refuses_backfill_and_changed_options(tmp_path):
     assert "ZZZ-USDT" in (out3 / "instruments" / "all.txt").read_text()
     dump(store, out, "1h")
     assert np.fromfile(out / "features" / "aaa-usdt" / "close.60min.bin", dtype="<f4")[6] == np.float32(
-        bars("2024-01-01", 30, 1)["close"].iloc[5])
+        bars("2024-01-01", 30, 1)["close"].iloc[5]
+    )
 
 
 # ------------------------------------------------------------------------------------ interruptions
@@ -195,10 +219,11 @@ READ_OLD = textwrap.dedent("""
 """)
 
 
-def run_until_hook(args, point: str, marker: Path) -> subprocess.Popen:
-    env = dict(os.environ, QLIB_CRYPTO_DUMP_HOOK=f"{point}:{marker}")
-    proc = subprocess.Popen([PY, "-m", "qlib_crypto", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+def run_until_paused(args, point: str, marker: Path) -> subprocess.Popen:
+    """Start ``qlib-crypto ARGS`` paused at ``point`` by tests/_pause_dump.py; return once it is there."""
+    proc = subprocess.Popen(
+        [PY, str(PAUSE_DUMP), point, str(marker), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 120
     try:
         while not marker.exists():
@@ -206,7 +231,7 @@ def run_until_hook(args, point: str, marker: Path) -> subprocess.Popen:
             assert time.monotonic() < deadline
             time.sleep(0.05)
     except BaseException:
-        kill(proc)  # never leave the child (asleep in its hook, holding the dump lock) behind
+        kill(proc)  # never leave the child (paused, holding the dump lock) behind
         raise
     return proc
 
@@ -228,7 +253,7 @@ def test_interrupted_full_dump_keeps_old_dataset(tmp_path):
     old = snapshot(out)
     write_bars(store, "AAA-USDT", "1h", bars("2024-01-01", 48, 1).iloc[24:], "t")
     args = ["dump", "--store", str(store), "--qlib-dir", str(out), "--timeframe", "1h"]
-    proc = run_until_hook(args, "full-staged", tmp_path / "marker")
+    proc = run_until_paused(args, "full-staged", tmp_path / "marker")
     try:
         assert snapshot(out) == old  # the new dataset is complete in the staging dir, not yet swapped in
         with pytest.raises(ProviderError, match="another dump"):  # the running dump holds the lock
@@ -239,12 +264,13 @@ def test_interrupted_full_dump_keeps_old_dataset(tmp_path):
     assert list((tmp_path / "okx").glob(".60min.staging-*"))
     res = tmp_path / "res.pkl"
     (tmp_path / "read.py").write_text(READ_OLD)
-    subprocess.run([PY, str(tmp_path / "read.py"), str(out), str(res)], check=True, capture_output=True,
-                   timeout=300)
+    subprocess.run([PY, str(tmp_path / "read.py"), str(out), str(res)], check=True, capture_output=True, timeout=300)
     cal, df = pickle.loads(res.read_bytes())
     assert len(cal) == 24
-    np.testing.assert_array_equal(df.xs("AAA-USDT", level="instrument")["$close"].to_numpy(),
-                                  bars("2024-01-01", 24, 1)["close"].to_numpy(np.float32))
+    np.testing.assert_array_equal(
+        df.xs("AAA-USDT", level="instrument")["$close"].to_numpy(),
+        bars("2024-01-01", 24, 1)["close"].to_numpy(np.float32),
+    )
     dump(store, out, "1h")
     assert not list((tmp_path / "okx").glob(".60min.*-*"))
     dump(store, tmp_path / "fresh", "1h")
@@ -260,7 +286,7 @@ def test_interrupted_update_rolls_back_or_forward(tmp_path, point):
     write_bars(store, "AAA-USDT", "1h", bars("2024-01-01", 30, 1).iloc[24:], "t")
     write_bars(store, "CCC-USDT", "1h", bars("2024-01-02 01:00", 3, 3), "t")  # a new listing
     args = ["dump", "--store", str(store), "--qlib-dir", str(out), "--timeframe", "1h", "--update"]
-    proc = run_until_hook(args, point, tmp_path / "marker")
+    proc = run_until_paused(args, point, tmp_path / "marker")
     kill(proc)
     now = snapshot(out)
     if point == "update-written":
@@ -271,6 +297,15 @@ def test_interrupted_update_rolls_back_or_forward(tmp_path, point):
         for rel, data in old.items():
             assert now[rel][: len(data)] == data
         assert (out / ".qlib_crypto" / "journal.json").exists()
+    else:
+        # committed and part-way through the renames: the first staged file is in place, the calendar
+        # (renamed last) is still the old one
+        journal = json.loads((out / ".qlib_crypto" / "journal.json").read_text())
+        assert journal["phase"] == "commit"
+        first = journal["staged"][0]
+        assert not (out / ".qlib_crypto" / "staged" / first).exists() and now[first] != old.get(first)
+        assert (out / ".qlib_crypto" / "staged" / journal["staged"][-1]).exists()
+        assert now["calendars/60min.txt"] == old["calendars/60min.txt"]
     # the next run rolls back or completes the interrupted update, then brings the directory up to date
     dump(store, out, "1h", update=True)
     assert not (out / ".qlib_crypto" / "journal.json").exists()
@@ -331,16 +366,28 @@ def test_failing_update_rolls_back_at_once(tmp_path, monkeypatch):
 @pytest.mark.parametrize("timeframe, source", [("1m", None), ("15min", "1m")])
 def test_minute_updates_across_monthly_store_files_equal_full_dump(tmp_path, timeframe, source):
     """1m bars are stored in monthly files: updates that cross a month end still equal a full dump."""
+
     def minute_bars(start, n, seed, drop=()):
         df = bars(start, n, seed, drop=drop)
         df["datetime"] = pd.date_range(start, periods=n, freq="min", tz="UTC").delete(list(drop))
         return df
 
     store, upd, full = tmp_path / "store", tmp_path / "upd", tmp_path / "full"
-    frames = {"AAA-USDT": minute_bars("2024-01-31 22:00", 240, 1, drop=range(100, 130)),
-              "BBB-USDT": minute_bars("2024-01-31 23:10", 150, 2)}
-    cuts = pd.to_datetime(["2024-01-31 22:00", "2024-01-31 23:07", "2024-01-31 23:59", "2024-02-01 00:20",
-                           "2024-02-01 00:21", "2024-02-01 02:00"], utc=True)
+    frames = {
+        "AAA-USDT": minute_bars("2024-01-31 22:00", 240, 1, drop=range(100, 130)),
+        "BBB-USDT": minute_bars("2024-01-31 23:10", 150, 2),
+    }
+    cuts = pd.to_datetime(
+        [
+            "2024-01-31 22:00",
+            "2024-01-31 23:07",
+            "2024-01-31 23:59",
+            "2024-02-01 00:20",
+            "2024-02-01 00:21",
+            "2024-02-01 02:00",
+        ],
+        utc=True,
+    )
     for i, (lo, hi) in enumerate(zip(cuts[:-1], cuts[1:])):
         for name, df in frames.items():
             part = df[(df["datetime"] >= lo) & (df["datetime"] < hi)]
@@ -353,4 +400,6 @@ def test_minute_updates_across_monthly_store_files_equal_full_dump(tmp_path, tim
             # independent read-back of the updated directory against the input bars so far
             assert_close_matches_input(upd, "1min", frames, cuts[0], hi)
     assert sorted(p.name for p in (store / "bars" / "1m" / "AAA-USDT").glob("*.parquet")) == [
-        "2024-01.parquet", "2024-02.parquet"]
+        "2024-01.parquet",
+        "2024-02.parquet",
+    ]

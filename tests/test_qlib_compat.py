@@ -6,6 +6,7 @@ replaces an object's ``__class__``, or overrides a private Qlib hook; the execut
 ``SimulatorExecutor._collect_data`` through ``super()``; fills, funding and order reports leave a backtest through
 the executor's API (not through ``DataFrame.attrs``).
 """
+
 from __future__ import annotations
 
 import ast
@@ -22,24 +23,42 @@ from qlib.backtest.exchange import Exchange
 from qlib.backtest.executor import SimulatorExecutor
 from qlib.backtest.position import Position
 from qlib.backtest.report import Indicator, PortfolioMetrics
+from tiny_provider import scripted_strategy, use_provider
 
 from qlib_crypto.backtest import (
     CryptoExchange,
     CryptoExecutor,
     CryptoPortfolioMetrics,
     CryptoPosition,
+)
+from qlib_crypto.backtest import (
     _qlib_compat as compat,
 )
 from qlib_crypto.backtest.executor import CryptoTradeCalendar, FastIndicator, FastOrderIndicator
-from qlib_crypto.backtest.testing import scripted_strategy, use_provider
 
 PKG = Path(compat.__file__).resolve().parents[1]
 IDX = pd.date_range("2024-01-01", periods=6, freq="h")
 BARS = {
-    "AAA-USDT": pd.DataFrame({"open": [10.0] * 6, "high": [11.0] * 6, "low": [9.0] * 6,
-                              "close": [10.0, 10.0, 12.0, 12.0, 11.0, 11.0], "volume": [1e6] * 6}, index=IDX),
-    "BBB-USDT-SWAP": pd.DataFrame({"open": [50.0] * 6, "high": [51.0] * 6, "low": [49.0] * 6,
-                                   "close": [50.0, 50.0, 48.0, 45.0, 46.0, 46.0], "volume": [1e6] * 6}, index=IDX),
+    "AAA-USDT": pd.DataFrame(
+        {
+            "open": [10.0] * 6,
+            "high": [11.0] * 6,
+            "low": [9.0] * 6,
+            "close": [10.0, 10.0, 12.0, 12.0, 11.0, 11.0],
+            "volume": [1e6] * 6,
+        },
+        index=IDX,
+    ),
+    "BBB-USDT-SWAP": pd.DataFrame(
+        {
+            "open": [50.0] * 6,
+            "high": [51.0] * 6,
+            "low": [49.0] * 6,
+            "close": [50.0, 50.0, 48.0, 45.0, 46.0, 46.0],
+            "volume": [1e6] * 6,
+        },
+        index=IDX,
+    ),
 }
 
 
@@ -54,7 +73,8 @@ def _order(stock: str, direction, amount: float) -> Order:
 # ------------------------------------------------------------------------------------------- the version pin
 def test_installed_qlib_is_the_version_the_hooks_were_written_for():
     assert compat.qlib_version() == compat.QLIB_VERSION == qlib.__version__, (
-        "Qlib changed: re-check every function of qlib_crypto/backtest/_qlib_compat.py (and this file)")
+        "Qlib changed: re-check every function of qlib_crypto/backtest/_qlib_compat.py (and this file)"
+    )
 
 
 # ---------------------------------------------------------------------------- one test per touched internal
@@ -70,11 +90,90 @@ def test_sort_quote_fields_orders_the_columns_get_quote_from_qlib_loads():
             compat.sort_quote_fields(self)
             super().get_quote_from_qlib()
 
-    ex = Probe(freq="60min", start_time=IDX[0], end_time=IDX[-1], codes=list(BARS), deal_price="close",
-               subscribe_fields=["$open", "$high", "$low"], limit_threshold=None, trade_unit=None)
+    ex = Probe(
+        freq="60min",
+        start_time=IDX[0],
+        end_time=IDX[-1],
+        codes=list(BARS),
+        deal_price="close",
+        subscribe_fields=["$open", "$high", "$low"],
+        limit_threshold=None,
+        trade_unit=None,
+    )
     assert sorted(seen["before"]) == ex.all_fields  # the same names, sorted
     assert {"$close", "$factor", "$volume", "$open"} <= set(ex.all_fields)
     assert list(ex.quote_df.columns[: len(ex.all_fields)]) == ex.all_fields
+
+
+def test_quote_features_replaces_the_loader_get_quote_from_qlib_calls():
+    """Exchange.get_quote_from_qlib loads its quote through ``qlib.backtest.exchange.D.features`` with
+    (codes, all_fields, start, end, freq=..., disk_cache=True); within ``compat.quote_features`` it calls ours,
+    and Qlib's ``D`` is back afterwards."""
+    import qlib.backtest.exchange as qlib_exchange
+    from qlib.data import D
+
+    use_provider("compat", BARS)
+    calls = []
+
+    def probe(instruments, fields, start_time=None, end_time=None, freq="day", **kwargs):
+        calls.append((list(instruments), list(fields), start_time, end_time, freq, kwargs))
+        return D.features(instruments, fields, start_time, end_time, freq=freq, **kwargs)
+
+    before = qlib_exchange.D
+    with compat.quote_features(probe):
+        ex = Exchange(
+            freq="60min",
+            start_time=IDX[0],
+            end_time=IDX[-1],
+            codes=list(BARS),
+            deal_price="close",
+            limit_threshold=None,
+            trade_unit=None,
+        )
+    assert qlib_exchange.D is before
+    assert calls == [(list(BARS), ex.all_fields, IDX[0], IDX[-1], "60min", {"disk_cache": True})]
+    assert len(ex.quote_df) == 12
+
+
+def test_the_fast_quote_is_qlibs_quote_frame_on_gaps_and_late_listings():
+    """CryptoExchange reads its quote with the fast engine: the same frame as Qlib's ``D.features`` (index, rows,
+    columns, float32 bits), on instruments with a gap, a late listing and an early delisting."""
+    from qlib.data import D
+
+    from qlib_crypto.backtest.exchange import _quote_features
+
+    idx = pd.date_range("2024-01-01", periods=48, freq="h")
+    rng = np.random.default_rng(3)
+
+    def bars(index):
+        close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, len(index))))
+        return pd.DataFrame(
+            {
+                "open": close * 1.001,
+                "high": close * 1.01,
+                "low": close * 0.99,
+                "close": close,
+                "volume": rng.uniform(1, 100, len(index)),
+            },
+            index=index,
+        )
+
+    gappy = bars(idx).drop(idx[10:15])
+    use_provider(
+        "compat_quote",
+        {"AAA-USDT": bars(idx), "GAP-USDT": gappy, "LATE-USDT": bars(idx[20:]), "EARLY-USDT-SWAP": bars(idx[:30])},
+    )
+    fields = ["$close", "$factor", "$funding_rate", "$high", "$low", "$open", "$volume"]
+    codes = ["AAA-USDT", "EARLY-USDT-SWAP", "GAP-USDT", "LATE-USDT"]
+    for start, end in ((idx[0], idx[-1]), (idx[12], idx[25]), (idx[31], idx[40])):
+        ours = _quote_features(codes, fields, start, end, freq="60min", disk_cache=True)
+        theirs = D.features(codes, fields, start, end, freq="60min", disk_cache=True)
+        pd.testing.assert_index_equal(ours.index, theirs.index, exact=True)
+        assert list(ours.columns) == list(theirs.columns) == fields
+        assert (ours.dtypes == np.float32).all() and (theirs.dtypes == np.float32).all()
+        a, b = ours.to_numpy(), theirs.to_numpy()
+        assert np.array_equal(np.isnan(a), np.isnan(b))
+        assert np.array_equal(a.view(np.uint32)[~np.isnan(a)], b.view(np.uint32)[~np.isnan(b)])
 
 
 def test_add_and_remove_position_entry_are_qlibs_init_and_del_stock():
@@ -90,8 +189,10 @@ def test_add_and_remove_position_entry_are_qlibs_init_and_del_stock():
 def test_position_settle_type_follows_settle_start_and_commit():
     """A sale's proceeds go to ``cash_delay`` while Qlib's settlement mode is ``cash`` (read from the private
     ``_settle_type``): CryptoPosition books them where Qlib's Position does."""
-    qlib_pos, ours = Position(cash=0.0, position_dict={"AAA-USDT": {"amount": 3.0, "price": 10.0}}), CryptoPosition(
-        cash=0.0, position_dict={"AAA-USDT": {"amount": 3.0, "price": 10.0}})
+    qlib_pos, ours = (
+        Position(cash=0.0, position_dict={"AAA-USDT": {"amount": 3.0, "price": 10.0}}),
+        CryptoPosition(cash=0.0, position_dict={"AAA-USDT": {"amount": 3.0, "price": 10.0}}),
+    )
     for pos in (qlib_pos, ours):
         assert compat.position_settle_type(pos) == Position.ST_NO
         pos.settle_start(Position.ST_CASH)
@@ -110,8 +211,9 @@ def test_install_account_parts_the_account_then_uses_them():
     pm = CryptoPortfolioMetrics("60min", {"benchmark": pd.Series(0.01, index=IDX)})
     ind = FastIndicator(order_indicator_cls=FastOrderIndicator)
     compat.install_account_parts(account, portfolio_metrics=pm, indicator=ind)
-    account.update_bar_end(IDX[1], IDX[2] - pd.Timedelta(seconds=1), None, atomic=True, outer_trade_decision=None,
-                           trade_info=[])
+    account.update_bar_end(
+        IDX[1], IDX[2] - pd.Timedelta(seconds=1), None, atomic=True, outer_trade_decision=None, trade_info=[]
+    )
     df, _ = account.get_portfolio_metrics()
     assert account.get_trade_indicator() is ind and list(ind.trade_indicator_his) == [IDX[1]]
     assert list(df.index) == [IDX[1]] and df["account"].iloc[0] == 1000.0
@@ -180,8 +282,11 @@ def _qlib_private_names() -> set[str]:
 
 
 def _our_modules() -> list[Path]:
-    return sorted(p for p in list((PKG / "backtest").glob("*.py")) + list((PKG / "strategy").glob("*.py"))
-                  if p.name != "_qlib_compat.py")
+    return sorted(
+        p
+        for p in list((PKG / "backtest").glob("*.py")) + list((PKG / "strategy").glob("*.py"))
+        if p.name != "_qlib_compat.py"
+    )
 
 
 def test_only_the_compat_module_touches_qlib_internals():
@@ -190,8 +295,17 @@ def test_only_the_compat_module_touches_qlib_internals():
     object gets a new ``__class__``. (A private name of our own that collides with one of Qlib's fails too:
     rename it.)"""
     qlib_private = _qlib_private_names()
-    assert {"_init_stock", "_del_stock", "_settle_type", "_sample_benchmark", "_calc_trade_info_by_order",
-            "_update_order_trade_info", "_update_order_fulfill_rate", "_collect_data", "_get_order_iterator"} <= qlib_private
+    assert {
+        "_init_stock",
+        "_del_stock",
+        "_settle_type",
+        "_sample_benchmark",
+        "_calc_trade_info_by_order",
+        "_update_order_trade_info",
+        "_update_order_fulfill_rate",
+        "_collect_data",
+        "_get_order_iterator",
+    } <= qlib_private
     bad = []
     for path in _our_modules():
         for node in ast.walk(ast.parse(path.read_text())):
@@ -233,12 +347,22 @@ def test_executor_extends_qlibs_step_through_super(monkeypatch):
     monkeypatch.setattr(SimulatorExecutor, "_collect_data", counting)
     ex = CryptoExecutor(time_per_step="60min", generate_portfolio_metrics=True, max_leverage=None)
     script = {IDX[1]: [("AAA-USDT", "buy", 3.0)], IDX[3]: [("AAA-USDT", "sell", 3.0), ("BBB-USDT-SWAP", "sell", 1.0)]}
-    pm, _ = backtest(IDX[1], IDX[4], strategy=scripted_strategy(script), executor=ex,
-                     benchmark=pd.Series(0.0, index=IDX), account=1000.0,
-                     exchange_kwargs={"exchange": {"class": "CryptoExchange", "module_path": "qlib_crypto.backtest",
-                                                   "kwargs": {"freq": "60min", "codes": list(BARS),
-                                                              "start_time": IDX[1], "end_time": IDX[4]}}},
-                     pos_type="qlib_crypto.backtest.CryptoPosition")
+    pm, _ = backtest(
+        IDX[1],
+        IDX[4],
+        strategy=scripted_strategy(script),
+        executor=ex,
+        benchmark=pd.Series(0.0, index=IDX),
+        account=1000.0,
+        exchange_kwargs={
+            "exchange": {
+                "class": "CryptoExchange",
+                "module_path": "qlib_crypto.backtest",
+                "kwargs": {"freq": "60min", "codes": list(BARS), "start_time": IDX[1], "end_time": IDX[4]},
+            }
+        },
+        pos_type="qlib_crypto.backtest.CryptoPosition",
+    )
     assert calls == [1, 0, 2, 0]  # once per step, with that step's orders
     report, _ = pm["60min"]
     assert report.attrs == {}
@@ -259,8 +383,16 @@ def test_bar_benchmark_equals_qlibs_sampling(dtype):
     """The benchmark lookup gives Qlib's own values (``_sample_benchmark``: ``resam_ts_data`` of the Series) on
     bars with a value, on a bar without one and over several bars, in float64 and in float32 (Qlib's data)."""
     bench = pd.Series([0.01, -0.02, 0.003, 0.0, 0.05], index=IDX[[0, 1, 2, 4, 5]], dtype=dtype)
-    kw = dict(account_value=1.0, cash=1.0, return_rate=0.0, total_turnover=0.0, turnover_rate=0.0, total_cost=0.0,
-              cost_rate=0.0, stock_value=0.0)
+    kw = dict(
+        account_value=1.0,
+        cash=1.0,
+        return_rate=0.0,
+        total_turnover=0.0,
+        turnover_rate=0.0,
+        total_cost=0.0,
+        cost_rate=0.0,
+        stock_value=0.0,
+    )
     one_bar = [(IDX[i], IDX[i + 1] - pd.Timedelta(seconds=1)) for i in range(5)]
     for spans in (one_bar, [(IDX[0], IDX[3] - pd.Timedelta(seconds=1))]):
         qlib_pm = PortfolioMetrics("60min", {"benchmark": bench})

@@ -1,4 +1,5 @@
 """24/7 annualised metrics: hand-computed values on known return series, and the companion record."""
+
 from __future__ import annotations
 
 import math
@@ -86,8 +87,10 @@ def test_bars_per_year_and_names():
 
 def _report() -> pd.DataFrame:
     idx = pd.date_range("2024-01-01", periods=4, freq="h")
-    return pd.DataFrame({"return": [0.02, -0.01, 0.03, -0.02], "bench": [0.01, 0.0, 0.01, -0.01],
-                         "cost": [0.001, 0.0, 0.001, 0.0]}, index=idx)
+    return pd.DataFrame(
+        {"return": [0.02, -0.01, 0.03, -0.02], "bench": [0.01, 0.0, 0.01, -0.01], "cost": [0.001, 0.0, 0.001, 0.0]},
+        index=idx,
+    )
 
 
 def test_crypto_risk_analysis_series():
@@ -140,8 +143,14 @@ def test_companion_record_prints_the_risk_table(capsys):
     out = capsys.readouterr().out
     assert "24/7 risk analysis (60min; annualised over 8,760 bars = 365 days x 24 bars a day" in out
     header = next(line for line in out.splitlines() if line.startswith("metric"))
-    assert header.split() == ["metric", "benchmark", "return_without_cost", "return_with_cost",
-                              "excess_return_without_cost", "excess_return_with_cost"]
+    assert header.split() == [
+        "metric",
+        "benchmark",
+        "return_without_cost",
+        "return_with_cost",
+        "excess_return_without_cost",
+        "excess_return_with_cost",
+    ]
     row = next(line for line in out.splitlines() if line.startswith("annualized_return "))
     # excess with cost: mean 0.002 per bar -> 17.52 a year; shown in %, not as a raw fraction
     assert row.split()[-1] == f"{0.002 * 8760 * 100:,.2f}%"
@@ -164,7 +173,8 @@ def test_qrun_prints_the_backtest_summary_then_the_risk_table(capsys):
     risk tables) and then the 24/7 risk table, with the numbers the records logged."""
     import json
 
-    from qlib_crypto.backtest.testing import random_walk_bars, use_provider
+    from tiny_provider import random_walk_bars, use_provider
+
     from qlib_crypto.workflow.backtest_record import CryptoBacktestRecord
 
     swaps = ["ETH-USDT-SWAP", "SOL-USDT-SWAP", "XRP-USDT-SWAP", "ADA-USDT-SWAP"]
@@ -174,12 +184,24 @@ def test_qrun_prints_the_backtest_summary_then_the_risk_table(capsys):
     rng = np.random.default_rng(1)
     idx = pd.MultiIndex.from_product([times, swaps], names=["datetime", "instrument"])
     rec = ArtifactRecorder({"pred.pkl": pd.DataFrame({"score": rng.normal(size=len(idx))}, index=idx)})
-    CryptoBacktestRecord(rec, config={
-        "strategy": {"class": "LongShortStrategy", "module_path": "qlib_crypto.strategy",
-                     "kwargs": {"signal": "<PRED>", "topk": 1, "rebalance_every": 6}},
-        "backtest": {"start_time": str(times[0]), "end_time": str(times[-2]), "account": 100_000.0,
-                     "benchmark": "BTC-USDT", "exchange": {"slippage_bps": 2.0}},
-    }, freq="60min").generate()
+    CryptoBacktestRecord(
+        rec,
+        config={
+            "strategy": {
+                "class": "LongShortStrategy",
+                "module_path": "qlib_crypto.strategy",
+                "kwargs": {"signal": "<PRED>", "topk": 1, "rebalance_every": 6},
+            },
+            "backtest": {
+                "start_time": str(times[0]),
+                "end_time": str(times[-2]),
+                "account": 100_000.0,
+                "benchmark": "BTC-USDT",
+                "exchange": {"slippage_bps": 2.0},
+            },
+        },
+        freq="60min",
+    ).generate()
     CryptoRiskRecord(rec).generate()
     out = capsys.readouterr().out
     start = out.index("Crypto backtest (60min): 2024-03-01 00:00 .. 2024-03-03 22:00 UTC, 71 60min bars")

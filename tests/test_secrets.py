@@ -1,10 +1,10 @@
 """API keys in the environment are never needed, sent, logged or written (stores, manifests, reports)."""
+
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 SECRETS = {
     "OKX_API_KEY": "key-5f1e0c7a-SECRET-KEY",
@@ -19,10 +19,31 @@ def test_keys_in_environment_are_not_sent_logged_or_written(okx_sim, tmp_path):
     env = {**os.environ, **SECRETS}
     store = tmp_path / "store"
     proc = subprocess.run(
-        [sys.executable, "-m", "qlib_crypto", "--verbose", "collect", "--source", "okx", "--api-url", okx_sim.url,
-         "--instruments", "BTC-USDT,BTC-USDT-SWAP", "--timeframe", "1h", "--start", "2024-02-20",
-         "--end", "2024-02-22", "--store", str(store)],
-        env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "qlib_crypto",
+            "--verbose",
+            "collect",
+            "--source",
+            "okx",
+            "--api-url",
+            okx_sim.url,
+            "--instruments",
+            "BTC-USDT,BTC-USDT-SWAP",
+            "--timeframe",
+            "1h",
+            "--start",
+            "2024-02-20",
+            "--end",
+            "2024-02-22",
+            "--store",
+            str(store),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "DEBUG" in proc.stderr  # verbose logging was on, so a leak would have had its chance

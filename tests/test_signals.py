@@ -1,4 +1,5 @@
 """Signal rules and sizes, checked by hand on small score tables."""
+
 from __future__ import annotations
 
 import math
@@ -49,8 +50,18 @@ def test_threshold_boundary_is_hold():
 def test_quantile_mode_per_datetime_and_total_cap():
     # 5 instruments, 40% top / 20% bottom -> floor(2.0)=2 BUY, floor(1.0)=1 SELL at T1;
     # at T2 only 3 valid scores -> floor(1.2)=1 BUY, floor(0.6)=0 SELL.
-    rows = [(T1, "A", 5.0), (T1, "B", 1.0), (T1, "C", 3.0), (T1, "D", -2.0), (T1, "E", 0.5),
-            (T2, "A", -1.0), (T2, "B", 2.0), (T2, "C", 0.0), (T2, "D", float("nan")), (T2, "E", float("nan"))]
+    rows = [
+        (T1, "A", 5.0),
+        (T1, "B", 1.0),
+        (T1, "C", 3.0),
+        (T1, "D", -2.0),
+        (T1, "E", 0.5),
+        (T2, "A", -1.0),
+        (T2, "B", 2.0),
+        (T2, "C", 0.0),
+        (T2, "D", float("nan")),
+        (T2, "E", float("nan")),
+    ]
     rules = SignalRules(mode="rank", buy_quantile=0.4, sell_quantile=0.2, max_position=0.5, max_total=1.2)
     out = make_signals(_scores(rows), rules)
     sig1, size1 = _by_inst(out, T1)

@@ -1,4 +1,5 @@
 """The raw store: round trips, partitioning, merge rules, quarantine, coverage, validation."""
+
 from __future__ import annotations
 
 import hashlib
@@ -35,13 +36,17 @@ def make_bars(start: str, periods: int, freq: str = "1h", seed: int = 0) -> pd.D
     low = np.minimum(open_, close) * (1 - rng.uniform(0, 0.01, periods))
     volume = rng.uniform(1, 10, periods)
     idx = pd.date_range(start, periods=periods, freq=freq, tz="UTC", name="datetime")
-    return pd.DataFrame({"open": open_, "high": high, "low": low, "close": close, "volume": volume,
-                         "amount": volume * close}, index=idx)
+    return pd.DataFrame(
+        {"open": open_, "high": high, "low": low, "close": close, "volume": volume, "amount": volume * close}, index=idx
+    )
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_round_trip_and_yearly_partition(tmp_path):
@@ -60,7 +65,10 @@ def test_round_trip_and_yearly_partition(tmp_path):
 def test_minute_bars_partition_by_month(tmp_path):
     bars = make_bars("2024-01-31 23:58", 5, freq="1min")
     write_bars(tmp_path, "ETH-USDT", "1m", bars, "test")
-    assert sorted(p.name for p in (tmp_path / "bars/1m/ETH-USDT").glob("*.parquet")) == ["2024-01.parquet", "2024-02.parquet"]
+    assert sorted(p.name for p in (tmp_path / "bars/1m/ETH-USDT").glob("*.parquet")) == [
+        "2024-01.parquet",
+        "2024-02.parquet",
+    ]
 
 
 def test_same_rows_give_same_bytes_and_rewrite_is_noop(tmp_path):
@@ -109,9 +117,14 @@ def test_bad_rows_are_quarantined_with_reasons(tmp_path):
     bars = pd.concat([bars, dup], ignore_index=True)  # two versions of bar 6: duplicate_conflicting
     result = write_bars(tmp_path, "BTC-USDT", "1h", bars, "test")
     assert result.quarantined == 7
-    assert result.quarantine_reasons == {"nan_value": 1, "ohlc_inconsistent": 1, "negative_volume": 1,
-                                         "non_positive_price": 1, "misaligned_timestamp": 1,
-                                         "duplicate_conflicting": 2}
+    assert result.quarantine_reasons == {
+        "nan_value": 1,
+        "ohlc_inconsistent": 1,
+        "negative_volume": 1,
+        "non_positive_price": 1,
+        "misaligned_timestamp": 1,
+        "duplicate_conflicting": 2,
+    }
     kept = read_bars(tmp_path, "BTC-USDT", "1h")
     assert len(kept) == 2  # rows 0 and 7
     q = pd.read_parquet(result.quarantine_file)
@@ -146,8 +159,10 @@ def test_validate_detects_tampering_and_corruption(tmp_path):
     assert report.ok
     (series,) = report.series
     assert series["missing_bars"] == 4
-    assert series["gaps"] == [["2024-01-01T05:00:00Z", "2024-01-01T08:00:00Z"],
-                              ["2024-01-01T15:00:00Z", "2024-01-01T16:00:00Z"]]
+    assert series["gaps"] == [
+        ["2024-01-01T05:00:00Z", "2024-01-01T08:00:00Z"],
+        ["2024-01-01T15:00:00Z", "2024-01-01T16:00:00Z"],
+    ]
     assert main(["validate", "--store", str(tmp_path)]) == 0
     data = tmp_path / "bars/1h/BTC-USDT/2024.parquet"
     raw = bytearray(data.read_bytes())
@@ -176,13 +191,26 @@ def test_coverage_and_missing_ranges(tmp_path):
 
 def test_funding_and_metadata(tmp_path):
     times = pd.date_range("2024-01-01", periods=4, freq="8h", tz="UTC")
-    write_funding(tmp_path, "BTC-USDT-SWAP", pd.DataFrame({"funding_time": times, "funding_rate": [1e-4, -2e-4, 3e-4, 0.0]}), "test")
+    write_funding(
+        tmp_path,
+        "BTC-USDT-SWAP",
+        pd.DataFrame({"funding_time": times, "funding_rate": [1e-4, -2e-4, 3e-4, 0.0]}),
+        "test",
+    )
     back = read_funding(tmp_path, "BTC-USDT-SWAP")
     assert list(back.index) == list(times) and back["funding_rate"].tolist() == [1e-4, -2e-4, 3e-4, 0.0]
     assert read_funding(tmp_path, "BTC-USDT").empty
-    meta = pd.DataFrame({"instId": ["BTC-USDT", "BTC-USDT-SWAP"], "instType": ["SPOT", "SWAP"],
-                         "lotSz": ["0.00000001", "0.01"], "minSz": ["0.00001", "0.01"], "ctVal": ["", "0.01"],
-                         "listTime": ["1548133413000", "1573557408000"], "state": ["live", "live"]})
+    meta = pd.DataFrame(
+        {
+            "instId": ["BTC-USDT", "BTC-USDT-SWAP"],
+            "instType": ["SPOT", "SWAP"],
+            "lotSz": ["0.00000001", "0.01"],
+            "minSz": ["0.00001", "0.01"],
+            "ctVal": ["", "0.01"],
+            "listTime": ["1548133413000", "1573557408000"],
+            "state": ["live", "live"],
+        }
+    )
     write_instrument_meta(tmp_path, meta, "test", read_at="2024-01-01")
     newer = meta.assign(lotSz=["0.0001", "0.1"])
     write_instrument_meta(tmp_path, newer, "test", read_at="2024-06-01")

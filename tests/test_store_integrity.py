@@ -3,6 +3,7 @@
 Expected data is made here (numpy bars written to CSV) or by an uninterrupted run of the same command; the
 crash machinery is in tests/chaos.py (also run by scripts/chaos_store.py).
 """
+
 from __future__ import annotations
 
 import errno
@@ -11,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import chaos
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -18,7 +20,6 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-import chaos
 from qlib_crypto.errors import StoreError
 from qlib_crypto.store import read_bars, store_lock, validate_store, write_bars
 from qlib_crypto.store.lock import LOCK_FILE
@@ -27,6 +28,7 @@ TRIALS = 10
 
 
 # --- 1. one writer at a time -----------------------------------------------------------------------------
+
 
 def test_concurrent_collects_store_the_union(tmp_path):
     """Two collects of Jan-Jun and Jul-Dec into one store at once: every trial stores the union exactly."""
@@ -54,8 +56,9 @@ def _hold_lock(store: Path) -> subprocess.Popen:
         "    print('locked', flush=True)\n"
         "    sys.stdin.read()\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(store)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(store)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "locked"
     return proc
 
@@ -65,16 +68,40 @@ def test_second_writer_refuses_cleanly_after_lock_timeout(tmp_path):
     csv = chaos.write_csv(tmp_path / "b.csv", chaos.make_bars("2024-01-01", 48, seed=1))
     holder = _hold_lock(store)
     try:
-        code, out = chaos.cli(["import", str(csv), "--instrument", "BTC-USDT", "--timeframe", "1h",
-                               "--store", str(store), "--lock-timeout", "0"])
+        code, out = chaos.cli(
+            [
+                "import",
+                str(csv),
+                "--instrument",
+                "BTC-USDT",
+                "--timeframe",
+                "1h",
+                "--store",
+                str(store),
+                "--lock-timeout",
+                "0",
+            ]
+        )
     finally:
         holder.kill()  # dies holding the lock: the kernel releases it
         holder.wait()
     assert code == 5
     assert f"pid {holder.pid}" in out and "test holder" in out and "nothing was written" in out
     assert not (store / "bars").exists()
-    code, out = chaos.cli(["import", str(csv), "--instrument", "BTC-USDT", "--timeframe", "1h", "--store", str(store),
-                           "--lock-timeout", "0"])
+    code, out = chaos.cli(
+        [
+            "import",
+            str(csv),
+            "--instrument",
+            "BTC-USDT",
+            "--timeframe",
+            "1h",
+            "--store",
+            str(store),
+            "--lock-timeout",
+            "0",
+        ]
+    )
     assert code == 0, out
     assert len(read_bars(store, "BTC-USDT", "1h")) == 48
 
@@ -83,8 +110,9 @@ def test_second_writer_waits_with_a_message(tmp_path):
     store = tmp_path / "store"
     csv = chaos.write_csv(tmp_path / "b.csv", chaos.make_bars("2024-01-01", 24, seed=2))
     holder = _hold_lock(store)
-    proc = chaos.cli_subprocess(["import", str(csv), "--instrument", "ETH-USDT", "--timeframe", "1h",
-                                 "--store", str(store)])
+    proc = chaos.cli_subprocess(
+        ["import", str(csv), "--instrument", "ETH-USDT", "--timeframe", "1h", "--store", str(store)]
+    )
     try:
         first = proc.stderr.readline()  # blocks until the waiting writer speaks
         assert "is being written by" in first and "test holder" in first and "waiting" in first
@@ -102,11 +130,19 @@ def test_lock_is_reentrant_in_process_and_exclusive_across(tmp_path):
         with store_lock(tmp_path, command="inner"):  # library calls inside a command do not deadlock
             write_bars(tmp_path, "BTC-USDT", "1h", chaos.make_bars("2024-01-01", 5, seed=3), "t")
         probe = subprocess.run(
-            [sys.executable, "-c", "import sys\nfrom qlib_crypto.store import store_lock\n"
-             "from qlib_crypto.errors import StoreLocked\n"
-             "try:\n    with store_lock(sys.argv[1], timeout=0, notify=lambda m: None): print('got')\n"
-             "except StoreLocked: print('refused')", str(tmp_path)],
-            capture_output=True, text=True, timeout=60)
+            [
+                sys.executable,
+                "-c",
+                "import sys\nfrom qlib_crypto.store import store_lock\n"
+                "from qlib_crypto.errors import StoreLocked\n"
+                "try:\n    with store_lock(sys.argv[1], timeout=0, notify=lambda m: None): print('got')\n"
+                "except StoreLocked: print('refused')",
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert probe.stdout.strip() == "refused"
     assert (tmp_path / LOCK_FILE).exists()
     with store_lock(tmp_path, timeout=0):
@@ -114,6 +150,7 @@ def test_lock_is_reentrant_in_process_and_exclusive_across(tmp_path):
 
 
 # --- 2. data file and manifest never out of step ----------------------------------------------------------
+
 
 @pytest.mark.parametrize("scenario", ["import", "import --overwrite", "collect"])
 @pytest.mark.parametrize("mode", ["kill", "enospc"])
@@ -144,7 +181,10 @@ def test_manifest_missing_after_rename_is_rebuilt_by_the_same_import(tmp_path):
     assert code == 0, out
     assert validate_store(store).ok
     manifest = yaml.safe_load(Path(str(data) + ".manifest.yaml").read_text())
-    assert manifest["row_count"] == 100 and manifest["sha256"] == __import__("hashlib").sha256(data.read_bytes()).hexdigest()
+    assert (
+        manifest["row_count"] == 100
+        and manifest["sha256"] == __import__("hashlib").sha256(data.read_bytes()).hexdigest()
+    )
 
 
 def test_validate_repair_rebuilds_stale_manifest_and_removes_temp_files(tmp_path):
@@ -184,6 +224,7 @@ def test_a_changed_data_file_is_never_given_a_new_manifest(tmp_path):
 
 # --- 5. validate never aborts on one bad file -------------------------------------------------------------
 
+
 def test_validate_lists_every_bad_file_and_goes_on(tmp_path):
     store = tmp_path / "store"
     for name in ("BTC-USDT", "ETH-USDT", "SOL-USDT"):
@@ -195,16 +236,36 @@ def test_validate_lists_every_bad_file_and_goes_on(tmp_path):
     code, out = chaos.cli(["validate", "--store", str(store), "--report", str(tmp_path / "r.json")])
     assert code == 4, out
     report = json.loads((tmp_path / "r.json").read_text())
-    kinds = sorted((p["kind"], Path(p["file"]).name if p["kind"] != "unknown_directory" else "7x") for p in report["problems"])
-    assert kinds == [("coverage_invalid", "_coverage.yaml"), ("coverage_invalid", "_coverage.yaml"),
-                     ("manifest_invalid", "2024.parquet"), ("unknown_directory", "7x")]
+    kinds = sorted(
+        (p["kind"], Path(p["file"]).name if p["kind"] != "unknown_directory" else "7x") for p in report["problems"]
+    )
+    assert kinds == [
+        ("coverage_invalid", "_coverage.yaml"),
+        ("coverage_invalid", "_coverage.yaml"),
+        ("manifest_invalid", "2024.parquet"),
+        ("unknown_directory", "7x"),
+    ]
     assert report["rows_checked"] == 72  # the other files were still checked
 
 
 def test_corrupt_coverage_makes_collect_fail_cleanly(tmp_path):
     store = tmp_path / "store"
-    args = ["collect", "--source", "synthetic", "--instruments", "BTC-USDT", "--timeframe", "1h",
-            "--start", "2024-01-01", "--end", "2024-01-03", "--quiet", "--store", str(store)]
+    args = [
+        "collect",
+        "--source",
+        "synthetic",
+        "--instruments",
+        "BTC-USDT",
+        "--timeframe",
+        "1h",
+        "--start",
+        "2024-01-01",
+        "--end",
+        "2024-01-03",
+        "--quiet",
+        "--store",
+        str(store),
+    ]
     assert chaos.cli(args)[0] == 0
     (store / "bars/1h/BTC-USDT/_coverage.yaml").write_text("- not a mapping\n")
     code, out = chaos.cli(args)
@@ -227,6 +288,7 @@ def test_validate_unknown_instrument_and_read_only_report(tmp_path, monkeypatch)
 
 
 # --- 6-7. non-finite values, out-of-range values and impossible times -------------------------------------
+
 
 def test_non_finite_and_huge_values_are_quarantined_at_import(tmp_path):
     store = tmp_path / "store"
@@ -280,6 +342,7 @@ def test_dump_refuses_a_non_finite_price_written_by_an_older_version(tmp_path):
 
 
 # --- 8. one instrument, one name --------------------------------------------------------------------------
+
 
 def test_import_normalises_instrument_case(tmp_path):
     store = tmp_path / "store"

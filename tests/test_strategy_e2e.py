@@ -1,6 +1,7 @@
 """End-to-end: SignalStrategy and LongShortStrategy through CryptoExchange + CryptoExecutor on tiny hand-made
 provider directories, checked against hand computation (qlib.init is process-global: the backtests run in one
 subprocess and the tests read what it wrote)."""
+
 from __future__ import annotations
 
 import json
@@ -25,15 +26,27 @@ BTC_OPEN = BTC_CLOSE - 0.5
 ETH_CLOSE = 50.0 - 0.5 * I
 SOL_CLOSE = 20.0 + 0.25 * I
 # long/short universe
-LS = {"A-USDT-SWAP": 10.0 + 0.25 * I, "B-USDT-SWAP": np.full(N_BARS, 20.0), "C-USDT-SWAP": np.full(N_BARS, 30.0),
-      "D-USDT-SWAP": 40.0 - 0.5 * I}
+LS = {
+    "A-USDT-SWAP": 10.0 + 0.25 * I,
+    "B-USDT-SWAP": np.full(N_BARS, 20.0),
+    "C-USDT-SWAP": np.full(N_BARS, 30.0),
+    "D-USDT-SWAP": 40.0 - 0.5 * I,
+}
 
 
 def _bars(close, open_=None, funding=None):
     close = np.asarray(close, dtype=float)
     open_ = close if open_ is None else np.asarray(open_, dtype=float)
-    df = pd.DataFrame({"open": open_, "high": np.maximum(open_, close) + 1, "low": np.minimum(open_, close) - 1,
-                       "close": close, "volume": 1e6}, index=IDX)
+    df = pd.DataFrame(
+        {
+            "open": open_,
+            "high": np.maximum(open_, close) + 1,
+            "low": np.minimum(open_, close) - 1,
+            "close": close,
+            "volume": 1e6,
+        },
+        index=IDX,
+    )
     if funding is not None:
         fr = np.full(N_BARS, np.nan)
         for bar, rate in funding.items():
@@ -95,21 +108,31 @@ SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from qlib_crypto.backtest.testing import write_provider
+    from tiny_provider import write_provider
 
     root = tmp_path_factory.mktemp("e2e")
-    uri_sig = write_provider(root / "prov_signal", {
-        "BTC-USDT-SWAP": _bars(BTC_CLOSE, BTC_OPEN, FUNDING),
-        "ETH-USDT": _bars(ETH_CLOSE),
-        "SOL-USDT": _bars(SOL_CLOSE),
-    })
+    uri_sig = write_provider(
+        root / "prov_signal",
+        {
+            "BTC-USDT-SWAP": _bars(BTC_CLOSE, BTC_OPEN, FUNDING),
+            "ETH-USDT": _bars(ETH_CLOSE),
+            "SOL-USDT": _bars(SOL_CLOSE),
+        },
+    )
     uri_ls = write_provider(root / "prov_ls", {k: _bars(v) for k, v in LS.items()})
     # signals as `qlib-crypto predict` writes them: signed sizes
-    signals = pd.DataFrame([
-        (IDX[1], "BTC-USDT-SWAP", "SELL", -0.5), (IDX[1], "ETH-USDT", "BUY", 0.3), (IDX[1], "SOL-USDT", "SELL", -0.2),
-        (IDX[3], "BTC-USDT-SWAP", "HOLD", 0.0), (IDX[3], "ETH-USDT", "BUY", 0.3),
-        (IDX[6], "BTC-USDT-SWAP", "BUY", 0.2), (IDX[6], "ETH-USDT", "SELL", -0.3),
-    ], columns=["datetime", "instrument", "signal", "position_size"])
+    signals = pd.DataFrame(
+        [
+            (IDX[1], "BTC-USDT-SWAP", "SELL", -0.5),
+            (IDX[1], "ETH-USDT", "BUY", 0.3),
+            (IDX[1], "SOL-USDT", "SELL", -0.2),
+            (IDX[3], "BTC-USDT-SWAP", "HOLD", 0.0),
+            (IDX[3], "ETH-USDT", "BUY", 0.3),
+            (IDX[6], "BTC-USDT-SWAP", "BUY", 0.2),
+            (IDX[6], "ETH-USDT", "SELL", -0.3),
+        ],
+        columns=["datetime", "instrument", "signal", "position_size"],
+    )
     signals["score"] = 0.0
     signals.to_parquet(root / "signals.parquet")
     # scores: A > B > C > D up to bar 5, reversed from bar 6 on
@@ -119,7 +142,8 @@ def runs(tmp_path_factory):
         for rank, inst in enumerate(order if t < 6 else order[::-1]):
             rows.append((ts, inst, float(4 - rank)))
     pd.DataFrame(rows, columns=["datetime", "instrument", "score"]).set_index(["datetime", "instrument"])[
-        "score"].to_pickle(root / "pred.pkl")
+        "score"
+    ].to_pickle(root / "pred.pkl")
     # scores for a short that leaves the book: A > B > C > D up to bar 5, then A > B > D > C (D's short is closed
     # to exactly zero at step 7 and C is shorted instead)
     rows = []
@@ -130,19 +154,33 @@ def runs(tmp_path_factory):
         for rank, inst in enumerate(order):
             rows.append((ts, inst, float(4 - rank)))
     pd.DataFrame(rows, columns=["datetime", "instrument", "score"]).set_index(["datetime", "instrument"])[
-        "score"].to_pickle(root / "pred_exit.pkl")
+        "score"
+    ].to_pickle(root / "pred_exit.pkl")
     exchange = {"fees": FEES, "slippage_bps": SLIP_BPS, "deal_price": "close"}
     cfg = {
-        "signal": {"uri": uri_sig, "start": str(IDX[0]), "end": str(IDX[10]), "account": ACCOUNT,
-                   "benchmark": "BTC-USDT-SWAP", "exchange": exchange},
-        "longshort": {"uri": uri_ls, "start": str(IDX[0]), "end": str(IDX[10]), "account": ACCOUNT,
-                      "benchmark": "A-USDT-SWAP", "exchange": dict(exchange, slippage_bps=0.0)},
+        "signal": {
+            "uri": uri_sig,
+            "start": str(IDX[0]),
+            "end": str(IDX[10]),
+            "account": ACCOUNT,
+            "benchmark": "BTC-USDT-SWAP",
+            "exchange": exchange,
+        },
+        "longshort": {
+            "uri": uri_ls,
+            "start": str(IDX[0]),
+            "end": str(IDX[10]),
+            "account": ACCOUNT,
+            "benchmark": "A-USDT-SWAP",
+            "exchange": dict(exchange, slippage_bps=0.0),
+        },
     }
     cfg["longshort_exit"] = cfg["longshort"]
     (root / "cfg.json").write_text(json.dumps(cfg))
     # cwd=root: Qlib's experiment lock path drops the leading "/" of a file: URI and lands relative to the cwd
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(root)], capture_output=True, text=True, timeout=300,
-                          cwd=root)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(root)], capture_output=True, text=True, timeout=300, cwd=root
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root
 
@@ -183,8 +221,15 @@ def _hand_signal_run():
     funding_received += -new_btc * BTC_OPEN[8] * fr8
     cash -= new_btc * BTC_OPEN[8] * fr8
     final = cash + new_btc * BTC_CLOSE[10]
-    return {"q_btc": q_btc, "q_eth": q_eth, "buy_btc": buy, "final": final, "fees": fees, "slippage": slip,
-            "funding_received": funding_received}
+    return {
+        "q_btc": q_btc,
+        "q_eth": q_eth,
+        "buy_btc": buy,
+        "final": final,
+        "fees": fees,
+        "slippage": slip,
+        "funding_received": funding_received,
+    }
 
 
 def test_signal_strategy_fills_follow_t_plus_one_and_semantics(runs):
@@ -192,10 +237,14 @@ def test_signal_strategy_fills_follow_t_plus_one_and_semantics(runs):
     hand = _hand_signal_run()
     got = [(r.datetime, r.instrument, r.side) for r in fills.itertuples()]
     # t -> t+1; HOLD and an unchanged BUY at bar 3 trade nothing; SOL spot SELL from flat trades nothing
-    assert sorted(got) == sorted([
-        (IDX[2], "BTC-USDT-SWAP", "sell"), (IDX[2], "ETH-USDT", "buy"),
-        (IDX[7], "BTC-USDT-SWAP", "buy"), (IDX[7], "ETH-USDT", "sell"),
-    ])
+    assert sorted(got) == sorted(
+        [
+            (IDX[2], "BTC-USDT-SWAP", "sell"),
+            (IDX[2], "ETH-USDT", "buy"),
+            (IDX[7], "BTC-USDT-SWAP", "buy"),
+            (IDX[7], "ETH-USDT", "sell"),
+        ]
+    )
     amt = {(r.datetime, r.instrument): r.amount for r in fills.itertuples()}
     assert amt[(IDX[2], "BTC-USDT-SWAP")] == pytest.approx(hand["q_btc"], rel=1e-12)
     assert amt[(IDX[2], "ETH-USDT")] == pytest.approx(hand["q_eth"], rel=1e-12)
@@ -233,9 +282,22 @@ def test_signal_strategy_accounting_identity_and_final_equity(runs):
 
 def test_signal_strategy_report_json(runs):
     metrics = json.loads((runs / "signal" / "metrics.json").read_text())
-    assert list(metrics) == ["total_return", "annualized_return", "volatility", "sharpe", "sortino", "calmar",
-                             "max_drawdown", "max_drawdown_duration", "turnover", "win_rate", "exposure",
-                             "fees_paid", "slippage_paid", "funding_paid"]
+    assert list(metrics) == [
+        "total_return",
+        "annualized_return",
+        "volatility",
+        "sharpe",
+        "sortino",
+        "calmar",
+        "max_drawdown",
+        "max_drawdown_duration",
+        "turnover",
+        "win_rate",
+        "exposure",
+        "fees_paid",
+        "slippage_paid",
+        "funding_paid",
+    ]
     hand = _hand_signal_run()
     assert metrics["total_return"] == pytest.approx(hand["final"] / ACCOUNT - 1, rel=1e-9)
     assert metrics["fees_paid"] == pytest.approx(hand["fees"], rel=1e-9)
@@ -292,14 +354,24 @@ def _hand_longshort_run():
 def test_record_template_logs_report_to_the_recorder(runs):
     rec = json.loads((runs / "record.json").read_text())
     names = {a.split("/")[-1] for a in rec["artifacts"]}
-    assert {"metrics.json", "report.json", "report.html", "fills.csv", "trades.csv", "equity.csv",
-            "report_normal_60min.pkl", "positions_normal_60min.pkl"} <= names
+    assert {
+        "metrics.json",
+        "report.json",
+        "report.html",
+        "fills.csv",
+        "trades.csv",
+        "equity.csv",
+        "report_normal_60min.pkl",
+        "positions_normal_60min.pkl",
+    } <= names
     # the long/short scenario by hand: final equity and fees from the cash walk
     hand = _hand_longshort_run()
     assert rec["metrics"]["backtest.total_return"] == pytest.approx(hand["final"] / ACCOUNT - 1, rel=1e-9)
     assert rec["metrics"]["backtest.fees_paid"] == pytest.approx(hand["fees"], rel=1e-9)
     assert rec["metrics"]["backtest.slippage_paid"] == pytest.approx(0.0, abs=1e-12)
-    assert {f"backtest.{k}" for k in ("fees_paid", "slippage_paid", "funding_paid", "max_drawdown")} <= set(rec["metrics"])
+    assert {f"backtest.{k}" for k in ("fees_paid", "slippage_paid", "funding_paid", "max_drawdown")} <= set(
+        rec["metrics"]
+    )
 
 
 def test_longshort_short_leaving_the_book_is_closed_to_zero(runs):
@@ -310,7 +382,8 @@ def test_longshort_short_leaving_the_book_is_closed_to_zero(runs):
     held = signed.pivot_table(index="datetime", columns="instrument", values="q", aggfunc="sum").fillna(0).cumsum()
     assert held.loc[IDX[4], "D-USDT-SWAP"] < 0 and held.loc[IDX[7], "D-USDT-SWAP"] == pytest.approx(0.0, abs=1e-12)
     assert held.loc[IDX[7], "C-USDT-SWAP"] * LS["C-USDT-SWAP"][7] == pytest.approx(
-        -0.5 * float(rep["account"].loc[IDX[6]]), rel=1e-9)
+        -0.5 * float(rep["account"].loc[IDX[6]]), rel=1e-9
+    )
     # cash accounting by hand over every fill (fee 0.05% taker, no slippage) gives the final equity
     cash = ACCOUNT
     for _, f in fills.iterrows():

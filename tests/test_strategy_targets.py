@@ -1,4 +1,5 @@
 """Target -> order logic of the crypto strategies, checked against hand-computed numbers."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -37,7 +38,14 @@ def test_buy_sell_hold_semantics_on_swap_and_spot():
 
 def test_signal_values_and_market_type():
     assert [normalize_signal(v) for v in ("buy", " SELL ", "hold", 1, -1, 0, float("nan"))] == [
-        "BUY", "SELL", "HOLD", "BUY", "SELL", "HOLD", "HOLD"]
+        "BUY",
+        "SELL",
+        "HOLD",
+        "BUY",
+        "SELL",
+        "HOLD",
+        "HOLD",
+    ]
     with pytest.raises(ConfigError, match="'MAYBE'"):
         normalize_signal("MAYBE")
     assert is_swap("BTC-USDT-SWAP") and not is_swap("BTC-USDT")
@@ -47,8 +55,9 @@ def test_signal_values_and_market_type():
 
 
 def test_apply_signals_in_order_and_trade_only_on_change():
-    targets = apply_signals({}, [("BTC-USDT-SWAP", "BUY", 0.1), ("ETH-USDT", "SELL", 0.2),
-                                 ("BTC-USDT-SWAP", "SELL", 0.3)])
+    targets = apply_signals(
+        {}, [("BTC-USDT-SWAP", "BUY", 0.1), ("ETH-USDT", "SELL", 0.2), ("BTC-USDT-SWAP", "SELL", 0.3)]
+    )
     # later signal of the same instrument wins; spot SELL -> flat
     assert targets == {"BTC-USDT-SWAP": -0.3, "ETH-USDT": 0.0}
     traded = {"BTC-USDT-SWAP": -0.3}
@@ -74,8 +83,14 @@ def test_order_delta_by_hand():
 
 
 def test_longshort_weights_dollar_neutral_topk():
-    scores = {"A-USDT-SWAP": 0.9, "B-USDT-SWAP": 0.5, "C-USDT-SWAP": 0.1, "D-USDT-SWAP": -0.2,
-              "E-USDT-SWAP": -0.7, "F-USDT-SWAP": float("nan")}
+    scores = {
+        "A-USDT-SWAP": 0.9,
+        "B-USDT-SWAP": 0.5,
+        "C-USDT-SWAP": 0.1,
+        "D-USDT-SWAP": -0.2,
+        "E-USDT-SWAP": -0.7,
+        "F-USDT-SWAP": float("nan"),
+    }
     w = longshort_weights(scores, topk=2, gross_exposure=1.0)
     assert w == {"A-USDT-SWAP": 0.25, "B-USDT-SWAP": 0.25, "D-USDT-SWAP": -0.25, "E-USDT-SWAP": -0.25}
     assert sum(w.values()) == 0.0 and sum(abs(v) for v in w.values()) == 1.0
@@ -110,12 +125,16 @@ def test_orders_for_weights_close_unweighted_and_skip_small():
 
 
 def test_timebook_interval_queries():
-    frame = pd.DataFrame({
-        "datetime": pd.to_datetime(["2024-01-01 02:00", "2024-01-01 00:00", "2024-01-01 01:00", "2024-01-01 01:00"]),
-        "instrument": ["X", "X", "X", "Y"],
-        "signal": ["SELL", "BUY", "HOLD", "BUY"],
-        "position_size": [0.3, 0.1, 0.2, 0.4],
-    })
+    frame = pd.DataFrame(
+        {
+            "datetime": pd.to_datetime(
+                ["2024-01-01 02:00", "2024-01-01 00:00", "2024-01-01 01:00", "2024-01-01 01:00"]
+            ),
+            "instrument": ["X", "X", "X", "Y"],
+            "signal": ["SELL", "BUY", "HOLD", "BUY"],
+            "position_size": [0.3, 0.1, 0.2, 0.4],
+        }
+    )
     book = TimeBook(frame, ["signal", "position_size"])
     # closed interval of one hourly step [01:00, 01:59:59]
     rows = book.rows_between(pd.Timestamp("2024-01-01 01:00"), pd.Timestamp("2024-01-01 01:59:59"))
@@ -127,10 +146,15 @@ def test_timebook_interval_queries():
 
 
 def test_signals_and_scores_frames_normalise_inputs(tmp_path):
-    raw = pd.DataFrame({
-        "datetime": pd.to_datetime(["2024-01-01 00:00"], utc=True),
-        "instrument": ["BTC-USDT-SWAP"], "score": [0.3], "signal": ["SELL"], "position_size": [-0.1],
-    })
+    raw = pd.DataFrame(
+        {
+            "datetime": pd.to_datetime(["2024-01-01 00:00"], utc=True),
+            "instrument": ["BTC-USDT-SWAP"],
+            "score": [0.3],
+            "signal": ["SELL"],
+            "position_size": [-0.1],
+        }
+    )
     path = tmp_path / "signals.parquet"
     raw.to_parquet(path)
     got = signals_frame(str(path))
@@ -140,7 +164,11 @@ def test_signals_and_scores_frames_normalise_inputs(tmp_path):
         signals_frame(raw.drop(columns=["position_size"]))
     with pytest.raises(ConfigError, match="does not exist"):
         signals_frame(str(tmp_path / "missing.parquet"))
-    pred = pd.Series([1.0, 2.0], index=pd.MultiIndex.from_tuples(
-        [("A", pd.Timestamp("2024-01-01")), ("B", pd.Timestamp("2024-01-01"))], names=["instrument", "datetime"]))
+    pred = pd.Series(
+        [1.0, 2.0],
+        index=pd.MultiIndex.from_tuples(
+            [("A", pd.Timestamp("2024-01-01")), ("B", pd.Timestamp("2024-01-01"))], names=["instrument", "datetime"]
+        ),
+    )
     sf = scores_frame(pred.to_frame("score"))
     assert list(sf.columns) == ["datetime", "instrument", "score"] and sf["score"].tolist() == [1.0, 2.0]

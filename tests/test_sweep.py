@@ -1,5 +1,6 @@
 """``qlib-crypto sweep`` and ``qlib-crypto backtest`` on a tiny provider: one BUY held to the end, so every
 grid cell's net return can be computed by hand (the CLI runs in a subprocess: qlib.init is process-global)."""
+
 from __future__ import annotations
 
 import json
@@ -55,15 +56,21 @@ def hand_total_return(fee_multiplier: float, slippage_bps: float) -> float:
 
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
-    from qlib_crypto.backtest.testing import write_provider
+    from tiny_provider import write_provider
 
     root = tmp_path_factory.mktemp("sweep")
     bars = pd.DataFrame({"open": CLOSE, "high": CLOSE + 1, "low": CLOSE - 1, "close": CLOSE, "volume": 1e6}, index=IDX)
     write_provider(root / "prov", {"BTC-USDT": bars})
-    pd.DataFrame({"datetime": [IDX[1]], "instrument": ["BTC-USDT"], "signal": ["BUY"],
-                  "position_size": [SIZE]}).to_parquet(root / "signals.parquet")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(root), str(IDX[0]), str(IDX[8])], cwd=root,
-                          capture_output=True, text=True, timeout=300)
+    pd.DataFrame(
+        {"datetime": [IDX[1]], "instrument": ["BTC-USDT"], "signal": ["BUY"], "position_size": [SIZE]}
+    ).to_parquet(root / "signals.parquet")
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(root), str(IDX[0]), str(IDX[8])],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("CODES")][-1]
     return root, json.loads(line[5:]), proc.stderr
@@ -136,4 +143,6 @@ def test_parse_grid_and_scale_fees():
     with pytest.raises(ConfigError, match="empty"):
         parse_grid(" , ", "slippage")
     assert scale_fees({"spot": {"taker": 0.001}, "swap": {"maker": 0.0002}}, 2.0) == {
-        "spot": {"taker": 0.002}, "swap": {"maker": 0.0004}}
+        "spot": {"taker": 0.002},
+        "swap": {"maker": 0.0004},
+    }

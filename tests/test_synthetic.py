@@ -1,4 +1,5 @@
 """The synthetic market: determinism, stylised facts measured with independent statistics, funding, errors."""
+
 from __future__ import annotations
 
 import functools
@@ -188,8 +189,21 @@ def test_later_listings_start_later(market):
 
 def test_instrument_metadata_columns(market):
     meta = market.instrument_meta()
-    for col in ["instId", "instType", "baseCcy", "quoteCcy", "settleCcy", "ctVal", "ctMult", "tickSz",
-                "lotSz", "minSz", "maxMktSz", "listTime", "state"]:
+    for col in [
+        "instId",
+        "instType",
+        "baseCcy",
+        "quoteCcy",
+        "settleCcy",
+        "ctVal",
+        "ctMult",
+        "tickSz",
+        "lotSz",
+        "minSz",
+        "maxMktSz",
+        "listTime",
+        "state",
+    ]:
         assert col in meta.columns
     assert list(meta["instId"]) == market.list_instruments()
     swaps = meta[meta["instId"].str.endswith("-SWAP")]

@@ -1,5 +1,6 @@
 """Training report: metrics against hand computation, importance against the model dump, self-contained HTML,
 and the record template writing into a recorder (a minimal stand-in here; the MLflow one is in test_predict)."""
+
 from __future__ import annotations
 
 import json
@@ -12,10 +13,10 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
+from report_scenario import json_values, nan_equal, plotly_figures, values, visible_text
 
 from qlib_crypto.errors import ConfigError
 from qlib_crypto.workflow.training_report import training_report
-from report_scenario import json_values, nan_equal, plotly_figures, values, visible_text
 
 TIMES = pd.date_range("2024-01-01", periods=3, freq="h")
 INSTS = ["A", "B", "C", "D"]
@@ -43,8 +44,11 @@ def booster():
     rng = np.random.default_rng(5)
     x = rng.normal(size=(400, 3))
     y = 2.0 * x[:, 1] + 0.1 * rng.normal(size=400)
-    return lgb.train({"objective": "mse", "verbosity": -1, "num_leaves": 4, "num_threads": 1},
-                     lgb.Dataset(x, label=y), num_boost_round=5)
+    return lgb.train(
+        {"objective": "mse", "verbosity": -1, "num_leaves": 4, "num_threads": 1},
+        lgb.Dataset(x, label=y),
+        num_boost_round=5,
+    )
 
 
 def _gain_from_dump(booster):
@@ -63,8 +67,15 @@ def _gain_from_dump(booster):
 
 def test_metrics_and_files(tmp_path, booster):
     evals = {"train": {"l2": [1.0, 0.5, 0.3]}, "valid": {"l2": [1.1, 0.7, 0.6]}}
-    paths = training_report(_series(PRED), _series(LABEL).to_frame("LABEL0"), booster, evals, tmp_path / "r",
-                            feature_names=["f_noise", "f_signal", "f_other"], title="Unit report")
+    paths = training_report(
+        _series(PRED),
+        _series(LABEL).to_frame("LABEL0"),
+        booster,
+        evals,
+        tmp_path / "r",
+        feature_names=["f_noise", "f_signal", "f_other"],
+        title="Unit report",
+    )
     assert paths == {"json": tmp_path / "r" / "training_report.json", "html": tmp_path / "r" / "training_report.html"}
     report = json.loads(paths["json"].read_text())
     ic = [_pearson(p, l) for p, l in zip(PRED, LABEL)]
@@ -88,8 +99,16 @@ def test_metrics_and_files(tmp_path, booster):
     assert report["evals_result"] == evals
     html = paths["html"].read_text()
     # 4 instruments: fewer than the 5 score groups, so no group returns (as in Qlib)
-    assert set(plotly_figures(html)) == {"fig-ic", "fig-cum-ic", "fig-ic-monthly", "fig-ic-dist", "fig-autocorr",
-                                         "fig-importance", "fig-pred-dist", "fig-loss"}
+    assert set(plotly_figures(html)) == {
+        "fig-ic",
+        "fig-cum-ic",
+        "fig-ic-monthly",
+        "fig-ic-dist",
+        "fig-autocorr",
+        "fig-importance",
+        "fig-pred-dist",
+        "fig-loss",
+    }
     assert not re.search(r"<(script|img|link|iframe)[^>]+(src|href)=['\"]?https?:", html) and "Unit report" in html
     assert not [p for p in (tmp_path / "r").iterdir() if p.name.endswith(".tmp")]
 
@@ -99,8 +118,14 @@ def test_without_model_or_losses(tmp_path):
     report = json.loads(paths["json"].read_text())
     assert report["feature_importance"] is None and report["evals_result"] is None
     # IC, cumulative IC, the model analysis and the prediction distribution; no importance, no loss curves
-    assert set(plotly_figures(paths["html"].read_text())) == {"fig-ic", "fig-cum-ic", "fig-ic-monthly", "fig-ic-dist",
-                                                              "fig-autocorr", "fig-pred-dist"}
+    assert set(plotly_figures(paths["html"].read_text())) == {
+        "fig-ic",
+        "fig-cum-ic",
+        "fig-ic-monthly",
+        "fig-ic-dist",
+        "fig-autocorr",
+        "fig-pred-dist",
+    }
 
 
 def test_bad_input_is_config_error(tmp_path):
@@ -134,8 +159,10 @@ class _Recorder:
 def test_record_writes_artifacts_and_user_dir(tmp_path, booster):
     from qlib_crypto.workflow.report_record import TrainingReportRecord
 
-    rec = _Recorder({"pred.pkl": _series(PRED).to_frame("score"), "label.pkl": _series(LABEL).to_frame("LABEL0")},
-                    tmp_path / "artifacts")
+    rec = _Recorder(
+        {"pred.pkl": _series(PRED).to_frame("score"), "label.pkl": _series(LABEL).to_frame("LABEL0")},
+        tmp_path / "artifacts",
+    )
     evals = {"train": {"l2": [0.9, 0.4]}, "valid": {"l2": [1.0, 0.8]}}
     TrainingReportRecord(rec, model=booster, out_dir=str(tmp_path / "mine"), evals_result=evals).generate()
     for folder in (tmp_path / "artifacts" / "training_report", tmp_path / "mine"):
@@ -147,8 +174,10 @@ def test_record_writes_artifacts_and_user_dir(tmp_path, booster):
 
 def _hourly(n_bars=60, n_inst=10, seed=2):
     rng = np.random.default_rng(seed)
-    idx = pd.MultiIndex.from_product([pd.date_range("2024-02-28", periods=n_bars, freq="h"),
-                                      [f"I{i}-USDT-SWAP" for i in range(n_inst)]], names=["datetime", "instrument"])
+    idx = pd.MultiIndex.from_product(
+        [pd.date_range("2024-02-28", periods=n_bars, freq="h"), [f"I{i}-USDT-SWAP" for i in range(n_inst)]],
+        names=["datetime", "instrument"],
+    )
     pred = pd.Series(rng.normal(size=len(idx)), index=idx)
     return pred, pd.Series(0.01 * pred.to_numpy() + rng.normal(0, 0.02, len(idx)), index=idx)
 
@@ -160,16 +189,27 @@ def test_model_analysis_in_json_and_every_figure_from_the_json(tmp_path, booster
     report = json.loads(paths["json"].read_text())
     assert report["annualisation"]["freq"] == "60min" and report["annualisation"]["bars_per_year"] == 8760
     ma = report["model_analysis"]
-    assert set(ma) == {"n_groups", "lag", "bars_per_year", "ic_monthly", "rank_ic_monthly", "ic_monthly_table",
-                       "ic_distribution", "group_returns", "group_cumulative_returns", "group_summary",
-                       "score_autocorrelation"}
+    assert set(ma) == {
+        "n_groups",
+        "lag",
+        "bars_per_year",
+        "ic_monthly",
+        "rank_ic_monthly",
+        "ic_monthly_table",
+        "ic_distribution",
+        "group_returns",
+        "group_cumulative_returns",
+        "group_summary",
+        "score_autocorrelation",
+    }
     ic = pd.Series(report["ic"])
     assert list(ma["ic_monthly"]) == ["2024-02", "2024-03"]
     assert ma["ic_monthly"]["2024-02"] == pytest.approx(ic[[k for k in ic.index if k.startswith("2024-02")]].mean())
     ls = np.array(ma["group_returns"]["long-short"], dtype=float)
     assert ma["group_summary"]["long-short"]["annualized_return"] == pytest.approx(np.nanmean(ls) * 8760)
     assert ma["group_summary"]["long-short"]["information_ratio"] == pytest.approx(
-        np.nanmean(ls) / np.nanstd(ls, ddof=1) * math.sqrt(8760))
+        np.nanmean(ls) / np.nanstd(ls, ddof=1) * math.sqrt(8760)
+    )
     html = paths["html"].read_text()
     figs = plotly_figures(html)
 
@@ -180,13 +220,15 @@ def test_model_analysis_in_json_and_every_figure_from_the_json(tmp_path, booster
 
     assert nan_equal(y("fig-ic", "IC"), json_values(report["ic"].values()))
     assert nan_equal(y("fig-ic", "Rank IC"), json_values(report["rank_ic"].values()))
-    assert nan_equal(y("fig-ic", f"IC, {report['ic_rolling_window']}-bar mean"),
-                     json_values(report["ic_rolling_mean"].values()))
+    assert nan_equal(
+        y("fig-ic", f"IC, {report['ic_rolling_window']}-bar mean"), json_values(report["ic_rolling_mean"].values())
+    )
     assert nan_equal(y("fig-cum-ic", "cumulative IC"), json_values(report["cumulative_ic"].values()))
     assert nan_equal(y("fig-cum-ic", "cumulative rank IC"), json_values(report["cumulative_rank_ic"].values()))
     table = ma["ic_monthly_table"]
-    assert nan_equal(y("fig-ic-monthly", key="z"), json_values([table[yr][f"{m:02d}"] for yr in table
-                                                                for m in range(1, 13)]))
+    assert nan_equal(
+        y("fig-ic-monthly", key="z"), json_values([table[yr][f"{m:02d}"] for yr in table for m in range(1, 13)])
+    )
     assert nan_equal(y("fig-ic-dist"), ma["ic_distribution"]["histogram"]["counts"])
     qq = figs["fig-ic-dist"]["data"][1]
     assert nan_equal(values(qq["x"]), ma["ic_distribution"]["qq"]["theoretical"])
@@ -201,3 +243,33 @@ def test_model_analysis_in_json_and_every_figure_from_the_json(tmp_path, booster
     text = visible_text(html)
     assert f"{ma['group_summary']['long-short']['annualized_return'] * 100:,.2f}%" in text
     assert "8,760 bars a year = 365 days x 24 bars a day" in text and f"{report['metrics']['IC']:.4f}" in text
+
+
+def test_ic_series_equals_per_bar_correlations_with_gaps_ties_and_constants():
+    """The vectorised IC / rank IC equal a per-bar Pearson / Spearman (scipy) over the pairs present, NaN where
+    a bar has fewer than two pairs or a constant side (as Qlib's calc_ic)."""
+    from scipy.stats import pearsonr, spearmanr
+
+    from qlib_crypto.workflow.training_report import ic_series
+
+    rng = np.random.default_rng(5)
+    times = pd.date_range("2024-01-01", periods=60, freq="h")
+    idx = pd.MultiIndex.from_product([times, [f"I{i}" for i in range(7)]], names=["datetime", "instrument"])
+    pred = pd.Series(rng.normal(size=len(idx)), index=idx)
+    label = pd.Series(rng.normal(size=len(idx)), index=idx)
+    pred.iloc[::5] = np.nan
+    label.iloc[::3] = np.nan
+    pred.loc[times[1]] = 0.5  # constant predictions
+    label.loc[times[2]] = np.nan  # no label at all
+    label.loc[times[3]] = np.r_[1.0, [np.nan] * 6]  # a single pair
+    pred.loc[times[4]] = np.round(pred.loc[times[4]].to_numpy(), 0)  # ties
+    ic, ric = ic_series(pred, label)
+    assert list(ic.index) == list(times) and list(ric.index) == list(times)
+    for t in times:
+        p, y = pred.loc[t].to_numpy(), label.loc[t].to_numpy()
+        ok = ~np.isnan(p) & ~np.isnan(y)
+        if ok.sum() < 2 or np.ptp(p[ok]) == 0 or np.ptp(y[ok]) == 0:
+            assert np.isnan(ic[t]) and np.isnan(ric[t]), t
+            continue
+        assert ic[t] == pytest.approx(pearsonr(p[ok], y[ok])[0], abs=1e-12), t
+        assert ric[t] == pytest.approx(spearmanr(p[ok], y[ok])[0], abs=1e-12), t

@@ -8,6 +8,7 @@ module is refused without importing it. Signals files are data: a pickle is refu
 Canaries prove what did not run: the model is an object whose unpickling creates a marker file, and the
 "handler" named by a tampered metadata is a Python file that creates a marker when executed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,9 +26,19 @@ FEATURES = ["CLOSE", "RET1"]
 HANDLER = {
     "class": "DataHandlerLP",
     "module_path": "qlib.data.dataset.handler",
-    "kwargs": {"instruments": "all", "data_loader": {"class": "QlibDataLoader", "kwargs": {
-        "freq": "60min", "config": {"feature": [["$close", "$close/Ref($close,1)-1"], FEATURES],
-                                    "label": [["Ref($close,-2)/Ref($close,-1)-1"], ["LABEL0"]]}}}},
+    "kwargs": {
+        "instruments": "all",
+        "data_loader": {
+            "class": "QlibDataLoader",
+            "kwargs": {
+                "freq": "60min",
+                "config": {
+                    "feature": [["$close", "$close/Ref($close,1)-1"], FEATURES],
+                    "label": [["Ref($close,-2)/Ref($close,-1)-1"], ["LABEL0"]],
+                },
+            },
+        },
+    },
 }
 
 
@@ -46,8 +57,13 @@ def saved(tmp_path):
     """A model whose unpickling touches ``unpickled.marker``, saved with its metadata; an 'evil' handler file."""
     marker = tmp_path / "unpickled.marker"
     path = tmp_path / "models" / "m.pkl"
-    save_model(Canary(marker), path, feature_names=FEATURES, train_window=("2024-01-01", "2024-01-10 23:00"),
-               handler_config=HANDLER)
+    save_model(
+        Canary(marker),
+        path,
+        feature_names=FEATURES,
+        train_window=("2024-01-01", "2024-01-10 23:00"),
+        handler_config=HANDLER,
+    )
     evil = tmp_path / "evil_handler.py"
     evil.write_text(f"from pathlib import Path\nPath({str(tmp_path / 'executed.marker')!r}).touch()\n")
     return {"path": path, "marker": marker, "executed": tmp_path / "executed.marker", "evil": evil, "root": tmp_path}
@@ -110,13 +126,16 @@ def test_tampered_model_file_is_refused_before_unpickling(saved):
     assert not other.exists() and not saved["marker"].exists()
 
 
-@pytest.mark.parametrize("where, value, message", [
-    ("module_path", "{evil}", "is not a module name"),                         # a file path Qlib would execute
-    ("module_path", "evil_handler.py", "is not a module name"),                # a name ending in .py
-    ("module_path", "no_such_package_qc.handlers", "is not an importable module"),
-    ("class", "{evil}.Handler", "is not a module name"),                       # "path/evil_handler.py.Handler"
-    ("processor", "file://{evil}", "file reference"),                          # Qlib would unpickle this file
-])
+@pytest.mark.parametrize(
+    "where, value, message",
+    [
+        ("module_path", "{evil}", "is not a module name"),  # a file path Qlib would execute
+        ("module_path", "evil_handler.py", "is not a module name"),  # a name ending in .py
+        ("module_path", "no_such_package_qc.handlers", "is not an importable module"),
+        ("class", "{evil}.Handler", "is not a module name"),  # "path/evil_handler.py.Handler"
+        ("processor", "file://{evil}", "file reference"),  # Qlib would unpickle this file
+    ],
+)
 def test_metadata_naming_a_file_is_refused_even_when_resealed(saved, where, value, message):
     value = value.replace("{evil}", str(saved["evil"]))
 
@@ -140,8 +159,13 @@ def test_save_model_refuses_a_file_module_path(tmp_path):
     evil.write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
     handler = dict(HANDLER, module_path=str(evil))
     with pytest.raises(ConfigError, match="is not a module name"):
-        save_model({"w": 1}, tmp_path / "m.pkl", feature_names=FEATURES, train_window=("2024-01-01", "2024-01-02"),
-                   handler_config=handler)
+        save_model(
+            {"w": 1},
+            tmp_path / "m.pkl",
+            feature_names=FEATURES,
+            train_window=("2024-01-01", "2024-01-02"),
+            handler_config=handler,
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h.py"]  # no model written, the file not run
 
 
@@ -163,8 +187,10 @@ def test_cli_predict_refuses_a_tampered_model(saved, capsys):
 def test_cli_signals_pickle_is_refused(tmp_path, capsys):
     marker = tmp_path / "unpickled.marker"
     (tmp_path / "signals.pkl").write_bytes(pickle.dumps(Canary(marker)))
-    code, err = _run(["backtest", "--signals", tmp_path / "signals.pkl", "--provider-dir", tmp_path,
-                      "--out", tmp_path / "out"], capsys)
+    code, err = _run(
+        ["backtest", "--signals", tmp_path / "signals.pkl", "--provider-dir", tmp_path, "--out", tmp_path / "out"],
+        capsys,
+    )
     assert code == 2 and len(err) == 1 and "pickle" in err[0] and "Parquet or CSV" in err[0]
     assert not marker.exists() and not (tmp_path / "out").exists()
 

@@ -5,6 +5,7 @@ with dates and model size shrunk. Asserts the MLflow recorder holds IC metrics (
 computation from the recorded predictions and labels), predictions, labels, the trained model, the IC
 series, the portfolio report and the 24/7-annualised metrics.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -96,14 +97,18 @@ def test_recorder_holds_metrics_predictions_and_model(qrun_result):
     # IC recomputed from the recorded predictions and labels: mean over bars of the cross-sectional correlation
     joined = pd.concat([pred.iloc[:, 0].rename("score"), label.iloc[:, 0].rename("label")], axis=1).dropna()
     per_bar = pd.Series(
-        {t: np.corrcoef(g["score"], g["label"])[0, 1] for t, g in joined.groupby(level="datetime")
-         if g["score"].std() > 0 and g["label"].std() > 0}
+        {
+            t: np.corrcoef(g["score"], g["label"])[0, 1]
+            for t, g in joined.groupby(level="datetime")
+            if g["score"].std() > 0 and g["label"].std() > 0
+        }
     )
     assert len(per_bar) > 100
     assert metrics["IC"] == pytest.approx(per_bar.mean(), abs=1e-6)
     ic_series = load("sig_analysis/ic.pkl").dropna()
-    pd.testing.assert_series_equal(ic_series.loc[per_bar.index], per_bar, check_names=False, check_index_type=False,
-                                   check_freq=False, atol=1e-6)
+    pd.testing.assert_series_equal(
+        ic_series.loc[per_bar.index], per_bar, check_names=False, check_index_type=False, check_freq=False, atol=1e-6
+    )
     # the trained model, usable for prediction
     model = load("params.pkl")
     assert type(model).__name__ == "LGBModel" and model.model is not None
@@ -123,8 +128,9 @@ def test_recorder_holds_metrics_predictions_and_model(qrun_result):
     assert crypto_metrics["total_return"] == pytest.approx(report["account"].iloc[-1] / 1_000_000 - 1, rel=1e-6)
     assert (art / "crypto_backtest" / "report.html").exists()
     # every fill recomputed from the workflow config: taker fee by market type, slippage around the deal price
-    exchange = next(r for r in conf["task"]["record"] if r["class"] == "CryptoBacktestRecord")[
-        "kwargs"]["config"]["backtest"]["exchange"]["kwargs"]
+    exchange = next(r for r in conf["task"]["record"] if r["class"] == "CryptoBacktestRecord")["kwargs"]["config"][
+        "backtest"
+    ]["exchange"]["kwargs"]
     assert exchange["fees"]["spot"]["taker"] == 0.0010 and exchange["fees"]["swap"]["taker"] == 0.0005
     slippage_bps = float(exchange["slippage_bps"])
     fills = pd.read_csv(art / "crypto_backtest" / "fills.csv")
@@ -182,8 +188,12 @@ def test_walk_forward_windows_in_bars(tmp_path):
     # 20 days of hourly bars: 2023-01-01 00:00 .. 2023-01-20 23:00
     write_provider(tmp_path / "60min", synthetic_bars(INSTRUMENTS[:2], n_bars=20 * 24), "60min")
     horizon = 2
-    proc = subprocess.run([sys.executable, "-c", ROLLING_SCRIPT, str(tmp_path / "60min"), str(horizon)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", ROLLING_SCRIPT, str(tmp_path / "60min"), str(horizon)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     tasks = json.loads(proc.stdout.strip().splitlines()[-1])
     hour = pd.Timedelta(hours=1)
@@ -211,8 +221,14 @@ def test_walk_forward_analysis_records_of_the_60min_workflow():
         conf = yaml.safe_load(fh)
     original = copy.deepcopy(conf)
     yaml_records = {r["class"]: r for r in conf["task"]["record"]}
-    assert {"SignalRecord", "ModelArtifactRecord", "TrainingReportRecord", "SigAnaRecord",
-            "CryptoBacktestRecord", "CryptoRiskRecord"} <= set(yaml_records)
+    assert {
+        "SignalRecord",
+        "ModelArtifactRecord",
+        "TrainingReportRecord",
+        "SigAnaRecord",
+        "CryptoBacktestRecord",
+        "CryptoRiskRecord",
+    } <= set(yaml_records)
     # merged walk-forward predictions over 2024-03-20 00:00 .. 2024-07-01 05:00 (wider than the test segment)
     times = pd.date_range("2024-03-20", periods=24 * 103 + 6, freq="h")
     index = pd.MultiIndex.from_product([times, ["BTC-USDT", "ETH-USDT-SWAP"]], names=["datetime", "instrument"])
@@ -220,7 +236,9 @@ def test_walk_forward_analysis_records_of_the_60min_workflow():
 
     records = _analysis_records(conf, pred, "60min")
     # the signal is already merged and the model artifact needs one model: both dropped, order kept
-    expected = [r["class"] for r in original["task"]["record"] if r["class"] not in ("SignalRecord", "ModelArtifactRecord")]
+    expected = [
+        r["class"] for r in original["task"]["record"] if r["class"] not in ("SignalRecord", "ModelArtifactRecord")
+    ]
     assert [r["class"] for r in records] == expected
     by_class = {r["class"]: r for r in records}
     # the backtest covers the predicted range, ending one bar before the last predicted bar
@@ -228,10 +246,13 @@ def test_walk_forward_analysis_records_of_the_60min_workflow():
     assert pd.Timestamp(backtest["start_time"]) == pd.Timestamp("2024-03-20 00:00")
     assert pd.Timestamp(backtest["end_time"]) == pd.Timestamp("2024-07-01 04:00")
     old_backtest = yaml_records["CryptoBacktestRecord"]["kwargs"]["config"]["backtest"]
-    assert {k: v for k, v in backtest.items() if k not in ("start_time", "end_time")} == \
-        {k: v for k, v in old_backtest.items() if k not in ("start_time", "end_time")}
-    assert by_class["CryptoBacktestRecord"]["kwargs"]["config"]["strategy"] == \
-        yaml_records["CryptoBacktestRecord"]["kwargs"]["config"]["strategy"]
+    assert {k: v for k, v in backtest.items() if k not in ("start_time", "end_time")} == {
+        k: v for k, v in old_backtest.items() if k not in ("start_time", "end_time")
+    }
+    assert (
+        by_class["CryptoBacktestRecord"]["kwargs"]["config"]["strategy"]
+        == yaml_records["CryptoBacktestRecord"]["kwargs"]["config"]["strategy"]
+    )
     # the training report runs without a model or dataset, into its own directory
     report_kwargs = by_class["TrainingReportRecord"]["kwargs"]
     assert report_kwargs["model"] is None and report_kwargs["dataset"] is None

@@ -4,6 +4,8 @@ Use from Python (``qlib.backtest.backtest(..., executor={"class": "CryptoExecuto
 "qlib_crypto.backtest", ...}, exchange_kwargs={"exchange": {"class": "CryptoExchange", ...}},
 pos_type="qlib_crypto.backtest.CryptoPosition")``) or from qrun YAML. See ``docs/backtest.md``.
 """
+
+from .benchmark import benchmark_returns
 from .costs import (
     bar_volatility,
     fill_price,
@@ -17,7 +19,6 @@ from .costs import (
     slippage_cost,
     trade_fee,
 )
-from .benchmark import benchmark_returns
 from .exchange import (
     DEFAULT_FEES,
     DEFAULT_MAX_PARTICIPATION,

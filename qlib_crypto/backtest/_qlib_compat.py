@@ -12,9 +12,11 @@ What remains below relies on how Qlib 0.9.7 works inside: a private method, or a
 internally and a subclass cannot reach otherwise. ``tests/test_qlib_compat.py`` has one test per function that
 checks the assumption against the installed Qlib, so an upgrade that changes one of them fails there, by name.
 """
+
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from qlib.backtest.position import Position
 
@@ -39,6 +41,38 @@ def sort_quote_fields(exchange: Any) -> None:
     names the quote's columns in order.
     """
     exchange.all_fields = sorted(exchange.all_fields)
+
+
+@contextmanager
+def quote_features(features: Callable[..., Any]) -> Iterator[None]:
+    """Within the block, ``Exchange.get_quote_from_qlib`` loads its quote with ``features`` instead of Qlib's
+    ``D.features``.
+
+    Qlib 0.9.7 reads the quote through the module global ``D`` of ``qlib.backtest.exchange``
+    (``D.features(codes, all_fields, start_time, end_time, freq=freq, disk_cache=True)``; ``D.instruments()``
+    when ``codes`` is empty); the exchange has no parameter for the loader. ``features`` takes the same
+    arguments and returns the same frame (index ``(instrument, datetime)``, one float32 column per field).
+    Every other attribute of ``D`` is Qlib's own. Not thread-safe (the backtest runs in one thread).
+    """
+    import qlib.backtest.exchange as qlib_exchange
+
+    original = qlib_exchange.D
+    qlib_exchange.D = _FeaturesOverride(original, features)
+    try:
+        yield
+    finally:
+        qlib_exchange.D = original
+
+
+class _FeaturesOverride:
+    """``D`` with ``features`` replaced."""
+
+    def __init__(self, base: Any, features: Callable[..., Any]) -> None:
+        self._base = base
+        self.features = features
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._base, name)
 
 
 # ---------------------------------------------------------------------------------------------------- Position

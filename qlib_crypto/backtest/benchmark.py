@@ -8,6 +8,7 @@ whole daily bar in it (a few hours, the last partial day, the bar after ``predic
 backtest's own frequency, exactly as Qlib computes a named benchmark at that frequency
 (``$close / Ref($close, 1) - 1``, missing bars 0), so only the bar frequency's directory is read.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,13 @@ def benchmark_returns(code: str, start_time: Any, end_time: Any, freq: str) -> p
 
     frame = D.features([code], [BENCHMARK_FIELD], start_time, end_time, freq=freq)
     if frame is None or len(frame) == 0:
-        logger.warning("benchmark %s has no %s bar between %s and %s: its return is 0 over the backtest",
-                       code, freq, start_time, end_time)
+        logger.warning(
+            "benchmark %s has no %s bar between %s and %s: its return is 0 over the backtest",
+            code,
+            freq,
+            start_time,
+            end_time,
+        )
         return pd.Series([], index=pd.DatetimeIndex([], name="datetime"), dtype="float64", name=BENCHMARK_FIELD)
     column = frame.columns[0]
     return frame.groupby(level="datetime", group_keys=False)[column].mean().fillna(0)

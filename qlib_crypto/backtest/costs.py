@@ -11,6 +11,7 @@ Notation: ``deal`` is the bar's deal price (close, open or vwap), ``q >= 0`` the
 - slippage cost       ``slippage = q x |fill - deal|``
 - funding payment     ``payment = amount x price x funding_rate`` (signed amount; > 0 means paid by the holder)
 """
+
 from __future__ import annotations
 
 import math

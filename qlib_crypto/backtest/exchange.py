@@ -2,6 +2,7 @@
 
 See ``docs/backtest.md`` for every parameter and formula. The pure cost functions live in ``costs.py``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -233,8 +234,10 @@ def _meta_rows(instrument_meta: Any) -> Tuple[Mapping[str, Mapping[str, Any]], D
         if doc is not None:
             return doc["instruments"], {"source": f"provider {path}", "read_at": doc.get("read_at")}
         if path.is_dir() and not (path / "meta" / "instruments").is_dir() and (path / "calendars").is_dir():
-            return {}, {"source": f"provider {path} (no meta/instruments.json: dump it again to add metadata)",
-                        "read_at": None}
+            return {}, {
+                "source": f"provider {path} (no meta/instruments.json: dump it again to add metadata)",
+                "read_at": None,
+            }
         from ..store import read_instrument_meta  # a raw store directory
 
         frame = read_instrument_meta(path)
@@ -247,13 +250,15 @@ def _meta_rows(instrument_meta: Any) -> Tuple[Mapping[str, Mapping[str, Any]], D
         return frame.to_dict(orient="index"), {"source": "DataFrame", "read_at": None}
     if isinstance(instrument_meta, Mapping):
         if isinstance(instrument_meta.get("instruments"), Mapping):  # a provider metadata document
-            return instrument_meta["instruments"], {"source": "provider document",
-                                                    "read_at": instrument_meta.get("read_at")}
+            return instrument_meta["instruments"], {
+                "source": "provider document",
+                "read_at": instrument_meta.get("read_at"),
+            }
         return instrument_meta, {"source": "dict", "read_at": None}
     raise ConfigError(
         f"instrument_meta of type {type(instrument_meta).__name__} is not supported",
         hint="give 'provider' (the default), a provider or store directory, a DataFrame with an instId column, "
-             "a dict instId -> {lotSz, minSz...} or null",
+        "a dict instId -> {lotSz, minSz...} or null",
     )
 
 
@@ -327,10 +332,38 @@ def _check_fees(fees: Mapping[str, Mapping[str, float]] | None) -> Dict[str, Dic
             except (TypeError, ValueError):
                 value = float("nan")
             if not (-0.01 <= value < 0.1):
-                raise ConfigError(f"fee rate {rate!r} for {market}.{role} is not a number in [-0.01, 0.1)",
-                                  hint="give a fraction, e.g. 0.001 for 0.1%")
+                raise ConfigError(
+                    f"fee rate {rate!r} for {market}.{role} is not a number in [-0.01, 0.1)",
+                    hint="give a fraction, e.g. 0.001 for 0.1%",
+                )
             merged[market][role] = value
     return merged
+
+
+def _quote_features(
+    instruments: Any,
+    fields: list,
+    start_time: Any = None,
+    end_time: Any = None,
+    freq: str = "day",
+    disk_cache: Any = None,
+    **kwargs: Any,
+) -> pd.DataFrame:
+    """``D.features`` for the exchange's quote, read by the fast feature engine: the raw fields of all instruments
+    at once from the provider's ``.bin`` files (the same frame, values and rows as ``D.features``; tested in
+    tests/test_qlib_compat.py). Expressions the engine does not know, or extra arguments, go to Qlib's own."""
+    from qlib.data import D
+
+    from ..data.engine import ExpressionError, compile_exprs
+    from ..data.loader import load_expressions
+
+    try:
+        compile_exprs(fields)
+    except ExpressionError:
+        kwargs["disk_cache"] = disk_cache
+    if kwargs:
+        return D.features(instruments, fields, start_time, end_time, freq=freq, **kwargs)
+    return load_expressions(instruments, fields, pd.Index(fields), start_time, end_time, freq, swap_level=False)
 
 
 class CryptoExchange(Exchange):
@@ -438,7 +471,8 @@ class CryptoExchange(Exchange):
         # Qlib builds ``all_fields`` as ``list(set(...))``: its order (the quote frame's column order) changes with
         # PYTHONHASHSEED. A sorted list gives every run the same frame.
         compat.sort_quote_fields(self)
-        super().get_quote_from_qlib()
+        with compat.quote_features(_quote_features):
+            super().get_quote_from_qlib()
         # NaN volume on a bar with a price: no traded volume is known; treat it as 0 (documented).
         vol = self.quote_df["$volume"]
         if vol.isna().any():
@@ -518,10 +552,29 @@ class CryptoExchange(Exchange):
             price = self._cell(stock_id, start_time, end_time, pstr)
             if price is not None:
                 if not (price > 1e-8):
+                    bad = price
+                    price = bad if pstr == "$close" else self._cell(stock_id, start_time, end_time, "$close")
                     if stock_id not in self._warned_deal_price:
                         self._warned_deal_price.add(stock_id)
-                        logger.warning("%s: %s is %s at %s; using $close", stock_id, pstr, price, start_time)
-                    price = self._cell(stock_id, start_time, end_time, "$close")
+                        if price is not None and price > 1e-8 and pstr != "$close":
+                            logger.warning(
+                                "%s: %s is %s at %s; using that bar's $close %s instead (warned once per instrument)",
+                                stock_id,
+                                pstr,
+                                bad,
+                                start_time,
+                                price,
+                            )
+                        else:
+                            logger.warning(
+                                "%s: no usable deal price at %s (%s is %s%s); no price for that bar "
+                                "(warned once per instrument)",
+                                stock_id,
+                                start_time,
+                                pstr,
+                                bad,
+                                "" if pstr == "$close" else f", $close is {price}",
+                            )
                     return None if price is None or math.isnan(price) else price
                 return price
         return super().get_deal_price(stock_id, start_time, end_time, direction, method)
@@ -693,8 +746,9 @@ class CryptoExchange(Exchange):
         if not self.check_order(order):
             order.deal_amount = 0.0
             if recording is not None:
-                report = OrderReport(order.start_time, order.stock_id, side, float(order.amount), 0.0, "rejected",
-                                     "not_tradable")
+                report = OrderReport(
+                    order.start_time, order.stock_id, side, float(order.amount), 0.0, "rejected", "not_tradable"
+                )
                 recording.append(Execution(order, 0.0, 0.0, np.nan, None, report))
             return 0.0, 0.0, np.nan
         pos = trade_account.current_position if trade_account is not None else position
@@ -726,7 +780,16 @@ class CryptoExchange(Exchange):
         filled = order.deal_amount if trade_val > 1e-5 else 0.0
         requested = details["requested"]
         status = "filled" if filled >= requested * (1 - 1e-9) else ("partial" if filled > 0 else "rejected")
-        report = OrderReport(order.start_time, order.stock_id, side, requested, filled, status,
-                             ";".join(details["reasons"]), details["deal_price"], details["capped"])
+        report = OrderReport(
+            order.start_time,
+            order.stock_id,
+            side,
+            requested,
+            filled,
+            status,
+            ";".join(details["reasons"]),
+            details["deal_price"],
+            details["capped"],
+        )
         recording.append(Execution(order, trade_val, trade_cost, trade_price, fill, report))
         return trade_val, trade_cost, trade_price

@@ -10,6 +10,7 @@ Per step (bar ``t``, ``[cal[t], cal[t+1])``), in this order:
    is closed at the bar's ``$close`` paying the taker fee (role ``liquidation``);
 4. Qlib's bar end (prices marked to the close, portfolio metrics, history of positions, indicators).
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,7 +20,6 @@ from types import FunctionType
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
-
 import pandas as pd
 from qlib.backtest.decision import BaseTradeDecision, Order
 from qlib.backtest.executor import SimulatorExecutor
@@ -217,12 +217,19 @@ class CryptoPortfolioMetrics(PortfolioMetrics):
             return None  # Qlib's own path skips NaN
         return (window + 1).prod() - 1
 
-    def update_portfolio_metrics_record(self, trade_start_time: Any = None, trade_end_time: Any = None, *args: Any,
-                                        bench_value: Optional[float] = None, **kwargs: Any) -> None:
+    def update_portfolio_metrics_record(
+        self,
+        trade_start_time: Any = None,
+        trade_end_time: Any = None,
+        *args: Any,
+        bench_value: Optional[float] = None,
+        **kwargs: Any,
+    ) -> None:
         if bench_value is None and trade_start_time is not None and trade_end_time is not None:
             bench_value = self.bar_benchmark(trade_start_time, trade_end_time)
-        super().update_portfolio_metrics_record(trade_start_time, trade_end_time, *args, bench_value=bench_value,
-                                                **kwargs)
+        super().update_portfolio_metrics_record(
+            trade_start_time, trade_end_time, *args, bench_value=bench_value, **kwargs
+        )
 
     def generate_portfolio_metrics_dataframe(self) -> pd.DataFrame:
         df = super().generate_portfolio_metrics_dataframe()
@@ -322,17 +329,28 @@ class CryptoExecutor(SimulatorExecutor):
 
     def result(self) -> "ExecutionResult":
         """Everything this executor recorded in its last run, as plain DataFrames and a dict."""
-        return ExecutionResult(fills=self.fills, order_reports=self.order_reports, funding_events=self.funding_events,
-                               liquidations=self.liquidations, bar_costs=self.bar_costs, totals=dict(self.totals))
+        return ExecutionResult(
+            fills=self.fills,
+            order_reports=self.order_reports,
+            funding_events=self.funding_events,
+            liquidations=self.liquidations,
+            bar_costs=self.bar_costs,
+            totals=dict(self.totals),
+        )
 
     # ------------------------------------------------------------------ setup
     def reset(self, common_infra: Any = None, **kwargs: Any) -> None:
         if "start_time" in kwargs or "end_time" in kwargs:
             self._clear_records()
             if not self.level_infra.has("trade_calendar"):  # Qlib's reset_cal then resets this one
-                self.level_infra.reset_infra(trade_calendar=CryptoTradeCalendar(
-                    self.time_per_step, start_time=kwargs.get("start_time"), end_time=kwargs.get("end_time"),
-                    level_infra=self.level_infra))
+                self.level_infra.reset_infra(
+                    trade_calendar=CryptoTradeCalendar(
+                        self.time_per_step,
+                        start_time=kwargs.get("start_time"),
+                        end_time=kwargs.get("end_time"),
+                        level_infra=self.level_infra,
+                    )
+                )
         super().reset(common_infra=common_infra, **kwargs)
 
     def reset_common_infra(self, common_infra: Any, copy_trade_account: bool = False) -> None:
@@ -429,7 +447,14 @@ class CryptoExecutor(SimulatorExecutor):
             amount = position.get_stock_amount(code)
             payment = position.settle_funding(code, price, rate)
             self._funding.append(
-                {"datetime": start, "instrument": code, "amount": amount, "price": price, "funding_rate": rate, "payment": payment}
+                {
+                    "datetime": start,
+                    "instrument": code,
+                    "amount": amount,
+                    "price": price,
+                    "funding_rate": rate,
+                    "payment": payment,
+                }
             )
             total += payment
         return total
@@ -468,9 +493,20 @@ class CryptoExecutor(SimulatorExecutor):
         if not (gross > 0 and equity < self.maintenance_margin * gross):
             return 0.0
         logger.warning(
-            "liquidation at %s: equity %.6g < maintenance_margin %.4g x gross exposure %.6g", start, equity, self.maintenance_margin, gross
+            "liquidation at %s: equity %.6g < maintenance_margin %.4g x gross exposure %.6g",
+            start,
+            equity,
+            self.maintenance_margin,
+            gross,
         )
-        self._liquidations.append({"datetime": start, "equity": equity, "gross_exposure": gross, "maintenance_margin": self.maintenance_margin})
+        self._liquidations.append(
+            {
+                "datetime": start,
+                "equity": equity,
+                "gross_exposure": gross,
+                "maintenance_margin": self.maintenance_margin,
+            }
+        )
         fees = 0.0
         for code in list(position.get_stock_list()):
             amount = position.get_stock_amount(code)
@@ -488,7 +524,19 @@ class CryptoExecutor(SimulatorExecutor):
             self.trade_account.update_order(order=order, trade_val=value, cost=fee, trade_price=price)
             execute_result.append((order, value, fee, price))
             self._fills.append(
-                FillRecord(start, code, "sell" if amount > 0 else "buy", abs(amount), price, price, value, fee, 0.0, "liquidation", exchange.market_of(code))
+                FillRecord(
+                    start,
+                    code,
+                    "sell" if amount > 0 else "buy",
+                    abs(amount),
+                    price,
+                    price,
+                    value,
+                    fee,
+                    0.0,
+                    "liquidation",
+                    exchange.market_of(code),
+                )
             )
             fees += fee
         return fees

@@ -12,9 +12,10 @@ with prices marked to the bar close at every bar end (by Qlib's ``Account``). Th
 Set it through the account's ``pos_type``: ``pos_type="qlib_crypto.backtest.CryptoPosition"`` (Qlib resolves a
 dotted class name); ``CryptoExecutor`` also upgrades a plain ``Position`` with nothing in it to this class.
 """
+
 from __future__ import annotations
 
-from typing import Any, Dict, List, Union
+from typing import Dict, List, Union
 
 from qlib.backtest.decision import Order
 from qlib.backtest.position import Position

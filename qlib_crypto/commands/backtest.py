@@ -2,6 +2,7 @@
 
 Heavy imports (Qlib, pandas) happen inside the functions so that ``qlib-crypto --help`` stays fast.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,44 +23,96 @@ STRATEGIES = ("signal", "longshort", "topk")
 def input_options(func: Callable) -> Callable:
     """The options that say what to backtest and where (shared by ``backtest`` and ``sweep``)."""
     options = [
-        click.option("--signals", "signals_path", type=click.Path(dir_okay=False),
-                     help="Signals file from `qlib-crypto predict`: Parquet or CSV with datetime, instrument, signal, "
-                          "position_size. Signals are data: pickles are refused (convert them to Parquet/CSV)."),
-        click.option("--pred", "pred_path", type=click.Path(dir_okay=False),
-                     help="Model scores: Qlib's pred.pkl (a Series on a (datetime, instrument) index), or Parquet/CSV "
-                          "with datetime, instrument, score. A pickle runs code when it is loaded: give only a "
-                          "pred.pkl from a trusted source (your own qrun run)."),
-        click.option("--provider-dir", required=True, type=click.Path(file_okay=False),
-                     help="Qlib provider directory of --freq (e.g. data/qlib/synthetic/60min), or a parent holding "
-                          "<freq>/. Only that frequency's directory is read."),
-        click.option("--freq", default="60min", show_default=True, help="Bar frequency of the backtest (60min, day...)."),
-        click.option("--start", default=None, help="First bar (UTC, e.g. 2024-04-01); default: first signal."),
-        click.option("--end", default=None, help="Last bar (UTC); default: one bar after the last signal."),
-        click.option("--strategy", type=click.Choice(STRATEGIES), default=None,
-                     help="signal (SignalStrategy), longshort (LongShortStrategy on swaps), topk (Qlib's "
-                          "TopkDropoutStrategy, long-only). Default: signal with --signals, longshort with --pred."),
-        click.option("--topk", type=int, default=3, show_default=True, help="longshort: swaps per side; topk: holdings."),
+        click.option(
+            "--signals",
+            "signals_path",
+            type=click.Path(dir_okay=False),
+            help="Signals file from `qlib-crypto predict`: Parquet or CSV with datetime, instrument, signal, "
+            "position_size. Signals are data: pickles are refused (convert them to Parquet/CSV).",
+        ),
+        click.option(
+            "--pred",
+            "pred_path",
+            type=click.Path(dir_okay=False),
+            help="Model scores: Qlib's pred.pkl (a Series on a (datetime, instrument) index), or Parquet/CSV "
+            "with datetime, instrument, score. A pickle runs code when it is loaded: give only a "
+            "pred.pkl from a trusted source (your own qrun run).",
+        ),
+        click.option(
+            "--provider-dir",
+            required=True,
+            type=click.Path(file_okay=False),
+            help="Qlib provider directory of --freq (e.g. data/qlib/synthetic/60min), or a parent holding "
+            "<freq>/. Only that frequency's directory is read.",
+        ),
+        click.option(
+            "--freq", default="60min", show_default=True, help="Bar frequency of the backtest (60min, day...)."
+        ),
+        click.option(
+            "--start",
+            default=None,
+            help="First bar, ISO 8601 (UTC unless an offset is given), e.g. 2024-04-01 or '2024-04-01 05:00'; default: first signal.",
+        ),
+        click.option(
+            "--end",
+            default=None,
+            help="Last bar, ISO 8601 (UTC unless an offset is given); default: one bar after the last signal.",
+        ),
+        click.option(
+            "--strategy",
+            type=click.Choice(STRATEGIES),
+            default=None,
+            help="signal (SignalStrategy), longshort (LongShortStrategy on swaps), topk (Qlib's "
+            "TopkDropoutStrategy, long-only). Default: signal with --signals, longshort with --pred.",
+        ),
+        click.option(
+            "--topk", type=int, default=3, show_default=True, help="longshort: swaps per side; topk: holdings."
+        ),
         click.option("--n-drop", type=int, default=1, show_default=True, help="topk: holdings replaced per bar."),
-        click.option("--rebalance-every", type=int, default=1, show_default=True, help="longshort: bars between rebalances."),
-        click.option("--gross-exposure", type=float, default=1.0, show_default=True,
-                     help="longshort: sum of absolute weights (1.0 = half long, half short)."),
-        click.option("--fees", default=None,
-                     help="Fee rates, e.g. 'spot.taker=0.001,swap.taker=0.0005' or '{swap: {taker: 0.0005}}'. "
-                          "Default: OKX base tier."),
-        click.option("--config", "config_path", type=click.Path(dir_okay=False),
-                     help="Exchange YAML: CryptoExchange kwargs, or an `exchange:` block with class/module_path/kwargs; "
-                          "an optional `executor:` mapping holds CryptoExecutor kwargs. Options given here override it."),
-        click.option("--max-leverage", type=float, default=None, help="Gross exposure / equity cap (executor default 3)."),
-        click.option("--account", type=float, default=1_000_000.0, show_default=True, help="Initial equity (quote currency)."),
+        click.option(
+            "--rebalance-every", type=int, default=1, show_default=True, help="longshort: bars between rebalances."
+        ),
+        click.option(
+            "--gross-exposure",
+            type=float,
+            default=1.0,
+            show_default=True,
+            help="longshort: sum of absolute weights (1.0 = half long, half short).",
+        ),
+        click.option(
+            "--fees",
+            default=None,
+            help="Fee rates, e.g. 'spot.taker=0.001,swap.taker=0.0005' or '{swap: {taker: 0.0005}}'. "
+            "Default: OKX base tier.",
+        ),
+        click.option(
+            "--config",
+            "config_path",
+            type=click.Path(dir_okay=False),
+            help="Exchange YAML: CryptoExchange kwargs, or an `exchange:` block with class/module_path/kwargs; "
+            "an optional `executor:` mapping holds CryptoExecutor kwargs. Options given here override it.",
+        ),
+        click.option(
+            "--max-leverage", type=float, default=None, help="Gross exposure / equity cap (executor default 3)."
+        ),
+        click.option(
+            "--account", type=float, default=1_000_000.0, show_default=True, help="Initial equity (quote currency)."
+        ),
         click.option("--benchmark", default=None, help="Benchmark instrument (default BTC-USDT when present)."),
-        click.option("--max-participation", default=None, metavar="X|none",
-                     help="Largest fraction of a bar's volume one order may take (default: config or 0.1); "
-                          "'none' for no cap."),
-        click.option("--skip-unknown", is_flag=True,
-                     help="Drop (with a warning) the rows of instruments the provider does not have, instead of "
-                          "refusing them."),
-        click.option("--long-only", is_flag=True,
-                     help="longshort: long the --topk best scores only (spot or swaps), no shorts."),
+        click.option(
+            "--max-participation",
+            default=None,
+            metavar="X|none",
+            help="Largest fraction of a bar's volume one order may take (default: config or 0.1); 'none' for no cap.",
+        ),
+        click.option(
+            "--skip-unknown",
+            is_flag=True,
+            help="Drop (with a warning) the rows of instruments the provider does not have, instead of refusing them.",
+        ),
+        click.option(
+            "--long-only", is_flag=True, help="longshort: long the --topk best scores only (spot or swaps), no shorts."
+        ),
     ]
     for opt in reversed(options):
         func = opt(func)
@@ -71,15 +124,19 @@ def resolve_provider(provider_dir: str | Path, freq: str) -> dict[str, str]:
     benchmark is computed from its bars)."""
     root = Path(provider_dir)
     if not root.is_dir():
-        raise ConfigError(f"provider directory {str(root)!r} does not exist",
-                          hint="dump the store first (`qlib-crypto dump`) or run `qlib-crypto demo`")
+        raise ConfigError(
+            f"provider directory {str(root)!r} does not exist",
+            hint="dump the store first (`qlib-crypto dump`) or run `qlib-crypto demo`",
+        )
     if (root / "calendars" / f"{freq}.txt").is_file():
         freq_dir = root
     elif (root / freq / "calendars" / f"{freq}.txt").is_file():
         freq_dir = root / freq
     else:
-        raise ConfigError(f"no {freq} calendar under {str(root)!r} (looked for calendars/{freq}.txt and {freq}/calendars/)",
-                          hint="give the provider directory dumped at --freq, e.g. data/qlib/synthetic/60min")
+        raise ConfigError(
+            f"no {freq} calendar under {str(root)!r} (looked for calendars/{freq}.txt and {freq}/calendars/)",
+            hint="give the provider directory dumped at --freq, e.g. data/qlib/synthetic/60min",
+        )
     return {freq: str(freq_dir.resolve())}
 
 
@@ -98,8 +155,9 @@ def provider_calendar(freq_dir: str | Path, freq: str):
     import pandas as pd
 
     try:
-        lines = [ln.strip() for ln in (Path(freq_dir) / "calendars" / f"{freq}.txt").read_text().splitlines()
-                 if ln.strip()]
+        lines = [
+            ln.strip() for ln in (Path(freq_dir) / "calendars" / f"{freq}.txt").read_text().splitlines() if ln.strip()
+        ]
     except OSError:
         return None
     if not lines:
@@ -123,23 +181,35 @@ def check_against_provider(frame, freq_dir: str | Path, freq: str, *, skip_unkno
 
     known = provider_instruments(freq_dir)
     if known is not None:
-        frame = check_known_instruments(frame, known, skip_unknown=skip_unknown, where=f"{option} file",
-                                        provider=f"the provider {str(freq_dir)!r}", warn=warn)
+        frame = check_known_instruments(
+            frame,
+            known,
+            skip_unknown=skip_unknown,
+            where=f"{option} file",
+            provider=f"the provider {str(freq_dir)!r}",
+            warn=warn,
+        )
         if skip_unknown and len(frame) == 0:
-            raise ConfigError(f"no {option} row is left after dropping unknown instruments",
-                              hint="check the instrument names against the provider's instruments/all.txt")
+            raise ConfigError(
+                f"no {option} row is left after dropping unknown instruments",
+                hint="check the instrument names against the provider's instruments/all.txt",
+            )
     cal = provider_calendar(freq_dir, freq)
     if cal is not None and len(frame):
         first, last, _ = cal
         before, after = calendar_coverage(frame["datetime"], first, last)
         if before or after:
-            warn(f"{before} {option} rows before the {freq} calendar's first bar {first} and {after} after its "
-                 f"last bar {last} are outside the provider and not traded")
+            warn(
+                f"{before} {option} rows before the {freq} calendar's first bar {first} and {after} after its "
+                f"last bar {last} are outside the provider and not traded"
+            )
         inside = frame["datetime"][(frame["datetime"] >= first) & (frame["datetime"] <= last)]
         if len(inside) and (inside == last).all():  # e.g. `predict --latest`, then backtest
-            warn(f"all {len(inside)} {option} rows are on the calendar's last bar {last} and cannot trade: a "
-                 "signal executes on the next bar, which the provider does not have yet (dump newer bars, then "
-                 "backtest)")
+            warn(
+                f"all {len(inside)} {option} rows are on the calendar's last bar {last} and cannot trade: a "
+                "signal executes on the next bar, which the provider does not have yet (dump newer bars, then "
+                "backtest)"
+            )
     return frame
 
 
@@ -165,7 +235,9 @@ def parse_fees(text: str | None) -> dict[str, dict[str, float]] | None:
             key, _, value = part.partition("=")
             market, _, role = key.strip().partition(".")
             if not market or not role or not value.strip():
-                raise ConfigError(f"bad fee item {part.strip()!r}", hint="write market.role=rate, e.g. swap.taker=0.0005")
+                raise ConfigError(
+                    f"bad fee item {part.strip()!r}", hint="write market.role=rate, e.g. swap.taker=0.0005"
+                )
             out.setdefault(market, {})[role] = value.strip()
         return check_fees(out, f"--fees {text!r}")
     import yaml
@@ -173,8 +245,9 @@ def parse_fees(text: str | None) -> dict[str, dict[str, float]] | None:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--fees {text!r} is not valid YAML: {_one_line(exc)}",
-                          hint="e.g. '{swap: {taker: 0.0005}}'") from None
+        raise ConfigError(
+            f"--fees {text!r} is not valid YAML: {_one_line(exc)}", hint="e.g. '{swap: {taker: 0.0005}}'"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"--fees {text!r} is not a mapping", hint="e.g. spot.taker=0.001,swap.taker=0.0005")
     return check_fees(data, f"--fees {text!r}")
@@ -186,8 +259,14 @@ def _one_line(exc: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def check_number(value: Any, what: str, *, minimum: float | None = None, above: float | None = None,
-                 hint: str = "give a finite number") -> float:
+def check_number(
+    value: Any,
+    what: str,
+    *,
+    minimum: float | None = None,
+    above: float | None = None,
+    hint: str = "give a finite number",
+) -> float:
     """``value`` as a finite float (>= ``minimum`` / > ``above``), else a ConfigError naming ``what`` and the value."""
     try:
         if isinstance(value, bool):
@@ -221,8 +300,10 @@ def check_fees(fees: Any, where: str) -> dict[str, dict[str, float]]:
                 raise ConfigError(f"{where}: unknown fee role {market}.{role}", hint="use maker and taker; " + example)
             number = check_number(rate, f"{where}: rate {market}.{role}", hint="give a fraction, e.g. 0.001 for 0.1%")
             if not -0.01 <= number < 0.1:
-                raise ConfigError(f"{where}: rate {market}.{role} {rate!r} is outside [-0.01, 0.1)",
-                                  hint="give a fraction, e.g. 0.001 for 0.1%")
+                raise ConfigError(
+                    f"{where}: rate {market}.{role} {rate!r} is outside [-0.01, 0.1)",
+                    hint="give a fraction, e.g. 0.001 for 0.1%",
+                )
             out.setdefault(market, {})[role] = number
     return out
 
@@ -235,12 +316,17 @@ def parse_participation(value: Any, what: str = "--max-participation") -> float 
     """A participation cap: a number in (0, 1], or ``none``/``null`` (no cap)."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "off")):
         return None
-    number = check_number(value, what, above=0.0, hint="give a fraction of the bar's volume in (0, 1], e.g. 0.1, "
-                                                         "or none for no cap")
+    number = check_number(
+        value, what, above=0.0, hint="give a fraction of the bar's volume in (0, 1], e.g. 0.1, or none for no cap"
+    )
     if number > 1:
-        raise ConfigError(f"{what} {value!r} is above 1",
-                          hint="give a fraction of the bar's volume in (0, 1], e.g. 0.1, or none for no cap")
+        raise ConfigError(
+            f"{what} {value!r} is above 1",
+            hint="give a fraction of the bar's volume in (0, 1], e.g. 0.1, or none for no cap",
+        )
     return number
+
+
 _EXECUTOR_NUMBERS = {"max_leverage": (None, 0.0), "maintenance_margin": (0.0, None)}
 
 
@@ -258,8 +344,9 @@ def load_config(path: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
     except UnicodeDecodeError:
         raise ConfigError(f"config file {str(p)!r} is not a text file", hint="give an exchange YAML file") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {_one_line(exc)}",
-                          hint="fix the YAML syntax") from None
+        raise ConfigError(
+            f"config file {str(p)!r} is not valid YAML: {_one_line(exc)}", hint="fix the YAML syntax"
+        ) from None
     hint = "write a YAML mapping of CryptoExchange kwargs, or `exchange:` and `executor:` mappings"
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(p)!r} holds a {type(data).__name__}, not a mapping", hint=hint)
@@ -272,8 +359,10 @@ def load_config(path: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
     if exchange is None:
         exchange = data
     elif data:
-        raise ConfigError(f"config file {str(p)!r} has unknown top-level keys {sorted(data)}",
-                          hint="use `exchange:` and `executor:` blocks, or only CryptoExchange kwargs")
+        raise ConfigError(
+            f"config file {str(p)!r} has unknown top-level keys {sorted(data)}",
+            hint="use `exchange:` and `executor:` blocks, or only CryptoExchange kwargs",
+        )
     if isinstance(exchange, dict) and "kwargs" in exchange:
         exchange = exchange.get("kwargs") or {}
     if not isinstance(exchange, dict):
@@ -282,11 +371,11 @@ def load_config(path: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
     for block, numbers in ((exchange, _EXCHANGE_NUMBERS), (executor, _EXECUTOR_NUMBERS)):
         for key, (minimum, above) in numbers.items():
             if block.get(key) is not None:
-                block[key] = check_number(block[key], f"config file {str(p)!r}: {key}", minimum=minimum,
-                                          above=above)
+                block[key] = check_number(block[key], f"config file {str(p)!r}: {key}", minimum=minimum, above=above)
     if exchange.get("max_participation") is not None:
-        exchange["max_participation"] = parse_participation(exchange["max_participation"],
-                                                            f"config file {str(p)!r}: max_participation")
+        exchange["max_participation"] = parse_participation(
+            exchange["max_participation"], f"config file {str(p)!r}: max_participation"
+        )
     if exchange.get("fees") is not None:
         exchange["fees"] = check_fees(exchange["fees"], f"config file {str(p)!r}: fees")
     return exchange, executor
@@ -301,8 +390,10 @@ def check_input_files(opts: dict[str, Any]) -> None:
     (signals: Parquet or CSV, never a pickle), and every shared option (see :func:`check_options`)."""
     signals_path, pred_path = opts.get("signals_path"), opts.get("pred_path")
     if bool(signals_path) == bool(pred_path):
-        raise ConfigError("give exactly one of --signals and --pred",
-                          hint="--signals for BUY/SELL/HOLD signals, --pred for model scores (pred.pkl)")
+        raise ConfigError(
+            "give exactly one of --signals and --pred",
+            hint="--signals for BUY/SELL/HOLD signals, --pred for model scores (pred.pkl)",
+        )
     path = Path(signals_path or pred_path)
     option = "--signals" if signals_path else "--pred"
     if not path.is_file():
@@ -313,12 +404,14 @@ def check_input_files(opts: dict[str, Any]) -> None:
             f"--signals file {str(path)!r} is a pickle: signals are data and are never unpickled (loading a pickle "
             "runs code)",
             hint="convert it to Parquet or CSV (columns datetime, instrument, signal, position_size), or write it "
-                 "with `qlib-crypto predict`",
+            "with `qlib-crypto predict`",
         )
     allowed = SIGNAL_SUFFIXES if signals_path else PRED_SUFFIXES
     if suffix not in allowed:
-        raise ConfigError(f"{option} file {str(path)!r} has the unsupported type {suffix or '(no suffix)'!r}",
-                          hint=f"give a {', '.join(allowed)} file")
+        raise ConfigError(
+            f"{option} file {str(path)!r} has the unsupported type {suffix or '(no suffix)'!r}",
+            hint=f"give a {', '.join(allowed)} file",
+        )
     check_options(opts)
 
 
@@ -344,23 +437,19 @@ def check_options(opts: dict[str, Any]) -> None:
     parse_participation(opts.get("max_participation"))
     strategy = opts.get("strategy") or ("signal" if opts.get("signals_path") else "longshort")
     if opts.get("long_only") and strategy != "longshort":
-        raise ConfigError("--long-only applies to --strategy longshort only",
-                          hint="drop --long-only, or use --strategy longshort")
+        raise ConfigError(
+            "--long-only applies to --strategy longshort only", hint="drop --long-only, or use --strategy longshort"
+        )
 
 
 def parse_time(value: Any, option: str):
-    """A --start/--end value as a pandas Timestamp (None stays None); junk is a ConfigError naming it."""
-    if value is None or str(value).strip() == "":
-        return None
-    import pandas as pd
+    """A --start/--end value as a naive UTC pandas Timestamp, as Qlib's calendars hold times (None stays None).
 
-    try:
-        ts = pd.Timestamp(value)
-    except (ValueError, TypeError, OverflowError):
-        raise ConfigError(f"{option} {value!r} is not a time", hint="use e.g. 2024-04-01 or '2024-04-01 12:00' (UTC)") from None
-    if ts is pd.NaT:
-        raise ConfigError(f"{option} {value!r} is not a time", hint="use e.g. 2024-04-01 or '2024-04-01 12:00' (UTC)")
-    return ts
+    ISO 8601 only (``qlib_crypto.timeparse.parse_iso``): ``01/04/2024`` or ``2024-13-01`` is a ConfigError
+    naming the option and the value; an offset (``+02:00``, ``Z``) is converted to UTC."""
+    from ..timeparse import parse_naive_utc
+
+    return parse_naive_utc(value, option)
 
 
 def check_output_dir(out_dir: str | Path) -> None:
@@ -378,9 +467,12 @@ def read_table(path: str | Path, option: str):
     p = Path(path)
     suffix = p.suffix.lower()
     kind = {".parquet": "Parquet", ".csv": "CSV"}.get(suffix, "pickle")
-    hint = ("write signals with `qlib-crypto predict`, or a Parquet/CSV file with datetime, instrument, signal, "
-            "position_size" if option == "--signals" else "give Qlib's pred.pkl, or a Parquet/CSV file with "
-            "datetime, instrument, score")
+    hint = (
+        "write signals with `qlib-crypto predict`, or a Parquet/CSV file with datetime, instrument, signal, "
+        "position_size"
+        if option == "--signals"
+        else "give Qlib's pred.pkl, or a Parquet/CSV file with datetime, instrument, score"
+    )
     if p.stat().st_size == 0:
         raise ConfigError(f"{option} file {str(p)!r} is empty", hint=hint)
     if kind == "CSV":
@@ -395,8 +487,10 @@ def read_table(path: str | Path, option: str):
         else:  # Qlib's pred.pkl: trusted input, see --help
             obj = pd.read_pickle(p)
     except Exception as exc:  # Arrow, CSV parser, decoding and unpickling errors alike
-        raise ConfigError(f"{option} file {str(p)!r} is not a readable {kind} file ({type(exc).__name__}: "
-                          f"{_one_line(exc)})", hint=hint) from None
+        raise ConfigError(
+            f"{option} file {str(p)!r} is not a readable {kind} file ({type(exc).__name__}: {_one_line(exc)})",
+            hint=hint,
+        ) from None
     if not isinstance(obj, (pd.DataFrame, pd.Series)):
         raise ConfigError(f"{option} file {str(p)!r} holds a {type(obj).__name__}, not a table", hint=hint)
     if len(obj) == 0:
@@ -412,9 +506,11 @@ def check_benchmark(provider_uri: dict[str, str], freq: str, benchmark: str | No
     if known is None:
         return  # no universe file: Qlib will say what is wrong
     if str(benchmark).upper() not in {k.upper() for k in known}:
-        raise ConfigError(f"--benchmark {benchmark!r} is not an instrument of {provider_uri[freq]!r}",
-                          hint=f"pick one of {', '.join(known[:8])}{', ...' if len(known) > 8 else ''}, "
-                               "or leave --benchmark out (BTC-USDT when present)")
+        raise ConfigError(
+            f"--benchmark {benchmark!r} is not an instrument of {provider_uri[freq]!r}",
+            hint=f"pick one of {', '.join(known[:8])}{', ...' if len(known) > 8 else ''}, "
+            "or leave --benchmark out (BTC-USDT when present)",
+        )
 
 
 def build_inputs(opts: dict[str, Any]) -> dict[str, Any]:
@@ -427,8 +523,10 @@ def build_inputs(opts: dict[str, Any]) -> dict[str, Any]:
 
     signals_path, pred_path = opts.get("signals_path"), opts.get("pred_path")
     if bool(signals_path) == bool(pred_path):
-        raise ConfigError("give exactly one of --signals and --pred",
-                          hint="--signals for BUY/SELL/HOLD signals, --pred for model scores (pred.pkl)")
+        raise ConfigError(
+            "give exactly one of --signals and --pred",
+            hint="--signals for BUY/SELL/HOLD signals, --pred for model scores (pred.pkl)",
+        )
     check_options(opts)
     strategy_name = opts.get("strategy") or ("signal" if signals_path else "longshort")
     freq = opts["freq"]
@@ -442,8 +540,10 @@ def build_inputs(opts: dict[str, Any]) -> dict[str, Any]:
             frame = signals_frame(raw)
             if strategy_name != "signal":
                 if not isinstance(raw, pd.DataFrame) or "score" not in raw.columns:
-                    raise ConfigError(f"--strategy {strategy_name} needs scores; {signals_path!r} has no score column",
-                                      hint="use --strategy signal, or --pred pred.pkl")
+                    raise ConfigError(
+                        f"--strategy {strategy_name} needs scores; {signals_path!r} has no score column",
+                        hint="use --strategy signal, or --pred pred.pkl",
+                    )
                 scores = scores_frame(raw[["datetime", "instrument", "score"]])
         else:
             scores = scores_frame(raw)
@@ -451,9 +551,11 @@ def build_inputs(opts: dict[str, Any]) -> dict[str, Any]:
     except ConfigError:
         raise
     except (ValueError, TypeError, KeyError, IndexError) as exc:
-        raise ConfigError(f"{option} file {str(signals_path or pred_path)!r} has unreadable values "
-                          f"({type(exc).__name__}: {_one_line(exc)})",
-                          hint="check its datetime, instrument and signal/score columns") from None
+        raise ConfigError(
+            f"{option} file {str(signals_path or pred_path)!r} has unreadable values "
+            f"({type(exc).__name__}: {_one_line(exc)})",
+            hint="check its datetime, instrument and signal/score columns",
+        ) from None
     if len(frame) == 0:
         raise ConfigError("the input holds no rows", hint="check the signals/pred file")
     provider_uri = resolve_provider(opts["provider_dir"], freq)
@@ -466,8 +568,11 @@ def build_inputs(opts: dict[str, Any]) -> dict[str, Any]:
     from ..provider.meta import read_provider_meta
 
     meta_doc = read_provider_meta(provider_uri[freq])
-    inst_types = {k: v.get("instType") for k, v in sorted((meta_doc or {}).get("instruments", {}).items())
-                  if isinstance(v, dict) and v.get("instType")}
+    inst_types = {
+        k: v.get("instType")
+        for k, v in sorted((meta_doc or {}).get("instruments", {}).items())
+        if isinstance(v, dict) and v.get("instType")
+    }
     long_only = bool(opts.get("long_only"))
     if strategy_name == "longshort":
         from ..strategy.targets import check_longshort_universe
@@ -488,24 +593,47 @@ def build_inputs(opts: dict[str, Any]) -> dict[str, Any]:
     check_benchmark(provider_uri, freq, opts.get("benchmark"))
     init_qlib(provider_uri)
     if strategy_name == "signal":
-        strategy = {"class": "SignalStrategy", "module_path": "qlib_crypto.strategy",
-                    "kwargs": {"signals": frame, "instrument_meta": inst_types}}
+        strategy = {
+            "class": "SignalStrategy",
+            "module_path": "qlib_crypto.strategy",
+            "kwargs": {"signals": frame, "instrument_meta": inst_types},
+        }
     else:
         pred = scores.set_index(["datetime", "instrument"])["score"]
         if strategy_name == "longshort":
-            strategy = {"class": "LongShortStrategy", "module_path": "qlib_crypto.strategy",
-                        "kwargs": {"signal": pred, "topk": int(opts["topk"]),
-                                   "rebalance_every": int(opts["rebalance_every"]),
-                                   "gross_exposure": float(opts["gross_exposure"]),
-                                   "long_only": long_only, "instrument_meta": inst_types}}
+            strategy = {
+                "class": "LongShortStrategy",
+                "module_path": "qlib_crypto.strategy",
+                "kwargs": {
+                    "signal": pred,
+                    "topk": int(opts["topk"]),
+                    "rebalance_every": int(opts["rebalance_every"]),
+                    "gross_exposure": float(opts["gross_exposure"]),
+                    "long_only": long_only,
+                    "instrument_meta": inst_types,
+                },
+            }
         else:
-            strategy = {"class": "TopkDropoutStrategy", "module_path": "qlib.contrib.strategy",
-                        "kwargs": {"signal": pred, "topk": int(opts["topk"]), "n_drop": int(opts["n_drop"])}}
-    start = opts.get("start") or frame["datetime"].min()
-    end = opts.get("end") or (frame["datetime"].max() + bar)
-    return {"strategy": strategy, "strategy_name": strategy_name, "freq": freq, "start_time": start, "end_time": end,
-            "exchange": exchange, "executor": executor, "account": float(opts["account"]),
-            "benchmark": opts.get("benchmark")}
+            strategy = {
+                "class": "TopkDropoutStrategy",
+                "module_path": "qlib.contrib.strategy",
+                "kwargs": {"signal": pred, "topk": int(opts["topk"]), "n_drop": int(opts["n_drop"])},
+            }
+    start = parse_time(opts.get("start"), "--start")  # naive UTC, as Qlib's calendars hold times
+    end = parse_time(opts.get("end"), "--end")
+    start = frame["datetime"].min() if start is None else start
+    end = (frame["datetime"].max() + bar) if end is None else end
+    return {
+        "strategy": strategy,
+        "strategy_name": strategy_name,
+        "freq": freq,
+        "start_time": start,
+        "end_time": end,
+        "exchange": exchange,
+        "executor": executor,
+        "account": float(opts["account"]),
+        "benchmark": opts.get("benchmark"),
+    }
 
 
 def apply_fee_multiplier(exchange: dict[str, Any], multiplier: float) -> dict[str, Any]:
@@ -528,9 +656,24 @@ def apply_fee_multiplier(exchange: dict[str, Any], multiplier: float) -> dict[st
 @input_options
 @click.option("--slippage-bps", type=float, default=None, help="Fixed slippage in basis points (default: config or 0).")
 @click.option("--fee-multiplier", type=float, default=1.0, show_default=True, help="Multiply every fee rate.")
-@click.option("--out", "out_dir", default="reports/backtest", show_default=True, type=click.Path(), metavar="DIR",
-              help="Output directory: metrics.json, report.json, report.html, fills.csv, trades.csv, equity.csv...")
-def command(out_dir: str, slippage_bps: float | None, fee_multiplier: float, **opts: Any) -> int:
+@click.option(
+    "--out",
+    "out_dir",
+    default="reports/backtest",
+    show_default=True,
+    type=click.Path(),
+    metavar="DIR",
+    help="Output directory: metrics.json, report.json, report.html, fills.csv, trades.csv, equity.csv...",
+)
+@click.option(
+    "--model-run",
+    default=None,
+    metavar="RUN_ID",
+    help="MLflow run id of the model behind the signals, recorded in the report's info (the demo sets it).",
+)
+def command(
+    out_dir: str, slippage_bps: float | None, fee_multiplier: float, model_run: str | None = None, **opts: Any
+) -> int:
     """Backtest signals (SignalStrategy) or model scores (LongShortStrategy / TopkDropoutStrategy) with
     CryptoExchange + CryptoExecutor; write the report as JSON, HTML and CSV.
 
@@ -555,17 +698,35 @@ def command(out_dir: str, slippage_bps: float | None, fee_multiplier: float, **o
         exchange["slippage_bps"] = float(slippage_bps)
     if fee_multiplier != 1.0:
         exchange = apply_fee_multiplier(exchange, fee_multiplier)
-    run = run_backtest(inputs["strategy"], start_time=inputs["start_time"], end_time=inputs["end_time"],
-                       freq=inputs["freq"], account=inputs["account"], benchmark=inputs["benchmark"],
-                       exchange=exchange, executor=inputs["executor"])
-    report = run.report({"strategy": inputs["strategy_name"], "slippage_bps": float(exchange.get("slippage_bps", 0.0)),
-                         "fee_multiplier": float(fee_multiplier)})
+    run = run_backtest(
+        inputs["strategy"],
+        start_time=inputs["start_time"],
+        end_time=inputs["end_time"],
+        freq=inputs["freq"],
+        account=inputs["account"],
+        benchmark=inputs["benchmark"],
+        exchange=exchange,
+        executor=inputs["executor"],
+    )
+    info = {
+        "strategy": inputs["strategy_name"],
+        "slippage_bps": float(exchange.get("slippage_bps", 0.0)),
+        "fee_multiplier": float(fee_multiplier),
+    }
+    if model_run:
+        info["model_run"] = str(model_run)
+    report = run.report(info)
     # one unit: the report files and these two are staged beside out_dir and swapped in together
-    paths = report.write(out_dir, title=f"qlib-crypto backtest ({inputs['strategy_name']}, {inputs['freq']})",
-                         extra={"order_reports.csv": run.order_reports, "funding.csv": run.funding_events})
+    paths = report.write(
+        out_dir,
+        title=f"qlib-crypto backtest ({inputs['strategy_name']}, {inputs['freq']})",
+        extra={"order_reports.csv": run.order_reports, "funding.csv": run.funding_events},
+    )
     m = report.metrics
-    click.echo(f"backtest {inputs['strategy_name']} {report.info['start']} .. {report.info['end']}: "
-               f"{report.info['n_bars']} bars, {len(report.fills)} fills, {len(report.trades)} trades")
+    click.echo(
+        f"backtest {inputs['strategy_name']} {report.info['start']} .. {report.info['end']}: "
+        f"{report.info['n_bars']} bars, {len(report.fills)} fills, {len(report.trades)} trades"
+    )
     click.echo(order_summary_line(run.order_summary(), run.settings))
     click.echo(json_line(m))
     click.echo(f"wrote {paths['metrics.json']} and {paths['report.html']}")
@@ -574,6 +735,7 @@ def command(out_dir: str, slippage_bps: float | None, fee_multiplier: float, **o
 
 def json_line(metrics: dict[str, Any]) -> str:
     """The metrics as one line of valid JSON: floats rounded to 6 decimals, NaN and infinities as null."""
+
     def clean(v: Any) -> Any:
         if isinstance(v, float):
             return round(v, 6) + 0.0 if math.isfinite(v) else None  # + 0.0: no "-0.0"
@@ -586,11 +748,14 @@ def order_summary_line(summary: dict[str, Any], settings: dict[str, Any]) -> str
     """``orders: N sent, C capped by the participation cap (...), U not fully filled (...)`` for the console."""
     cap = settings.get("max_participation")
     cap_text = "no participation cap" if cap is None else f"participation cap {cap:g} of bar volume"
-    line = (f"orders: {summary['orders']} sent; {summary['orders_capped']} capped ({cap_text}; "
-            f"{summary['capped_notional']:,.2f} notional cut); {summary['orders_unfilled']} not fully filled "
-            f"({summary['unfilled_notional']:,.2f} notional unfilled)")
+    line = (
+        f"orders: {summary['orders']} sent; {summary['orders_capped']} capped ({cap_text}; "
+        f"{summary['capped_notional']:,.2f} notional cut); {summary['orders_unfilled']} not fully filled "
+        f"({summary['unfilled_notional']:,.2f} notional unfilled)"
+    )
     n_default = settings.get("instruments_default_metadata") or 0
     if n_default:
-        line += (f"; {n_default} instrument(s) without metadata use the defaults (no lot size or minimums, "
-                 "contract value 1)")
+        line += (
+            f"; {n_default} instrument(s) without metadata use the defaults (no lot size or minimums, contract value 1)"
+        )
     return line

@@ -1,4 +1,5 @@
 """``qlib-crypto collect``: OKX (through ccxt) or the synthetic market -> the raw Parquet store."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,43 +11,118 @@ MAX_SYNTHETIC_INSTRUMENTS = 10_000
 
 
 @click.command("collect")
-@click.option("--source", type=click.Choice(SOURCES), required=True,
-              help="Where bars come from: okx (the exchange, through ccxt) or synthetic (seeded, offline).")
-@click.option("--instruments", default=None, metavar="LIST|N",
-              help="okx: comma-separated OKX instIds, e.g. BTC-USDT,ETH-USDT-SWAP (-SWAP = perpetual swap). "
-                   "synthetic: a number N (makes N instruments, at most 10,000) or a list of names.")
-@click.option("--type", "inst_type", type=click.Choice(["spot", "swap"]), default=None,
-              help="Without --instruments: all live instruments of this type (with --top: rank only this type).")
-@click.option("--top", type=int, default=None, metavar="N",
-              help="Without --instruments: the N live instruments with the largest 24h quote volume, e.g. --top 20.")
-@click.option("--timeframe", required=True, metavar="TF",
-              help="Bar length in ccxt spelling: 1m 3m 5m 15m 30m 1h 2h 4h 6h 12h 1d (1d = OKX 1Dutc, UTC days).")
-@click.option("--start", required=True, metavar="DATE",
-              help="First bar open time, inclusive, UTC (e.g. 2024-01-01 or 2024-01-01T08:00).")
-@click.option("--end", default=None, metavar="DATE",
-              help="End, exclusive, UTC (e.g. 2024-02-01). Default: now (bars still forming are never stored). "
-                   "okx: a later --end is clamped to now; synthetic: at most now + one bar.")
-@click.option("--store", "store_dir", required=True, type=click.Path(file_okay=False),
-              help="Store directory (one per venue), e.g. ./data/store/okx. Created if missing.")
-@click.option("--api-url", default=None, envvar="QLIB_CRYPTO_OKX_API_URL", show_envvar=True, metavar="URL",
-              help="okx: base URL of the REST API (a proxy or the loopback simulator), e.g. http://127.0.0.1:8080. "
-                   "user:password@ in it is sent as HTTP basic auth and printed masked (user:***@).")
-@click.option("--workers", type=int, default=4, show_default=True,
-              help="Instruments fetched at once (they share one rate limiter per OKX endpoint).")
+@click.option(
+    "--source",
+    type=click.Choice(SOURCES),
+    required=True,
+    help="Where bars come from: okx (the exchange, through ccxt) or synthetic (seeded, offline).",
+)
+@click.option(
+    "--instruments",
+    default=None,
+    metavar="LIST|N",
+    help="okx: comma-separated OKX instIds, e.g. BTC-USDT,ETH-USDT-SWAP (-SWAP = perpetual swap). "
+    "synthetic: a number N (makes N instruments, at most 10,000) or a list of names.",
+)
+@click.option(
+    "--type",
+    "inst_type",
+    type=click.Choice(["spot", "swap"]),
+    default=None,
+    help="Without --instruments: all live instruments of this type (with --top: rank only this type).",
+)
+@click.option(
+    "--top",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Without --instruments: the N live instruments with the largest 24h quote volume, e.g. --top 20.",
+)
+@click.option(
+    "--timeframe",
+    required=True,
+    metavar="TF",
+    help="Bar length in ccxt spelling: 1m 3m 5m 15m 30m 1h 2h 4h 6h 12h 1d (1d = OKX 1Dutc, UTC days).",
+)
+@click.option(
+    "--start",
+    required=True,
+    metavar="DATE",
+    help="First bar open time, inclusive, UTC (e.g. 2024-01-01 or 2024-01-01T08:00).",
+)
+@click.option(
+    "--end",
+    default=None,
+    metavar="DATE",
+    help="End, exclusive, UTC (e.g. 2024-02-01). Default: now (bars still forming are never stored). "
+    "okx: a later --end is clamped to now; synthetic: at most now + one bar.",
+)
+@click.option(
+    "--store",
+    "store_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Store directory (one per venue), e.g. ./data/store/okx. Created if missing.",
+)
+@click.option(
+    "--api-url",
+    default=None,
+    envvar="QLIB_CRYPTO_OKX_API_URL",
+    show_envvar=True,
+    metavar="URL",
+    help="okx: base URL of the REST API (a proxy or the loopback simulator), e.g. http://127.0.0.1:8080. "
+    "user:password@ in it is sent as HTTP basic auth and printed masked (user:***@).",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Instruments fetched at once (they share one rate limiter per OKX endpoint).",
+)
 @click.option("--seed", type=int, default=None, help="synthetic: random seed of the market (same seed, same bars).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars (they are also off when stdout is not a terminal).")
 @click.option("--no-funding", is_flag=True, help="Do not collect funding-rate history for swaps.")
-@click.option("--timeout", "timeout_s", type=float, default=10.0, show_default=True,
-              help="okx: seconds before a request is abandoned (then retried); above 0, at most 3600.")
-@click.option("--max-retries", type=int, default=8, show_default=True,
-              help="okx: retries per request (exponential backoff with jitter) before the range is reported.")
-@click.option("--lock-timeout", default=None, type=float, metavar="S",
-              help="Seconds to wait while another command writes the store (default 3600, env "
-                   "QLIB_CRYPTO_LOCK_TIMEOUT; 0 = refuse at once, exit code 5).")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="okx: seconds before a request is abandoned (then retried); above 0, at most 3600.",
+)
+@click.option(
+    "--max-retries",
+    type=int,
+    default=8,
+    show_default=True,
+    help="okx: retries per request (exponential backoff with jitter) before the range is reported.",
+)
+@click.option(
+    "--lock-timeout",
+    default=None,
+    type=float,
+    metavar="S",
+    help="Seconds to wait while another command writes the store (default 3600, env "
+    "QLIB_CRYPTO_LOCK_TIMEOUT; 0 = refuse at once, exit code 5).",
+)
 def command(
-    source: str, instruments: str | None, inst_type: str | None, top: int | None, timeframe: str, start: str,
-    end: str | None, store_dir: str, api_url: str | None, workers: int, seed: int | None, quiet: bool,
-    no_funding: bool, timeout_s: float, max_retries: int, lock_timeout: float | None,
+    source: str,
+    instruments: str | None,
+    inst_type: str | None,
+    top: int | None,
+    timeframe: str,
+    start: str,
+    end: str | None,
+    store_dir: str,
+    api_url: str | None,
+    workers: int,
+    seed: int | None,
+    quiet: bool,
+    no_funding: bool,
+    timeout_s: float,
+    max_retries: int,
+    lock_timeout: float | None,
 ) -> int:
     """Collect confirmed OHLCV bars into the store; a re-run fetches only what is missing.
 
@@ -67,8 +143,24 @@ def command(
 
     with masked_logging():
         try:
-            return _run(source, instruments, inst_type, top, timeframe, start, end, store_dir, api_url, workers,
-                        seed, quiet, no_funding, timeout_s, max_retries, lock_timeout)
+            return _run(
+                source,
+                instruments,
+                inst_type,
+                top,
+                timeframe,
+                start,
+                end,
+                store_dir,
+                api_url,
+                workers,
+                seed,
+                quiet,
+                no_funding,
+                timeout_s,
+                max_retries,
+                lock_timeout,
+            )
         except Exception as exc:
             _mask_exception_chain(exc)
             raise
@@ -123,9 +215,22 @@ def _remove_empty_created(created: list[Path]) -> None:
 
 
 def _run(
-    source: str, instruments: str | None, inst_type: str | None, top: int | None, timeframe: str, start: str,
-    end: str | None, store_dir: str, api_url: str | None, workers: int, seed: int | None, quiet: bool,
-    no_funding: bool, timeout_s: float, max_retries: int, lock_timeout: float | None = None,
+    source: str,
+    instruments: str | None,
+    inst_type: str | None,
+    top: int | None,
+    timeframe: str,
+    start: str,
+    end: str | None,
+    store_dir: str,
+    api_url: str | None,
+    workers: int,
+    seed: int | None,
+    quiet: bool,
+    no_funding: bool,
+    timeout_s: float,
+    max_retries: int,
+    lock_timeout: float | None = None,
 ) -> int:
     import time
 
@@ -145,22 +250,30 @@ def _run(
     latest = (now_ms // tf.ms + 1) * tf.ms  # end of the bar forming now: no bar opens later
     start_ms = parse_bound_ms(start, what="--start")
     if start_ms < EARLIEST_MS:
-        raise ConfigError(f"--start {start!r} is before {EARLIEST} (the first Bitcoin block)",
-                          hint=f"no exchange has bars before it: give --start {EARLIEST} or later")
+        raise ConfigError(
+            f"--start {start!r} is before {EARLIEST} (the first Bitcoin block)",
+            hint=f"no exchange has bars before it: give --start {EARLIEST} or later",
+        )
     if start_ms >= latest:
-        raise ConfigError(f"--start {start!r} is in the future (now is {_iso(now_ms)})",
-                          hint="give a --start in the past, e.g. 2024-01-01")
+        raise ConfigError(
+            f"--start {start!r} is in the future (now is {_iso(now_ms)})",
+            hint="give a --start in the past, e.g. 2024-01-01",
+        )
     if end and _beyond_pandas(end):  # e.g. 9999-01-01: a valid date, later than pandas can hold
         end_ms = latest + 1
     else:
         end_ms = parse_bound_ms(end, what="--end") if end else now_ms
     if start_ms >= end_ms:
-        raise ConfigError(f"--start {start!r} is not before --end {end or 'now'!r}",
-                          hint="--start is inclusive and --end exclusive: give start < end")
+        raise ConfigError(
+            f"--start {start!r} is not before --end {end or 'now'!r}",
+            hint="--start is inclusive and --end exclusive: give start < end",
+        )
     if end_ms > latest:
         if source != "okx":
-            raise ConfigError(f"--end {end!r} is in the future (now is {_iso(now_ms)})",
-                              hint=f"give an --end up to now + one bar ({_iso(latest)}) or omit --end (= now)")
+            raise ConfigError(
+                f"--end {end!r} is in the future (now is {_iso(now_ms)})",
+                hint=f"give an --end up to now + one bar ({_iso(latest)}) or omit --end (= now)",
+            )
         end_ms = latest  # okx: nothing exists after the bar forming now; the bar itself is never stored
         click.echo(f"note: --end {end} is in the future; collecting up to now ({_iso(end_ms)})", err=True)
     if workers < 1:
@@ -175,14 +288,19 @@ def _run(
         if len(names) == 1 and names[0].isdigit():
             spec = int(names[0])
             if not 1 <= spec <= MAX_SYNTHETIC_INSTRUMENTS:
-                raise ConfigError(f"--instruments {names[0]} synthetic instruments is out of range",
-                                  hint=f"give a number from 1 to {MAX_SYNTHETIC_INSTRUMENTS:,}, e.g. --instruments 20")
+                raise ConfigError(
+                    f"--instruments {names[0]} synthetic instruments is out of range",
+                    hint=f"give a number from 1 to {MAX_SYNTHETIC_INSTRUMENTS:,}, e.g. --instruments 20",
+                )
         elif not names:
-            raise ConfigError("--source synthetic needs --instruments N or a list of names",
-                              hint="for example --instruments 20")
+            raise ConfigError(
+                "--source synthetic needs --instruments N or a list of names", hint="for example --instruments 20"
+            )
         elif len(names) > MAX_SYNTHETIC_INSTRUMENTS:
-            raise ConfigError(f"--instruments lists {len(names):,} synthetic instruments",
-                              hint=f"give at most {MAX_SYNTHETIC_INSTRUMENTS:,}")
+            raise ConfigError(
+                f"--instruments lists {len(names):,} synthetic instruments",
+                hint=f"give at most {MAX_SYNTHETIC_INSTRUMENTS:,}",
+            )
 
     from ..sources.collector import check_store_writable, collect
 
@@ -208,9 +326,19 @@ def _run(
                     universe = universe[:top]
             if not universe:
                 raise ConfigError("the selection matches no instrument", hint="check --instruments, --type and --top")
-            report = collect(bar_source, store_dir, universe, tf.name, start_ms, end_ms, workers=workers,
-                             progress=not quiet, with_funding=not no_funding, raise_on_incomplete=False,
-                             lock_timeout=lock_timeout)
+            report = collect(
+                bar_source,
+                store_dir,
+                universe,
+                tf.name,
+                start_ms,
+                end_ms,
+                workers=workers,
+                progress=not quiet,
+                with_funding=not no_funding,
+                raise_on_incomplete=False,
+                lock_timeout=lock_timeout,
+            )
         finally:
             close = getattr(bar_source, "close", None)
             if callable(close):

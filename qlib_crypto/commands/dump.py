@@ -1,4 +1,5 @@
 """``qlib-crypto dump``: the store -> Qlib's binary provider format (one frequency per directory)."""
+
 from __future__ import annotations
 
 import click
@@ -13,18 +14,37 @@ def _split(values: tuple[str, ...]) -> list[str]:
 
 @click.command("dump")
 @click.option("--store", "store_dir", required=True, type=click.Path(file_okay=False), help="Raw store directory.")
-@click.option("--qlib-dir", required=True, type=click.Path(), metavar="DIR",  # checked by dump(): one-line errors
-              help="Provider directory for this one frequency, e.g. ~/.qlib/qlib_data/crypto/okx/60min.")
-@click.option("--timeframe", required=True,
-              help="Frequency to write: 1m 5m 15m 1h 4h 1d or Qlib names 1min 5min 15min 60min 240min day.")
+@click.option(
+    "--qlib-dir",
+    required=True,
+    type=click.Path(),
+    metavar="DIR",  # checked by dump(): one-line errors
+    help="Provider directory for this one frequency, e.g. ~/.qlib/qlib_data/crypto/okx/60min.",
+)
+@click.option(
+    "--timeframe",
+    required=True,
+    help="Frequency to write: 1m 5m 15m 1h 4h 1d or Qlib names 1min 5min 15min 60min 240min day.",
+)
 @click.option("--instruments", multiple=True, help="Only these instruments (comma-separated or repeated).")
 @click.option("--update", is_flag=True, help="Append only the bars after the last dumped one.")
-@click.option("--from-timeframe", "source_timeframe", default=None,
-              help="Store timeframe to build from (e.g. 1h for --timeframe day). Default: --timeframe.")
-@click.option("--top", default=None,
-              help="Liquidity universes top<N>.txt to write, comma-separated (default 10,20; empty for none).")
-@click.option("--window-days", type=int, default=None,
-              help="Trailing window of the liquidity universes in whole days >= 1 (default 30).")
+@click.option(
+    "--from-timeframe",
+    "source_timeframe",
+    default=None,
+    help="Store timeframe to build from (e.g. 1h for --timeframe day). Default: --timeframe.",
+)
+@click.option(
+    "--top",
+    default=None,
+    help="Liquidity universes top<N>.txt to write, comma-separated (default 10,20; empty for none).",
+)
+@click.option(
+    "--window-days",
+    type=int,
+    default=None,
+    help="Trailing window of the liquidity universes in whole days >= 1 (default 30).",
+)
 def command(store_dir, qlib_dir, timeframe, instruments, update, source_timeframe, top, window_days) -> int:
     """Dump the store into Qlib's binary format (full, or --update to append new bars).
 
@@ -54,11 +74,21 @@ def command(store_dir, qlib_dir, timeframe, instruments, update, source_timefram
             raise ConfigError(f"bad --top value {top!r}", hint="universe sizes must be positive")
     names = _split(instruments) or None
     with os_errors_as_provider_errors(qlib_dir):  # disk full, read-only filesystem...: one line, exit 2
-        res = dump(store_dir, qlib_dir, timeframe, instruments=names, update=update,
-                   source_timeframe=source_timeframe, top=tops, window_days=window_days)
+        res = dump(
+            store_dir,
+            qlib_dir,
+            timeframe,
+            instruments=names,
+            update=update,
+            source_timeframe=source_timeframe,
+            top=tops,
+            window_days=window_days,
+        )
     if res.mode == "noop":
-        click.echo(f"{res.qlib_dir}: up to date ({res.instruments} instruments, calendar {res.calendar_start} .. "
-                   f"{res.calendar_end})")
+        click.echo(
+            f"{res.qlib_dir}: up to date ({res.instruments} instruments, calendar {res.calendar_start} .. "
+            f"{res.calendar_end})"
+        )
         return 0
     rate = res.bars_written / res.seconds if res.seconds > 0 else float("nan")
     click.echo(

@@ -1,4 +1,5 @@
 """``qlib-crypto predict``: score bars with a saved model (file or recorder run) and write signals."""
+
 from __future__ import annotations
 
 import click
@@ -13,8 +14,10 @@ def _provider_option(values: tuple[str, ...]):
     pairs = [v for v in values if "=" in v]
     if not pairs:
         if len(values) > 1:
-            raise ConfigError(f"several provider directories without frequencies: {', '.join(values)}",
-                              hint="name them as freq=DIR, e.g. 60min=data/qlib/synthetic/60min")
+            raise ConfigError(
+                f"several provider directories without frequencies: {', '.join(values)}",
+                hint="name them as freq=DIR, e.g. 60min=data/qlib/synthetic/60min",
+            )
         return values[0]
     if len(pairs) != len(values):
         raise ConfigError(f"mixed DIR and freq=DIR values: {', '.join(values)}", hint="use freq=DIR for every one")
@@ -28,23 +31,43 @@ def _provider_option(values: tuple[str, ...]):
 
 
 @click.command("predict")
-@click.option("--model", "model_path", type=click.Path(),
-              help="Model file written by save_model / ModelArtifactRecord. A model file is a pickle, which runs "
-                   "code when loaded: use only models from a trusted source. It is checked against its "
-                   ".meta.yaml (sha256 of both) before anything is loaded.")
-@click.option("--experiment", help="Recorder experiment to load the model from (instead of --model); the run's "
-                                   "artifacts are pickles too: use only a trusted tracking store.")
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(),
+    help="Model file written by save_model / ModelArtifactRecord. A model file is a pickle, which runs "
+    "code when loaded: use only models from a trusted source. It is checked against its "
+    ".meta.yaml (sha256 of both) before anything is loaded.",
+)
+@click.option(
+    "--experiment",
+    help="Recorder experiment to load the model from (instead of --model); the run's "
+    "artifacts are pickles too: use only a trusted tracking store.",
+)
 @click.option("--run-id", default="latest", show_default=True, help="Recorder run id, or 'latest' finished run.")
-@click.option("--tracking-uri", help="MLflow tracking URI of the recorder (default: $MLFLOW_TRACKING_URI or ./mlruns); "
-                                     "a local store must exist (it is never created).")
-@click.option("--provider-dir", "provider_dirs", multiple=True,
-              help="Qlib provider directory, or freq=DIR pairs (repeatable).")
+@click.option(
+    "--tracking-uri",
+    help="MLflow tracking URI of the recorder (default: $MLFLOW_TRACKING_URI or ./mlruns); "
+    "a local store must exist (it is never created).",
+)
+@click.option(
+    "--provider-dir", "provider_dirs", multiple=True, help="Qlib provider directory, or freq=DIR pairs (repeatable)."
+)
 @click.option("--freq", help="Bar frequency (60min, day, 1h...); default: the model's.")
-@click.option("--start", help="First bar to score (UTC); with --end scores a range.")
-@click.option("--end", help="Last bar to score (UTC; default: the provider's last bar).")
-@click.option("--latest", is_flag=True, help="Score only the last bar at or before --end (the default without --start).")
+@click.option(
+    "--start",
+    help="First bar to score, ISO 8601 (UTC unless an offset is given), e.g. 2024-06-01 or '2024-06-01 05:00'; with --end scores a range.",
+)
+@click.option(
+    "--end", help="Last bar to score, ISO 8601 (UTC unless an offset is given; default: the provider's last bar)."
+)
+@click.option(
+    "--latest", is_flag=True, help="Score only the last bar at or before --end (the default without --start)."
+)
 @click.option("--rules", "rules_file", type=click.Path(), help="YAML file of signal rules.")
-@click.option("--mode", type=click.Choice(["threshold", "quantile", "rank"]), help="Signal rule mode (default quantile).")
+@click.option(
+    "--mode", type=click.Choice(["threshold", "quantile", "rank"]), help="Signal rule mode (default quantile)."
+)
 @click.option("--buy-threshold", type=float, help="threshold mode: score above this -> BUY (default 0).")
 @click.option("--sell-threshold", type=float, help="threshold mode: score below this -> SELL (default 0).")
 @click.option("--buy-quantile", type=float, help="quantile mode: top fraction -> BUY (default 0.2).")
@@ -54,12 +77,36 @@ def _provider_option(values: tuple[str, ...]):
 @click.option("--vol-target", type=float, help="Annualised volatility target per position (default off).")
 @click.option("--vol-window", type=int, help="Bars of realised volatility (default one week of bars, >= 20).")
 @click.option("--long-only", is_flag=True, default=None, help="SELL means flat (size 0) instead of short.")
-@click.option("--warmup-bars", type=int,
-              help="History bars (>= 0) loaded before the first scored bar (default: the model's, else 400).")
+@click.option(
+    "--warmup-bars",
+    type=int,
+    help="History bars (>= 0) loaded before the first scored bar (default: the model's, else 400).",
+)
 @click.option("--out", required=True, type=click.Path(), help="Signals Parquet file to write (not a directory).")
-def command(model_path, experiment, run_id, tracking_uri, provider_dirs, freq, start, end, latest, rules_file, mode,
-            buy_threshold, sell_threshold, buy_quantile, sell_quantile, max_position, max_total, vol_target,
-            vol_window, long_only, warmup_bars, out) -> int:
+def command(
+    model_path,
+    experiment,
+    run_id,
+    tracking_uri,
+    provider_dirs,
+    freq,
+    start,
+    end,
+    latest,
+    rules_file,
+    mode,
+    buy_threshold,
+    sell_threshold,
+    buy_quantile,
+    sell_quantile,
+    max_position,
+    max_total,
+    vol_target,
+    vol_window,
+    long_only,
+    warmup_bars,
+    out,
+) -> int:
     """Score bars with a trained model and write BUY/SELL/HOLD signals with position sizes.
 
     The signals Parquet file has columns datetime, instrument, score, signal, position_size (signed: negative
@@ -88,9 +135,16 @@ def command(model_path, experiment, run_id, tracking_uri, provider_dirs, freq, s
         raise ConfigError("both --model and --experiment given", hint="pass only one of them")
     if latest and start is not None:
         raise ConfigError(f"--latest and --start {start} both given", hint="use --latest, or --start/--end for a range")
+    from ..timeparse import parse_naive_utc  # ISO 8601 only, -> naive UTC as Qlib's calendars hold times
+
+    start, end = parse_naive_utc(start, "--start"), parse_naive_utc(end, "--end")
+    if start is not None and end is not None and start > end:
+        raise ConfigError(f"--start {start} is after --end {end} (UTC)", hint="swap them")
     if warmup_bars is not None and warmup_bars < 0:
-        raise ConfigError(f"--warmup-bars {warmup_bars} is negative",
-                          hint="give the history bars to load before the first scored bar, e.g. 400")
+        raise ConfigError(
+            f"--warmup-bars {warmup_bars} is negative",
+            hint="give the history bars to load before the first scored bar, e.g. 400",
+        )
     from ..provider.dump import check_output_location
 
     check_output_location(out, "--out", kind="file", error=ConfigError)
@@ -105,21 +159,59 @@ def command(model_path, experiment, run_id, tracking_uri, provider_dirs, freq, s
         check_tracking_uri(tracking_uri or default_tracking_uri())
     provider = _provider_option(provider_dirs)
     rules = SignalRules.from_yaml(rules_file) if rules_file else SignalRules()
-    rules = rules.updated(mode=mode, buy_threshold=buy_threshold, sell_threshold=sell_threshold,
-                          buy_quantile=buy_quantile, sell_quantile=sell_quantile, max_position=max_position,
-                          max_total=max_total, vol_target=vol_target, vol_window=vol_window, long_only=long_only)
+    rules = rules.updated(
+        mode=mode,
+        buy_threshold=buy_threshold,
+        sell_threshold=sell_threshold,
+        buy_quantile=buy_quantile,
+        sell_quantile=sell_quantile,
+        max_position=max_position,
+        max_total=max_total,
+        vol_target=vol_target,
+        vol_window=vol_window,
+        long_only=long_only,
+    )
 
     from ..workflow.predict import predict
 
-    signals = predict(model_path, provider_uri=provider, freq=freq, experiment=experiment, run_id=run_id,
-                      tracking_uri=tracking_uri, start=start, end=end, latest=start is None, rules=rules,
-                      out=out, warmup_bars=warmup_bars)
+    signals = predict(
+        model_path,
+        provider_uri=provider,
+        freq=freq,
+        experiment=experiment,
+        run_id=run_id,
+        tracking_uri=tracking_uri,
+        start=start,
+        end=end,
+        latest=start is None,
+        rules=rules,
+        out=out,
+        warmup_bars=warmup_bars,
+    )
     counts = signals["signal"].value_counts()
-    click.echo(f"wrote {len(signals)} signals to {out} "
-               f"(BUY {counts.get('BUY', 0)}, SELL {counts.get('SELL', 0)}, HOLD {counts.get('HOLD', 0)})")
-    last = signals[signals["datetime"] == signals["datetime"].max()].sort_values("score", ascending=False)
-    if len(last):
-        click.echo(f"latest bar {last['datetime'].iloc[0]}:")
-        click.echo(last.head(15).to_string(index=False, columns=["instrument", "score", "signal", "position_size"],
-                                           float_format=lambda x: f"{x:.4f}"))
+    click.echo(
+        f"wrote {len(signals)} signals to {out} "
+        f"(BUY {counts.get('BUY', 0)}, SELL {counts.get('SELL', 0)}, HOLD {counts.get('HOLD', 0)})"
+    )
+    if len(signals):
+        click.echo(latest_bar_table(signals))
     return 0
+
+
+#: rows printed from each end of the latest bar's ranking (best scores and worst scores)
+TABLE_ENDS = 10
+
+
+def latest_bar_table(signals, ends: int = TABLE_ENDS) -> str:
+    """The latest bar's signals, best score first: every row when there are at most ``2 x ends``, else the
+    ``ends`` best and the ``ends`` worst (so SELL rows show as well as BUY rows) around a line counting the
+    rows left out. Ties keep instrument order."""
+    last = signals[signals["datetime"] == signals["datetime"].max()]
+    last = last.sort_values(["score", "instrument"], ascending=[False, True], kind="mergesort", na_position="last")
+    columns = ["instrument", "score", "signal", "position_size"]
+    table = last[columns].to_string(index=False, float_format=lambda x: f"{x:.4f}").splitlines()
+    header, rows = table[0], table[1:]
+    if len(rows) > 2 * ends:
+        rows = rows[:ends] + [f"... {len(rows) - 2 * ends} more instruments ..."] + rows[-ends:]
+    title = f"latest bar {last['datetime'].iloc[0]} ({len(last)} instruments, best score first):"
+    return "\n".join([title, header, *rows])

@@ -1,4 +1,5 @@
 """``qlib-crypto sweep``: re-run one backtest over a grid of fee multipliers and slippage values."""
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,9 @@ def parse_grid(text: str, name: str) -> list[float]:
         try:
             value = float(part)
         except ValueError:
-            raise ConfigError(f"{name} value {part!r} is not a number", hint="give comma-separated numbers, e.g. 0,1,2") from None
+            raise ConfigError(
+                f"{name} value {part!r} is not a number", hint="give comma-separated numbers, e.g. 0,1,2"
+            ) from None
         if not (value >= 0 and value != float("inf")):
             raise ConfigError(f"{name} value {part!r} must be a finite number >= 0", hint="e.g. 0,0.5,1,2")
         if value not in values:
@@ -59,22 +62,65 @@ def sweep_figure_html(table: Any, out_dir: Path) -> tuple[Path, Path]:
     )
     head = "".join(f"<th>{c}</th>" for c in table.columns)
     html_path = out_dir / "sweep.html"
-    atomic_write_text(html_path, page("qlib-crypto cost sweep", [
-        ("Net total return against cost", img_html(uri, "cost sweep")),
-        ("Table", f"<table><tr>{head}</tr>{rows}</table>"),
-    ]))
+    atomic_write_text(
+        html_path,
+        page(
+            "qlib-crypto cost sweep",
+            [
+                ("Net total return against cost", img_html(uri, "cost sweep")),
+                ("Table", f"<table><tr>{head}</tr>{rows}</table>"),
+            ],
+        ),
+    )
     return png, html_path
 
 
 @click.command("sweep")
 @input_options
-@click.option("--fee-multipliers", default="0,0.5,1,2", show_default=True,
-              help="Comma-separated multipliers applied to every fee rate.")
-@click.option("--slippage-bps", "slippage_grid", default="0,2,5,10", show_default=True,
-              help="Comma-separated slippage values in basis points.")
-@click.option("--out", "out_dir", default="reports/sweep", show_default=True, type=click.Path(), metavar="DIR",
-              help="Output directory: sweep.csv, sweep.json, sweep.png, sweep.html.")
-def command(fee_multipliers: str, slippage_grid: str, out_dir: str, **opts: Any) -> int:
+@click.option(
+    "--fee-multipliers",
+    default="0,0.5,1,2",
+    show_default=True,
+    help="Comma-separated multipliers applied to every fee rate.",
+)
+@click.option(
+    "--slippage-bps",
+    "slippage_grid",
+    default="0,2,5,10",
+    show_default=True,
+    help="Comma-separated slippage values in basis points.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    default="reports/sweep",
+    show_default=True,
+    type=click.Path(),
+    metavar="DIR",
+    help="Output directory: sweep.csv, sweep.json, sweep.png, sweep.html.",
+)
+@click.option(
+    "--dask",
+    "dask_address",
+    default=None,
+    metavar="ADDRESS",
+    help="Run each cell as a task on a Dask cluster (the dask extra): a scheduler address "
+    "(tcp://HOST:8786) or 'local' (a LocalCluster with this machine's cores). Same table as without.",
+)
+@click.option(
+    "--model-run",
+    default=None,
+    metavar="RUN_ID",
+    help="MLflow run id of the model behind the signals, recorded in sweep.json (the demo sets it).",
+)
+def command(
+    fee_multipliers: str,
+    slippage_grid: str,
+    out_dir: str,
+    dask_address: str | None = None,
+    model_run: str | None = None,
+    **opts: Any,
+) -> int:
     """Re-run a backtest for every (fee multiplier, slippage) pair and tabulate net performance.
 
     Trust: --signals files are data (Parquet or CSV; pickles are refused). A --pred pred.pkl is a pickle,
@@ -84,6 +130,7 @@ def command(fee_multipliers: str, slippage_grid: str, out_dir: str, **opts: Any)
     Example:
       qlib-crypto sweep --signals reports/signals.parquet --provider-dir data/qlib/synthetic/60min \\
           --fee-multipliers 0,0.5,1,2 --slippage-bps 0,2,5,10 --out reports/sweep
+      qlib-crypto sweep ... --dask local                  # the cells on a LocalCluster (docs/scale-out.md)
     """
     from .backtest import build_inputs, check_input_files, check_output_dir
 
@@ -91,6 +138,12 @@ def command(fee_multipliers: str, slippage_grid: str, out_dir: str, **opts: Any)
     mults = parse_grid(fee_multipliers, "--fee-multipliers")
     slips = parse_grid(slippage_grid, "--slippage-bps")
     check_output_dir(out_dir)
+    dask_spec = None
+    if dask_address is not None:
+        from ..scale.cluster import normalize_spec, require_dask
+
+        dask_spec = normalize_spec(dask_address)
+        require_dask()
     inputs = build_inputs(opts)  # every input checked before Qlib's backtest modules are imported
     from .._atomic import atomic_dir, atomic_path, atomic_write_text
     from ..workflow.backtest_record import cost_sweep
@@ -100,22 +153,38 @@ def command(fee_multipliers: str, slippage_grid: str, out_dir: str, **opts: Any)
 
     def progress(row: dict) -> None:
         done[0] += 1
-        click.echo(f"[{done[0]}/{total}] fees x{row['fee_multiplier']:g}, slippage {row['slippage_bps']:g} bps: "
-                   f"total_return {row['total_return']:+.4%}")
+        click.echo(
+            f"[{done[0]}/{total}] fees x{row['fee_multiplier']:g}, slippage {row['slippage_bps']:g} bps: "
+            f"total_return {row['total_return']:+.4%}"
+        )
 
-    table = cost_sweep(inputs["strategy"], fee_multipliers=mults, slippage_bps=slips,
-                       start_time=inputs["start_time"], end_time=inputs["end_time"], freq=inputs["freq"],
-                       account=inputs["account"], benchmark=inputs["benchmark"], exchange=inputs["exchange"],
-                       executor=inputs["executor"], progress=progress)
+    table = cost_sweep(
+        inputs["strategy"],
+        fee_multipliers=mults,
+        slippage_bps=slips,
+        start_time=inputs["start_time"],
+        end_time=inputs["end_time"],
+        freq=inputs["freq"],
+        account=inputs["account"],
+        benchmark=inputs["benchmark"],
+        exchange=inputs["exchange"],
+        executor=inputs["executor"],
+        progress=progress,
+        dask=dask_spec,
+    )
     out = Path(out_dir)
-    records = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
-               for r in table.to_dict(orient="records")]
+    records = [
+        {k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+        for r in table.to_dict(orient="records")
+    ]
     # one unit: staged beside out_dir and swapped in, so it holds the old set of files or the new one
     with atomic_dir(out, replaceable=SWEEP_FILES, what="--out directory") as stage:
         with atomic_path(stage / "sweep.csv") as tmp:
             table.to_csv(tmp, index=False)
-        atomic_write_text(stage / "sweep.json", json.dumps({"strategy": inputs["strategy_name"],
-                                                            "freq": inputs["freq"], "runs": records}, indent=2) + "\n")
+        doc = {"strategy": inputs["strategy_name"], "freq": inputs["freq"], "runs": records}
+        if model_run:
+            doc["model_run"] = str(model_run)
+        atomic_write_text(stage / "sweep.json", json.dumps(doc, indent=2) + "\n")
         sweep_figure_html(table, stage)
     png, html_path = out / "sweep.png", out / "sweep.html"
     click.echo(f"wrote {out / 'sweep.csv'}, {out / 'sweep.json'}, {png} and {html_path}")

@@ -1,4 +1,5 @@
 """``qlib-crypto validate``: re-hash and check every file of a store (``--repair`` heals what is provable)."""
+
 from __future__ import annotations
 
 import click
@@ -8,17 +9,36 @@ import click
 @click.option("--store", "store_dir", required=True, type=click.Path(file_okay=False), help="Store directory to check.")
 @click.option("--timeframe", default=None, help="Only this timeframe (e.g. 1h).")
 @click.option("--instruments", default=None, help="Only these instruments, comma-separated (e.g. BTC-USDT,ETH-USDT).")
-@click.option("--report", "report_path", default=None, type=click.Path(dir_okay=False),
-              help="Where to write the JSON report (default: STORE/reports/validation-<time>.json).")
-@click.option("--repair", is_flag=True,
-              help="Also heal what the data files prove: rebuild a missing or stale manifest from the manifest "
-                   "embedded in its Parquet file (rows are never changed), delete temporary files of interrupted "
-                   "writes, orphan manifests and unreadable coverage files. Holds the store's writer lock.")
-@click.option("--lock-timeout", default=None, type=float, metavar="S",
-              help="--repair: seconds to wait for another writer of the store (default 3600, "
-                   "env QLIB_CRYPTO_LOCK_TIMEOUT; 0 = refuse at once).")
-def command(store_dir: str, timeframe: str | None, instruments: str | None, report_path: str | None,
-            repair: bool, lock_timeout: float | None) -> int:
+@click.option(
+    "--report",
+    "report_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Where to write the JSON report (default: STORE/reports/validation-<time>.json).",
+)
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Also heal what the data files prove: rebuild a missing or stale manifest from the manifest "
+    "embedded in its Parquet file (rows are never changed), delete temporary files of interrupted "
+    "writes, orphan manifests and unreadable coverage files. Holds the store's writer lock.",
+)
+@click.option(
+    "--lock-timeout",
+    default=None,
+    type=float,
+    metavar="S",
+    help="--repair: seconds to wait for another writer of the store (default 3600, "
+    "env QLIB_CRYPTO_LOCK_TIMEOUT; 0 = refuse at once).",
+)
+def command(
+    store_dir: str,
+    timeframe: str | None,
+    instruments: str | None,
+    report_path: str | None,
+    repair: bool,
+    lock_timeout: float | None,
+) -> int:
     """Re-hash every data file against its manifest and check its rows.
 
     Checks: sha256 against the manifest, readability, row counts, duplicates, OHLC sanity
@@ -32,8 +52,8 @@ def command(store_dir: str, timeframe: str | None, instruments: str | None, repo
     \b
     Example:
       qlib-crypto validate --store data/store/synthetic
-      qlib-crypto validate --store ./store --timeframe 1h --instruments BTC-USDT --report check.json
-      qlib-crypto validate --store ./store --repair     # after a crash or a full disk
+      qlib-crypto validate --store data/store/okx --timeframe 1h --instruments BTC-USDT --report check.json
+      qlib-crypto validate --store data/store/okx --repair     # after a crash or a full disk
     """
     import contextlib
     from datetime import datetime, timezone
@@ -47,7 +67,9 @@ def command(store_dir: str, timeframe: str | None, instruments: str | None, repo
         check_timeout(lock_timeout)
     require_store(store_dir)
     inst = [s.strip() for s in instruments.split(",") if s.strip()] if instruments else None
-    guard = store_lock(store_dir, command="validate --repair", timeout=lock_timeout) if repair else contextlib.nullcontext()
+    guard = (
+        store_lock(store_dir, command="validate --repair", timeout=lock_timeout) if repair else contextlib.nullcontext()
+    )
     with guard:
         report = validate_store(store_dir, timeframe=timeframe, instruments=inst, repair=repair)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -56,8 +78,11 @@ def command(store_dir: str, timeframe: str | None, instruments: str | None, repo
     try:
         report.write_json(target)
     except OSError as exc:
-        click.echo(f"warning: the JSON report was not written to {target} ({exc.strerror or exc}); "
-                   "pass --report PATH to write it elsewhere", err=True)
+        click.echo(
+            f"warning: the JSON report was not written to {target} ({exc.strerror or exc}); "
+            "pass --report PATH to write it elsewhere",
+            err=True,
+        )
     else:
         click.echo(f"report: {target}")
     return 0 if report.ok else 4

@@ -4,6 +4,7 @@ Handlers, loaders and processors import Qlib, so they are loaded on first use. T
 :mod:`qlib_crypto.data.features` import Qlib's ``Alpha158DL`` on first call (Alpha158's families are generated
 from it); the expression parser :mod:`qlib_crypto.data.expr` needs no Qlib.
 """
+
 from __future__ import annotations
 
 import importlib

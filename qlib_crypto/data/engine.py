@@ -22,6 +22,7 @@ What makes the values Qlib's own, bit for bit in the cases tested (see docs/rese
 - **Same rows.** A row exists where the instrument's fields have data within the requested range and the
   instrument's universe spans; an expression whose fields end earlier is NaN there.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,16 +46,28 @@ def _kernels():
         K = kernels
     return K
 
+
 logger = logging.getLogger(__name__)
 
 _NO_ROW = np.iinfo(np.int64).max // 4  # "first" of a field an instrument does not have
 
 _BINARY: dict[str, Callable] = {
     # pandas dispatches np.add(series, series) & co. to the Python operators on the underlying arrays
-    "Add": operator.add, "Sub": operator.sub, "Mul": operator.mul, "Div": operator.truediv, "Power": operator.pow,
-    "Gt": operator.gt, "Ge": operator.ge, "Lt": operator.lt, "Le": operator.le, "Eq": operator.eq,
-    "Ne": operator.ne, "And": operator.and_, "Or": operator.or_,
-    "Greater": np.maximum, "Less": np.minimum,
+    "Add": operator.add,
+    "Sub": operator.sub,
+    "Mul": operator.mul,
+    "Div": operator.truediv,
+    "Power": operator.pow,
+    "Gt": operator.gt,
+    "Ge": operator.ge,
+    "Lt": operator.lt,
+    "Le": operator.le,
+    "Eq": operator.eq,
+    "Ne": operator.ne,
+    "And": operator.and_,
+    "Or": operator.or_,
+    "Greater": np.maximum,
+    "Less": np.minimum,
 }
 
 
@@ -112,8 +125,23 @@ def _deps(node: Node) -> list[Node]:
 
 
 _NAN_PRESERVING = ("$", "Abs", "Log", "Sign", "Add", "Sub", "Mul", "Div", "Greater", "Less")
-_ROLLING_NAN_BEFORE = ("Mean", "Sum", "Std", "Var", "Max", "Min", "Quantile", "Rank", "IdxMax", "IdxMin",
-                       "Slope", "Rsquare", "Resi", "Corr", "Cov")
+_ROLLING_NAN_BEFORE = (
+    "Mean",
+    "Sum",
+    "Std",
+    "Var",
+    "Max",
+    "Min",
+    "Quantile",
+    "Rank",
+    "IdxMax",
+    "IdxMin",
+    "Slope",
+    "Rsquare",
+    "Resi",
+    "Corr",
+    "Cov",
+)
 
 
 def _dirty(node: Node) -> tuple[bool, bool]:
@@ -246,8 +274,10 @@ class _Group:
         except ExpressionError:
             raise
         except (TypeError, ValueError) as err:
-            raise ExpressionError(f"operator {op} failed on {node.key}: {err}",
-                                  hint="the same expression fails in Qlib's engine too, or use engine: qlib") from None
+            raise ExpressionError(
+                f"operator {op} failed on {node.key}: {err}",
+                hint="the same expression fails in Qlib's engine too, or use engine: qlib",
+            ) from None
 
     def _operator(self, node: Node):
         op = node.op
@@ -315,8 +345,11 @@ class _Group:
 
     def _order_stats(self, node: Node, a: np.ndarray, w: int) -> np.ndarray:
         """Quantiles and rank of one input and window in one kernel call; the siblings wait in the cache."""
-        siblings = [m for m in self.order_stats.get((node.args[0].key, node.params[0]), {}).values()
-                    if m.key != node.key and m.key not in self.cache and self.uses.get(m.key, 0) > 0]
+        siblings = [
+            m
+            for m in self.order_stats.get((node.args[0].key, node.params[0]), {}).values()
+            if m.key != node.key and m.key not in self.cache and self.uses.get(m.key, 0) > 0
+        ]
         todo = [node, *siblings]
         quantiles = [m for m in todo if m.op == "Quantile"]
         with_rank = any(m.op == "Rank" for m in todo)
@@ -436,8 +469,10 @@ def evaluate(
         for k in ks:
             res = group.value(nodes[k])
             if not isinstance(res, np.ndarray) or res.shape != (qe - qs + 1, panel.n):
-                raise ExpressionError(f"expression {nodes[k].key} did not give one value per bar and instrument",
-                                      hint="use engine: qlib for this expression")
+                raise ExpressionError(
+                    f"expression {nodes[k].key} did not give one value per bar and instrument",
+                    hint="use engine: qlib for this expression",
+                )
             sink(k, res[o0 : o1 + 1].astype(np.float32))
 
 

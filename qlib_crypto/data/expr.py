@@ -11,35 +11,80 @@ and ``params`` the operator's integer/float parameters (window ``N``, quantile `
 :meth:`Node.extended_window` reproduces Qlib's ``get_extended_window_size`` (how many bars before the
 first requested bar, and after the last one, the expression reads).
 """
+
 from __future__ import annotations
 
 import ast
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Union
+from typing import Iterable, Union
 
 from ..errors import ConfigError
 
 # Operators of the fast engine, by kind (names as in qlib.data.ops).
 ELEMENTWISE_UNARY = ("Abs", "Log", "Sign")
 ELEMENTWISE_BINARY = (
-    "Add", "Sub", "Mul", "Div", "Power", "Greater", "Less", "Gt", "Ge", "Lt", "Le", "Eq", "Ne", "And", "Or",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Power",
+    "Greater",
+    "Less",
+    "Gt",
+    "Ge",
+    "Lt",
+    "Le",
+    "Eq",
+    "Ne",
+    "And",
+    "Or",
 )
 ROLLING = (
-    "Mean", "Sum", "Std", "Var", "Max", "Min", "IdxMax", "IdxMin", "Rank", "Count",
-    "Slope", "Rsquare", "Resi",
+    "Mean",
+    "Sum",
+    "Std",
+    "Var",
+    "Max",
+    "Min",
+    "IdxMax",
+    "IdxMin",
+    "Rank",
+    "Count",
+    "Slope",
+    "Rsquare",
+    "Resi",
 )
 SUPPORTED_OPERATORS: tuple[str, ...] = (
     ("Ref", "Delta", "Quantile", "Corr", "Cov", "If") + ELEMENTWISE_UNARY + ELEMENTWISE_BINARY + ROLLING
 )
 # Qlib 0.9.7 operators the fast engine does not evaluate (an expression using one fails with its name).
 QLIB_ONLY_OPERATORS = (
-    "ChangeInstrument", "Rolling", "Skew", "Kurt", "Med", "Mad", "EMA", "WMA", "Not", "Mask", "TResample",
-    "PFeature", "P", "PRef",
+    "ChangeInstrument",
+    "Rolling",
+    "Skew",
+    "Kurt",
+    "Med",
+    "Mad",
+    "EMA",
+    "WMA",
+    "Not",
+    "Mask",
+    "TResample",
+    "PFeature",
+    "P",
+    "PRef",
 )
 
-_PY_BINOP = {ast.Add: "Add", ast.Sub: "Sub", ast.Mult: "Mul", ast.Div: "Div", ast.Pow: "Power",
-             ast.BitAnd: "And", ast.BitOr: "Or"}
+_PY_BINOP = {
+    ast.Add: "Add",
+    ast.Sub: "Sub",
+    ast.Mult: "Mul",
+    ast.Div: "Div",
+    ast.Pow: "Power",
+    ast.BitAnd: "And",
+    ast.BitOr: "Or",
+}
 _PY_CMPOP = {ast.Gt: "Gt", ast.GtE: "Ge", ast.Lt: "Lt", ast.LtE: "Le", ast.Eq: "Eq", ast.NotEq: "Ne"}
 
 Number = Union[int, float]
@@ -156,12 +201,16 @@ def parse(expr: str) -> Node:
     try:
         tree = ast.parse(source.strip(), mode="eval")
     except SyntaxError as err:
-        raise ExpressionError(f"expression {expr!r} has invalid syntax: {err.msg}",
-                              hint="check the brackets and operators (Qlib expression syntax)") from None
+        raise ExpressionError(
+            f"expression {expr!r} has invalid syntax: {err.msg}",
+            hint="check the brackets and operators (Qlib expression syntax)",
+        ) from None
     result = _Builder(expr, names).build(tree.body)
     if not isinstance(result, Node):
-        raise ExpressionError(f"expression {expr!r} is a constant, not a feature",
-                              hint="an expression must read at least one field such as $close")
+        raise ExpressionError(
+            f"expression {expr!r} is a constant, not a feature",
+            hint="an expression must read at least one field such as $close",
+        )
     return result
 
 
@@ -170,7 +219,9 @@ class _Builder:
         self.expr = expr
         self.names = names
 
-    def fail(self, what: str, hint: str = "see docs/research.md for the operators of the fast engine") -> ExpressionError:
+    def fail(
+        self, what: str, hint: str = "see docs/research.md for the operators of the fast engine"
+    ) -> ExpressionError:
         return ExpressionError(f"{what} in expression {self.expr!r}", hint=hint)
 
     def build(self, n: ast.AST) -> Arg:
@@ -185,8 +236,10 @@ class _Builder:
         if isinstance(n, ast.UnaryOp):
             operand = self.build(n.operand)
             if isinstance(operand, Node):
-                raise self.fail(f"unary {type(n.op).__name__} on an expression (Qlib has no such operator)",
-                                hint="write 0-x or -1*x")
+                raise self.fail(
+                    f"unary {type(n.op).__name__} on an expression (Qlib has no such operator)",
+                    hint="write 0-x or -1*x",
+                )
             if isinstance(n.op, ast.USub):
                 return -operand
             if isinstance(n.op, ast.UAdd):
@@ -220,9 +273,13 @@ class _Builder:
         args = [self.build(a) for a in n.args]
         if op not in SUPPORTED_OPERATORS:
             if op in QLIB_ONLY_OPERATORS:
-                raise self.fail(f"operator {op!r} is not supported by the fast feature engine",
-                                hint="use engine: qlib for this expression, or one of: " + ", ".join(SUPPORTED_OPERATORS))
-            raise self.fail(f"unknown operator {op!r}", hint="operators of the fast engine: " + ", ".join(SUPPORTED_OPERATORS))
+                raise self.fail(
+                    f"operator {op!r} is not supported by the fast feature engine",
+                    hint="use engine: qlib for this expression, or one of: " + ", ".join(SUPPORTED_OPERATORS),
+                )
+            raise self.fail(
+                f"unknown operator {op!r}", hint="operators of the fast engine: " + ", ".join(SUPPORTED_OPERATORS)
+            )
         return _make(op, args, self)
 
 
@@ -237,7 +294,7 @@ def _fold(op: ast.operator, a: Number, b: Number, b_: "_Builder") -> Number:
         if isinstance(op, ast.Div):
             return a / b
         if isinstance(op, ast.Pow):
-            return a ** b
+            return a**b
     except (ArithmeticError, ValueError) as err:
         raise b_.fail(f"constant arithmetic failed ({err})") from None
     raise b_.fail(f"operator {type(op).__name__} on two constants")
@@ -277,7 +334,9 @@ def _make(op: str, args: list, b: _Builder) -> Node:
         return Node(op, tuple(args))
     if op == "Ref":
         _arity(op, args, 2, b)
-        return Node(op, (_want_node(op, args[0], "first argument", b),), (_want_int(op, args[1], "N", b, minimum=None),))
+        return Node(
+            op, (_want_node(op, args[0], "first argument", b),), (_want_int(op, args[1], "N", b, minimum=None),)
+        )
     if op == "Delta":
         _arity(op, args, 2, b)
         return Node(op, (_want_node(op, args[0], "first argument", b),), (_want_int(op, args[1], "N", b),))
@@ -286,7 +345,9 @@ def _make(op: str, args: list, b: _Builder) -> Node:
         feature = _want_node(op, args[0], "first argument", b)
         n = _want_int(op, args[1], "window N", b)
         if n == 0 and op in ("Slope", "Rsquare", "Resi"):
-            raise b.fail(f"{op} with N=0 (expanding) is not supported by the fast feature engine", hint="use engine: qlib")
+            raise b.fail(
+                f"{op} with N=0 (expanding) is not supported by the fast feature engine", hint="use engine: qlib"
+            )
         return Node(op, (feature,), (n,))
     if op == "Quantile":
         _arity(op, args, 3, b)
@@ -303,4 +364,3 @@ def _make(op: str, args: list, b: _Builder) -> Node:
         n = _want_int(op, args[2], "window N", b, minimum=1)
         return Node(op, (left, right), (n,))
     raise b.fail(f"operator {op!r} is not supported by the fast feature engine")  # pragma: no cover
-

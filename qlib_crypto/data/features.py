@@ -20,6 +20,7 @@ is data. Alpha158's part (``kbar``, ``price`` and the 29 ``rolling`` families) i
 ``KBAR_FEATURES`` / ``ROLLING_FAMILIES``); the crypto families are written here:
 :data:`AMOUNT_FAMILIES`, :data:`MARKET_FAMILIES`, :data:`FUNDING_FAMILIES`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -177,6 +178,7 @@ def __getattr__(name: str) -> Any:  # the generated tables, computed on first ac
     if name == "GROUP_FAMILIES":
         return group_families()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 PRICE_FIELDS = ("OPEN", "HIGH", "LOW", "CLOSE", "VWAP")
 

@@ -6,6 +6,7 @@ a ``qrun`` YAML file as ``class`` + ``module_path`` + ``kwargs``. The loader is
 :class:`qlib_crypto.data.loader.FastDataLoader`: the fast feature engine by default (``engine: fast``), Qlib's
 expression engine with ``engine: qlib``; both give the same values (docs/research.md).
 """
+
 from __future__ import annotations
 
 import logging
@@ -163,13 +164,17 @@ class _CryptoHandlerBase(DataHandlerLP):
                 np.copyto(out, learn.values)
                 learn, private = Block(out, learn.index, learn.columns), True
             if kind == "wide":
-                apply_wide(p, learn, with_fit, fit_rows(p, learn.index) if with_fit and hasattr(p, "fit_start_time") else None)
+                apply_wide(
+                    p, learn, with_fit, fit_rows(p, learn.index) if with_fit and hasattr(p, "fit_start_time") else None
+                )
                 continue
             # label processors may change the dtype (Qlib's CSRankNorm gives float64): keep their columns aside
             result = self._run_narrow_keep_dtype(p, learn, with_fit, label_frame)
             if result is None:
                 apply_narrow(p, learn, with_fit)
-            elif (result.dtypes == np.float32).all() and list(result.columns) == list(learn.columns[learn.positions("label")]):
+            elif (result.dtypes == np.float32).all() and list(result.columns) == list(
+                learn.columns[learn.positions("label")]
+            ):
                 learn.values[learn.positions("label")] = result.to_numpy().T  # same dtype: back into the block
                 label_frame = None
             else:
@@ -241,30 +246,50 @@ class _CryptoHandlerBase(DataHandlerLP):
         pos = block.positions("label")
         n = len(block.columns)
         if len(pos) and pos[-1] == n - 1 and np.array_equal(pos, np.arange(n - len(pos), n)):
-            head = pd.DataFrame(block.values[: n - len(pos)].T, index=block.index, columns=block.columns[: n - len(pos)],
-                                copy=False)
+            head = pd.DataFrame(
+                block.values[: n - len(pos)].T, index=block.index, columns=block.columns[: n - len(pos)], copy=False
+            )
             return pd.concat([head, label_frame], axis=1, copy=False)
         frame = frame.copy()
         frame[label_frame.columns] = label_frame
         return frame
 
-    def fetch(self, selector=slice(None, None), level="datetime", col_set=DataHandlerLP.CS_ALL,
-              data_key=DataHandlerLP.DK_I, squeeze=False, proc_func=None):
+    def fetch(
+        self,
+        selector=slice(None, None),
+        level="datetime",
+        col_set=DataHandlerLP.CS_ALL,
+        data_key=DataHandlerLP.DK_I,
+        squeeze=False,
+        proc_func=None,
+    ):
         """Qlib's ``fetch``, without copies where the answer is the stored frame itself: ``col_set`` naming every
         column group in order is the whole frame, ``__all`` is the frame with its group level dropped, and a
         datetime range of a datetime-major frame is a row range (returned as a view, as Qlib returns the
         stored frame itself for the full range)."""
         if data_key == DataHandlerLP.DK_R and self.__dict__.get("_raw_dropped") and not self.drop_raw:
-            groups = [col_set] if isinstance(col_set, str) else list(col_set) if isinstance(col_set, (list, tuple)) else []
+            groups = (
+                [col_set] if isinstance(col_set, str) else list(col_set) if isinstance(col_set, (list, tuple)) else []
+            )
             loader = self.data_loader
-            if (groups and hasattr(loader, "load_groups") and getattr(loader, "is_group", False)
-                    and all(g in loader.fields for g in groups)):
+            if (
+                groups
+                and hasattr(loader, "load_groups")
+                and getattr(loader, "is_group", False)
+                and all(g in loader.fields for g in groups)
+            ):
                 # only the asked column groups of the dropped raw frame (e.g. SignalRecord's raw label)
                 from qlib.utils import lazy_sort_index
 
                 part = lazy_sort_index(loader.load_groups(groups, self.instruments, self.start_time, self.end_time))
-                return self._fetch_data(data_storage=part, selector=selector, level=level, col_set=col_set,
-                                        squeeze=squeeze, proc_func=proc_func)
+                return self._fetch_data(
+                    data_storage=part,
+                    selector=selector,
+                    level=level,
+                    col_set=col_set,
+                    squeeze=squeeze,
+                    proc_func=proc_func,
+                )
         df = self._get_df_by_key(data_key)
         if (
             proc_func is None
@@ -275,7 +300,9 @@ class _CryptoHandlerBase(DataHandlerLP):
             and df.index.names[0] == "datetime"
             and level == "datetime"
         ):
-            if isinstance(col_set, (list, tuple)) and list(col_set) == list(dict.fromkeys(df.columns.get_level_values(0))):
+            if isinstance(col_set, (list, tuple)) and list(col_set) == list(
+                dict.fromkeys(df.columns.get_level_values(0))
+            ):
                 col_set = DataHandlerLP.CS_RAW
             sel = selector
             if isinstance(sel, (tuple, list)):
@@ -297,8 +324,9 @@ class _CryptoHandlerBase(DataHandlerLP):
                     if col_set == DataHandlerLP.CS_ALL:  # Qlib's droplevel, without copying the values
                         out = out.set_axis(out.columns.droplevel(0), axis=1, copy=False)
                     return out
-        return super().fetch(selector=selector, level=level, col_set=col_set, data_key=data_key, squeeze=squeeze,
-                             proc_func=proc_func)
+        return super().fetch(
+            selector=selector, level=level, col_set=col_set, data_key=data_key, squeeze=squeeze, proc_func=proc_func
+        )
 
     def _build(
         self,
@@ -323,6 +351,9 @@ class _CryptoHandlerBase(DataHandlerLP):
         engine: str,
         kwargs: dict,
     ) -> None:
+        from .._run_guard import guard_active_run
+
+        guard_active_run()  # inside qrun: name the MLflow run, end it KILLED on Ctrl-C/SIGTERM (qlib_crypto/_run_guard.py)
         fit = fit_start_time is not None and fit_end_time is not None
         if infer_processors is None:
             if not fit:

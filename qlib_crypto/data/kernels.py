@@ -23,6 +23,7 @@ step by step, so that results are the same bits and not merely close:
 Inputs are prepared by the engine the way pandas prepares them (float64, +-inf as NaN) where the Qlib
 operator goes through pandas; ``roll_slope`` & co. see the raw values, as Qlib's Cython code does.
 """
+
 from __future__ import annotations
 
 import math
@@ -429,7 +430,9 @@ def _roll_regression(a, window, kind):
             if kind == 0:
                 out[i, j] = (n * xy_sum - x_sum * y_sum) / (n * x2_sum - x_sum * x_sum)
             elif kind == 1:
-                r = (n * xy_sum - x_sum * y_sum) / math.sqrt((n * x2_sum - x_sum * x_sum) * (n * y2_sum - y_sum * y_sum))
+                r = (n * xy_sum - x_sum * y_sum) / math.sqrt(
+                    (n * x2_sum - x_sum * x_sum) * (n * y2_sum - y_sum * y_sum)
+                )
                 out[i, j] = r * r
             else:
                 slope = (n * xy_sum - x_sum * y_sum) / (n * x2_sum - x_sum * x_sum)
@@ -453,7 +456,6 @@ def roll_rsquare(a, window):
 @njit(**_JIT)
 def roll_resi(a, window):
     return _roll_regression(a, window, 2)
-
 
 
 # ---- medians for the robust z-score (the statistics of Qlib's RobustZScoreNorm.fit) ---------------------
@@ -545,3 +547,45 @@ def robust_stats(x, r0, r1):
                 n += 1
         mad[c] = _median_keys(keys, n, hist) if n > 0 else np.nan
     return med, mad
+
+
+# ---- in-place processors on a (columns x rows) float32 block (qlib_crypto.data.processors.apply_wide) -----
+@njit(**_JIT)
+def block_inf_to_nan(v, pos):
+    """``v[c][isinf(v[c])] = NaN`` for every column position ``c`` in ``pos``, in place."""
+    for k in range(len(pos)):
+        row = v[pos[k]]
+        for i in range(row.shape[0]):
+            if np.isinf(row[i]):
+                row[i] = np.nan
+
+
+@njit(**_JIT)
+def block_fillna(v, pos, value):
+    """``v[c][isnan(v[c])] = value`` for every column position ``c`` in ``pos``, in place (``value`` already cast
+    to ``v``'s dtype by the caller)."""
+    for k in range(len(pos)):
+        row = v[pos[k]]
+        for i in range(row.shape[0]):
+            if row[i] != row[i]:
+                row[i] = value
+
+
+@njit(**_JIT)
+def block_zscore(v, pos, mean, std, clip):
+    """``v[c] = (v[c] - mean[k]) / std[k]`` (float32 arithmetic, as numpy's in-place ``-=`` and ``/=``), then
+    clipped to [-3, 3] when ``clip`` (NaN stays NaN), for column ``c = pos[k]``, in place."""
+    lo = np.float32(-3.0)
+    hi = np.float32(3.0)
+    for k in range(len(pos)):
+        row = v[pos[k]]
+        m = mean[k]
+        s = std[k]
+        for i in range(row.shape[0]):
+            x = (row[i] - m) / s
+            if clip:
+                if x < lo:
+                    x = lo
+                elif x > hi:
+                    x = hi
+            row[i] = x

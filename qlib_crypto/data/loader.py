@@ -11,6 +11,7 @@ The fast engine reads the raw fields through Qlib's data API (``FeatureD``: the 
 initialised with, one read per field and instrument) and returns the frame ``QlibDataLoader`` returns:
 index ``(datetime, instrument)`` sorted, columns ``(group, name)``, float32 values, one contiguous block.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,8 +33,10 @@ ENGINES = ("fast", "qlib")
 
 def check_engine(engine: str) -> str:
     if engine not in ENGINES:
-        raise ConfigError(f"unknown feature engine {engine!r}",
-                          hint="use engine: fast (vectorised, the default) or engine: qlib (Qlib's expression engine)")
+        raise ConfigError(
+            f"unknown feature engine {engine!r}",
+            hint="use engine: fast (vectorised, the default) or engine: qlib (Qlib's expression engine)",
+        )
     return engine
 
 
@@ -54,8 +57,9 @@ class FastDataLoader(QlibDataLoader):
         engine: str = "fast",
     ) -> None:
         self.engine = check_engine(engine)
-        super().__init__(config=config, filter_pipe=filter_pipe, swap_level=swap_level, freq=freq,
-                         inst_processors=inst_processors)
+        super().__init__(
+            config=config, filter_pipe=filter_pipe, swap_level=swap_level, freq=freq, inst_processors=inst_processors
+        )
         if self.engine == "fast":  # fail at construction, naming the expression and the operator
             for exprs, _ in self._groups_fields():
                 compile_exprs(exprs)
@@ -90,7 +94,9 @@ class FastDataLoader(QlibDataLoader):
                 row_fields |= node.fields()
         return self._load_groups(instruments, start_time, end_time, picked, row_fields=row_fields)
 
-    def _load_groups(self, instruments, start_time, end_time, groups: list, row_fields: set | None = None) -> pd.DataFrame:
+    def _load_groups(
+        self, instruments, start_time, end_time, groups: list, row_fields: set | None = None
+    ) -> pd.DataFrame:
         fast = [(g, ex, nm) for g, (ex, nm) in groups if not self._group_inst_processors(g)]
         slow = [(g, ex, nm) for g, (ex, nm) in groups if self._group_inst_processors(g)]
         freqs = {self._group_freq(g) for g, _, _ in fast}
@@ -108,8 +114,9 @@ class FastDataLoader(QlibDataLoader):
         return pd.concat(frames, axis=1)
 
     # -- the fast path ---------------------------------------------------------------------------------
-    def _load_fast(self, instruments, start_time, end_time, groups: list, freq: str,
-                   row_fields: set | None = None) -> pd.DataFrame:
+    def _load_fast(
+        self, instruments, start_time, end_time, groups: list, freq: str, row_fields: set | None = None
+    ) -> pd.DataFrame:
         from qlib.data import D
 
         if instruments is None:
@@ -118,10 +125,22 @@ class FastDataLoader(QlibDataLoader):
             instruments = D.instruments(instruments, filter_pipe=self.filter_pipe)
         columns = _columns(groups)
         t0 = time.perf_counter()
-        frame = load_expressions(instruments, [e for _, ex, _ in groups for e in ex], columns, start_time, end_time,
-                                 freq, swap_level=self.swap_level, row_fields=row_fields)
-        logger.info("fast feature engine: %d expressions, %d rows in %.2f s", frame.shape[1], frame.shape[0],
-                    time.perf_counter() - t0)
+        frame = load_expressions(
+            instruments,
+            [e for _, ex, _ in groups for e in ex],
+            columns,
+            start_time,
+            end_time,
+            freq,
+            swap_level=self.swap_level,
+            row_fields=row_fields,
+        )
+        logger.info(
+            "fast feature engine: %d expressions, %d rows in %.2f s",
+            frame.shape[1],
+            frame.shape[0],
+            time.perf_counter() - t0,
+        )
         return frame
 
 
@@ -147,7 +166,9 @@ def _bin_directory(freq: str):
     if type(provider) is not LocalFeatureProvider:
         return None
     backend = provider.backend or {}
-    if backend.get("class", "FileFeatureStorage") != "FileFeatureStorage" or backend.get("kwargs", {}).get("provider_uri"):
+    if backend.get("class", "FileFeatureStorage") != "FileFeatureStorage" or backend.get("kwargs", {}).get(
+        "provider_uri"
+    ):
         return None
     try:
         root = C.dpm.get_data_uri(freq) / "features"
@@ -230,10 +251,12 @@ def load_expressions(
     t_out = len(times)
     t_abs = np.arange(start_index, end_index + 1, dtype=np.int64)[:, None]
 
+    n_inst, first_of, last_of = panel.n, panel.first, panel.last  # kept after `del panel` below
+
     def exist(fset: frozenset) -> np.ndarray:
-        mask = np.zeros((t_out, panel.n), dtype=bool)
+        mask = np.zeros((t_out, n_inst), dtype=bool)
         for f in fset:
-            mask |= (t_abs >= panel.first[f][None, :]) & (t_abs <= panel.last[f][None, :])
+            mask |= (t_abs >= first_of[f][None, :]) & (t_abs <= last_of[f][None, :])
         return mask
 
     rows = exist(frozenset(fields))
@@ -271,12 +294,20 @@ def load_expressions(
 
     if swap_level:
         t_idx, n_idx = np.divmod(flat, panel_n)
-        index = pd.MultiIndex(levels=[times, pd.Index(names, dtype=object)], codes=[t_idx, n_idx],
-                              names=["datetime", "instrument"], verify_integrity=False)
+        index = pd.MultiIndex(
+            levels=[times, pd.Index(names, dtype=object)],
+            codes=[t_idx, n_idx],
+            names=["datetime", "instrument"],
+            verify_integrity=False,
+        )
     else:
         n_idx, t_idx = np.divmod(flat, t_out)
-        index = pd.MultiIndex(levels=[pd.Index(names, dtype=object), times], codes=[n_idx, t_idx],
-                              names=["instrument", "datetime"], verify_integrity=False)
+        index = pd.MultiIndex(
+            levels=[pd.Index(names, dtype=object), times],
+            codes=[n_idx, t_idx],
+            names=["instrument", "datetime"],
+            verify_integrity=False,
+        )
     index = index.remove_unused_levels()
     return pd.DataFrame(out.T, index=index, columns=columns, copy=False)
 

@@ -4,6 +4,7 @@ Qlib 0.9.7 has no cross-sectional expression operators (``CSRank`` and friends a
 so market-relative features are computed after loading, over the dataframe, per bar (``datetime``): they
 only combine instruments of the same bar and never look at other bars.
 """
+
 from __future__ import annotations
 
 import re
@@ -152,8 +153,12 @@ class Block:
 def _qlib_processor_types() -> dict[str, type]:
     from qlib.data.dataset import processor as qp
 
-    return {"RobustZScoreNorm": qp.RobustZScoreNorm, "Fillna": qp.Fillna, "DropnaLabel": qp.DropnaLabel,
-            "CSRankNorm": qp.CSRankNorm}
+    return {
+        "RobustZScoreNorm": qp.RobustZScoreNorm,
+        "Fillna": qp.Fillna,
+        "DropnaLabel": qp.DropnaLabel,
+        "CSRankNorm": qp.CSRankNorm,
+    }
 
 
 def block_kind(proc: Processor) -> str | None:
@@ -192,31 +197,40 @@ def apply_narrow(proc: Processor, block: Block, with_fit: bool) -> None:
 
 
 def apply_wide(proc: Processor, block: Block, with_fit: bool, fit_rows: slice | np.ndarray | None) -> None:
-    """``InfToNaN``, ``Fillna`` and ``RobustZScoreNorm`` in place, column chunk by column chunk."""
+    """``InfToNaN``, ``Fillna`` and ``RobustZScoreNorm`` in place, in one pass per column (numba kernels with the
+    arithmetic of numpy's in-place operations, so the bits are the same as the pandas/Qlib versions)."""
+    from .engine import _kernels
+
     qt = _qlib_processor_types()
     v = block.values
     if isinstance(proc, InfToNaN):
-        for c in block.chunks(block.positions(proc.fields_group)):
-            part = v[c]
-            part[np.isinf(part)] = np.nan
-            v[c] = part
+        _kernels().block_inf_to_nan(v, np.ascontiguousarray(block.positions(proc.fields_group), dtype=np.int64))
         return
     if type(proc) is qt["Fillna"]:
-        for c in block.chunks(block.positions(proc.fields_group)):
-            part = v[c]
-            part[np.isnan(part)] = proc.fill_value
-            v[c] = part
+        # numpy's ``part[isnan(part)] = value`` stores value cast to the block's dtype: the kernel stores the same
+        with np.errstate(over="ignore"):
+            fill = float(v.dtype.type(proc.fill_value))
+        _kernels().block_fillna(v, np.ascontiguousarray(block.positions(proc.fields_group), dtype=np.int64), fill)
         return
     if type(proc) is qt["RobustZScoreNorm"]:
         pos = block.positions(proc.fields_group)
         if with_fit:
             _fit_robust_zscore(proc, block, pos, fit_rows)
-        mean, std = proc.mean_train, proc.std_train
-        for k in range(0, len(pos), _CHUNK):
+        mean, std = np.asarray(proc.mean_train), np.asarray(proc.std_train)
+        if mean.dtype == std.dtype == v.dtype:  # the same arithmetic as numpy's in-place ops, in one pass
+            _kernels().block_zscore(
+                v,
+                np.ascontiguousarray(pos, dtype=np.int64),
+                np.ascontiguousarray(mean),
+                np.ascontiguousarray(std),
+                bool(proc.clip_outlier),
+            )
+            return
+        for k in range(0, len(pos), _CHUNK):  # statistics of another dtype (e.g. fitted by Qlib on float64)
             c = pos[k : k + _CHUNK]
             part = v[c]
-            part -= np.asarray(mean[k : k + _CHUNK])[:, None]
-            part /= np.asarray(std[k : k + _CHUNK])[:, None]
+            part -= mean[k : k + _CHUNK][:, None]
+            part /= std[k : k + _CHUNK][:, None]
             if proc.clip_outlier:
                 np.clip(part, -3, 3, out=part)
             v[c] = part
@@ -235,7 +249,12 @@ def _fit_robust_zscore(proc: Processor, block: Block, pos: np.ndarray, fit_rows)
     rows = slice(None) if fit_rows is None else fit_rows
     means, stds = [], []
     n = block.values.shape[1]
-    if isinstance(rows, slice) and rows.step in (None, 1) and len(pos) and np.array_equal(pos, np.arange(pos[0], pos[0] + len(pos))):
+    if (
+        isinstance(rows, slice)
+        and rows.step in (None, 1)
+        and len(pos)
+        and np.array_equal(pos, np.arange(pos[0], pos[0] + len(pos)))
+    ):
         # the same order statistics by a radix selection (numba), on the contiguous columns and rows
         from .engine import _kernels
 

@@ -1,5 +1,6 @@
 """Qlib's feature file format: little-endian float32, first value = start index in the calendar, then one
 value per calendar bar (NaN where the instrument has no bar)."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """24/7 calendars in Qlib's text format: ``YYYY-MM-DD HH:MM:SS`` per bar, ``YYYY-MM-DD`` for ``day``."""
+
 from __future__ import annotations
 
 import numpy as np

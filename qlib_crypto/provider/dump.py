@@ -7,6 +7,7 @@ Terms used below:
   dumped; rows at or after ``R`` (a partly filled last ``day``, funding settlements after the last bar) are
   re-read and recomputed by the next update.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,8 +32,8 @@ from .meta import META_DIR, META_REL, meta_text
 from .storeread import (
     BAR_COLUMNS,
     FUNDING_COLUMNS,
-    StoreFile,
     RowsHash,
+    StoreFile,
     list_dirs,
     read_series_file,
     series_files,
@@ -55,7 +56,6 @@ DAILY_FILE = "daily_amount.npy"  # [instrument, UTC day] quote volume, so an upd
 JOURNAL_FILE = "journal.json"
 STAGED_DIR = "staged"
 STATE_SCHEMA = 1
-HOOK_ENV = "QLIB_CRYPTO_DUMP_HOOK"  # testing hook: "<point>:<marker file>" -> write marker, then sleep
 _KNOWN_ENTRIES = {"calendars", "instruments", "features", META_DIR, STATE_DIR, "features_cache", "dataset_cache"}
 
 
@@ -80,17 +80,6 @@ class DumpResult:
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def _hook(point: str) -> None:
-    spec = os.environ.get(HOOK_ENV)
-    if not spec:
-        return
-    name, _, marker = spec.partition(":")
-    if name == point:
-        if marker:
-            Path(marker).write_text(str(os.getpid()))
-        time.sleep(600)
-
-
 def _resolve_timeframes(timeframe: str, source_timeframe: str | None) -> tuple[Timeframe, Timeframe]:
     tgt = get_timeframe(timeframe)
     src = get_timeframe(source_timeframe) if source_timeframe else tgt
@@ -102,7 +91,7 @@ def _resolve_timeframes(timeframe: str, source_timeframe: str | None) -> tuple[T
     if tgt.ms % src.ms:
         raise ConfigError(
             f"cannot build {tgt.qlib_freq} bars from {src.name} bars",
-            hint=f"the source timeframe must be finer than or equal to the target and divide it (e.g. 1h for day)",
+            hint="the source timeframe must be finer than or equal to the target and divide it (e.g. 1h for day)",
         )
     return tgt, src
 
@@ -201,6 +190,14 @@ def _field_arrays(
     return out
 
 
+def _settled(fts: np.ndarray, fv: np.ndarray, horizon_ms: int, tgt_ms: int) -> tuple[np.ndarray, np.ndarray]:
+    """(target-bar keys, rates) of the funding settlements before ``horizon_ms``, the end of the last source bar
+    dumped. A partial last target bar (a day built from hourly bars that stops at 10:00) so carries only the
+    settlements up to its last bar, as the hourly bars do; the later ones come with the update that completes it."""
+    keep = fts < horizon_ms
+    return fts[keep] // tgt_ms, fv[0][keep]
+
+
 def _last_close_before(keys: np.ndarray, vals: np.ndarray, limit_key: int, default: float | None) -> float | None:
     """Close of the newest bar with key < ``limit_key`` (``default`` if there is none)."""
     i = int(np.searchsorted(keys, limit_key, side="left")) - 1
@@ -259,9 +256,7 @@ def _check_target(qlib_dir: Path, freq: str) -> dict | None:
         )
     cal_dir = qlib_dir / "calendars"
     if cal_dir.is_dir():
-        other = sorted(
-            p.stem for p in cal_dir.glob("*.txt") if p.stem not in (freq, f"{freq}_future")
-        )
+        other = sorted(p.stem for p in cal_dir.glob("*.txt") if p.stem not in (freq, f"{freq}_future"))
         if other:
             raise ProviderError(
                 f"{str(qlib_dir)!r} holds calendars of another frequency ({', '.join(other)}), not {freq}",
@@ -376,8 +371,24 @@ def _recover_journal(qlib_dir: Path) -> str | None:
 
 
 # pseudo filesystems nothing can be dumped into (kernel interfaces, not storage)
-_PSEUDO_FS = {"proc", "sysfs", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "configfs", "devpts",
-              "mqueue", "bpf", "pstore", "fusectl", "efivarfs", "binfmt_misc", "nsfs"}
+_PSEUDO_FS = {
+    "proc",
+    "sysfs",
+    "cgroup",
+    "cgroup2",
+    "debugfs",
+    "tracefs",
+    "securityfs",
+    "configfs",
+    "devpts",
+    "mqueue",
+    "bpf",
+    "pstore",
+    "fusectl",
+    "efivarfs",
+    "binfmt_misc",
+    "nsfs",
+}
 
 
 def _mount_of(path: str) -> tuple[str, str] | None:
@@ -407,8 +418,9 @@ def _existing_ancestor(p: Path) -> Path:
     return p
 
 
-def check_output_location(path: str | os.PathLike, what: str, *, kind: str = "dir", beside: bool = False,
-                          error: type = ProviderError) -> Path:
+def check_output_location(
+    path: str | os.PathLike, what: str, *, kind: str = "dir", beside: bool = False, error: type = ProviderError
+) -> Path:
     """Refuse, before anything is written, an output ``path`` that cannot be written; return it absolute.
 
     ``kind`` "dir": ``path`` must be a directory or not exist yet; "file": a regular file or not exist yet.
@@ -422,8 +434,10 @@ def check_output_location(path: str | os.PathLike, what: str, *, kind: str = "di
         if kind == "dir" and not p.is_dir():
             raise error(f"{what} {raw!r} is a file, not a directory", hint=f"give a directory for {what}")
         if kind == "file" and p.is_dir():
-            raise error(f"{what} {raw!r} is a directory, not a file",
-                        hint=f"give a file path for {what}, e.g. {raw.rstrip('/')}/signals.parquet")
+            raise error(
+                f"{what} {raw!r} is a directory, not a file",
+                hint=f"give a file path for {what}, e.g. {raw.rstrip('/')}/signals.parquet",
+            )
     places = []
     if kind == "dir":
         places.append(_existing_ancestor(p))
@@ -431,28 +445,39 @@ def check_output_location(path: str | os.PathLike, what: str, *, kind: str = "di
         places.append(_existing_ancestor(p.parent))
     for anc in dict.fromkeys(places):
         if not anc.is_dir():
-            raise error(f"{what} {raw!r} is under {str(anc)!r}, which is a file, not a directory",
-                        hint=f"choose a {what} whose parent directories are directories")
+            raise error(
+                f"{what} {raw!r} is under {str(anc)!r}, which is a file, not a directory",
+                hint=f"choose a {what} whose parent directories are directories",
+            )
         real = os.path.realpath(anc)
         mount = _mount_of(real)
         pseudo = mount[1] in _PSEUDO_FS if mount else (real + "/").startswith(("/proc/", "/sys/"))
         if pseudo:
             kind_fs = mount[1] if mount else real.split("/")[1]
-            raise error(f"{what} {raw!r} is on the {kind_fs} pseudo-filesystem ({mount[0] if mount else real}), "
-                        "which holds no files", hint=f"choose a {what} on a disk, e.g. under your home directory")
+            raise error(
+                f"{what} {raw!r} is on the {kind_fs} pseudo-filesystem ({mount[0] if mount else real}), "
+                "which holds no files",
+                hint=f"choose a {what} on a disk, e.g. under your home directory",
+            )
         try:
             st = os.statvfs(anc)
         except (OSError, AttributeError):  # no statvfs (Windows): the write itself will tell
             st = None
         if st is not None and st.f_flag & os.ST_RDONLY:
-            raise error(f"{what} {raw!r} is on a read-only filesystem ({str(anc)!r})",
-                        hint=f"choose a {what} on a writable filesystem")
+            raise error(
+                f"{what} {raw!r} is on a read-only filesystem ({str(anc)!r})",
+                hint=f"choose a {what} on a writable filesystem",
+            )
         if st is not None and st.f_blocks > 0 and st.f_bavail == 0:
-            raise error(f"{what} {raw!r} is on a full filesystem (0 bytes free in {str(anc)!r})",
-                        hint=f"free some space, or choose a {what} on another filesystem")
+            raise error(
+                f"{what} {raw!r} is on a full filesystem (0 bytes free in {str(anc)!r})",
+                hint=f"free some space, or choose a {what} on another filesystem",
+            )
         if not os.access(anc, os.W_OK | os.X_OK):
-            raise error(f"{what} {raw!r} cannot be written: permission denied on {str(anc)!r}",
-                        hint=f"choose a {what} you can write, or fix the directory's permissions")
+            raise error(
+                f"{what} {raw!r} cannot be written: permission denied on {str(anc)!r}",
+                hint=f"choose a {what} you can write, or fix the directory's permissions",
+            )
     return p
 
 
@@ -485,8 +510,10 @@ def _check_window_days(window_days) -> None:
     if window_days is None:
         return
     if isinstance(window_days, bool) or not isinstance(window_days, (int, np.integer)) or window_days < 1:
-        raise ConfigError(f"--window-days {window_days!r} is not a whole number of days >= 1",
-                          hint="give the trailing window of the liquidity universes in days, e.g. 30")
+        raise ConfigError(
+            f"--window-days {window_days!r} is not a whole number of days >= 1",
+            hint="give the trailing window of the liquidity universes in days, e.g. 30",
+        )
 
 
 def _refuse_case_collisions(store: Path, tf_name: str, names: Sequence[str]) -> None:
@@ -539,7 +566,11 @@ def dump(
         tfs = list_dirs(store / "bars")
         raise ProviderError(
             f"store {str(store)!r} has no {src.name} bars",
-            hint=(f"it holds {', '.join(tfs)} bars: pass --from-timeframe" if tfs else "the store is empty: collect or import bars first"),
+            hint=(
+                f"it holds {', '.join(tfs)} bars: pass --from-timeframe"
+                if tfs
+                else "the store is empty: collect or import bars first"
+            ),
         )
     _refuse_case_collisions(store, src.name, names)
     explicit = sorted(dict.fromkeys(instruments)) if instruments else None
@@ -566,7 +597,13 @@ def dump(
             result = _update(store, qlib_dir, tgt, src, names, explicit, state, top, window_days)
         else:
             result = _full(
-                store, qlib_dir, tgt, src, names, explicit, tuple(DEFAULT_TOP if top is None else top),
+                store,
+                qlib_dir,
+                tgt,
+                src,
+                names,
+                explicit,
+                tuple(DEFAULT_TOP if top is None else top),
                 window_days or DEFAULT_WINDOW_DAYS,
             )
     result.seconds = time.perf_counter() - t0
@@ -601,7 +638,6 @@ def _full(store, qlib_dir, tgt, src, names, explicit, top, window_days) -> DumpR
     rewrite_ms = horizon // tgt.ms * tgt.ms
     first_key = min(r[0] for r in ranges.values()) // tgt.ms
     last_key = (horizon - 1) // tgt.ms
-    aggregated = src.ms != tgt.ms
 
     parent = qlib_dir.parent
     parent.mkdir(parents=True, exist_ok=True)
@@ -621,7 +657,7 @@ def _full(store, qlib_dir, tgt, src, names, explicit, top, window_days) -> DumpR
             fentries, fkeys, frates = None, None, None
             if name in fund_files:
                 fts, fv, fentries = _read_series(fund_files[name], FUNDING_COLUMNS, f"{name} funding", rewrite_ms)
-                fkeys, frates = fts // tgt.ms, fv[0]
+                fkeys, frates = _settled(fts, fv, horizon, tgt.ms)
             k0 = int(keys[0])
             arrays = _field_arrays(k0, last_key, keys, tv, counts, None, fkeys, frates)
             _write_features(staging / "features" / name.lower(), k0 - first_key, arrays, freq)
@@ -665,7 +701,6 @@ def _full(store, qlib_dir, tgt, src, names, explicit, top, window_days) -> DumpR
         fut.write_text(calendar_text(first_key, last_key + future_bars(tgt.ms), tgt.ms, freq))
         (staging / STATE_DIR).mkdir(exist_ok=True)
         (staging / STATE_DIR / STATE_FILE).write_text(_state_text(state))
-        _hook("full-staged")
         _swap_in(staging, qlib_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -681,7 +716,7 @@ def _full(store, qlib_dir, tgt, src, names, explicit, top, window_days) -> DumpR
         calendar_end=format_one(last_key * tgt.ms, freq),
         calendar_bars=last_key - first_key + 1,
         new_calendar_bars=last_key - first_key + 1,
-        universes=sorted(k[len("instruments/"):-4] for k in texts if k.startswith("instruments/")),
+        universes=sorted(k[len("instruments/") : -4] for k in texts if k.startswith("instruments/")),
     )
 
 
@@ -707,7 +742,7 @@ def _write_features(inst_dir: Path, start_index: int, arrays: dict[str, np.ndarr
         try:
             for chunk in (memoryview(header), np.ascontiguousarray(arr, dtype=binfmt.DTYPE).data.cast("B")):
                 while len(chunk):
-                    chunk = chunk[os.write(fd, chunk):]
+                    chunk = chunk[os.write(fd, chunk) :]
         finally:
             os.close(fd)
 
@@ -786,7 +821,9 @@ def _read_update(name, files, to_read, old, columns, what, old_r, new_r, check_n
             continue
         ts, vals = read_series_file(f, columns)
         if len(ts) and np.any(np.diff(ts) <= 0):
-            raise ProviderError(f"{what}: rows of {str(f.path)!r} are not sorted and unique", hint="run qlib-crypto validate")
+            raise ProviderError(
+                f"{what}: rows of {str(f.path)!r} are not sorted and unique", hint="run qlib-crypto validate"
+            )
         cut = int(np.searchsorted(ts, old_r, side="left"))
         entry = old.get(f.name)
         base = None
@@ -860,7 +897,7 @@ def _update(store, qlib_dir, tgt, src, names, explicit, state, top, window_days)
     # 2. read and compute what changes
     writes = {}  # name -> (k0, arrays, keep values or None for a new instrument)
     new_state_inst = {}
-    for name, (bfiles, b_read, b_changed, ffiles, f_read, f_changed) in plan.items():
+    for name, (bfiles, b_read, _b_changed, ffiles, f_read, _f_changed) in plan.items():
         old = old_inst.get(name)
         recompute = bool(b_read or f_read)
         if not recompute:
@@ -874,10 +911,17 @@ def _update(store, qlib_dir, tgt, src, names, explicit, state, top, window_days)
         fkeys = frates = fentries = None
         if ffiles is not None:
             fts, fv, fentries = _read_update(
-                name, ffiles, f_read, old and old["funding"], FUNDING_COLUMNS, "funding", old_r, new_r,
+                name,
+                ffiles,
+                f_read,
+                old and old["funding"],
+                FUNDING_COLUMNS,
+                "funding",
+                old_r,
+                new_r,
                 check_new=old is not None,
             )
-            fkeys, frates = fts // tgt.ms, fv[0]
+            fkeys, frates = _settled(fts, fv, horizon, tgt.ms)
         if len(ts) and ts[-1] + src.ms > horizon:
             raise ProviderError(f"{name}: bars after the manifests' end_ts", hint="run qlib-crypto validate")
         keys, tv, counts = _aggregate(ts, vals, src.ms, tgt.ms)
@@ -912,8 +956,20 @@ def _update(store, qlib_dir, tgt, src, names, explicit, state, top, window_days)
 
             atomic_write_text(meta_path, new_meta)
         cal_first = format_one(first_key * tgt.ms, freq)
-        return DumpResult(qlib_dir, freq, "noop", len(names_sorted), 0, 0, cal_first,
-                          format_one(old_last * tgt.ms, freq), old_last - first_key + 1, 0, [], 0.0)
+        return DumpResult(
+            qlib_dir,
+            freq,
+            "noop",
+            len(names_sorted),
+            0,
+            0,
+            cal_first,
+            format_one(old_last * tgt.ms, freq),
+            old_last - first_key + 1,
+            0,
+            [],
+            0.0,
+        )
 
     # 3. journal, then features (appends), then staged text files, then commit (calendar last)
     meta = qlib_dir / STATE_DIR
@@ -953,7 +1009,6 @@ def _update(store, qlib_dir, tgt, src, names, explicit, state, top, window_days)
                 if len(pad):
                     for fname in _field_names(name, src, tgt):
                         binfmt.truncate_and_append(inst_dir / f"{fname}.{freq}.bin", pad_plan[name], pad)
-        _hook("update-written")
 
         new_state = dict(state)
         new_state.update(last_key=last_key, horizon_ms=horizon, rewrite_ms=new_r, instruments=new_state_inst)
@@ -982,11 +1037,9 @@ def _update(store, qlib_dir, tgt, src, names, explicit, state, top, window_days)
     except BaseException:
         _recover_journal(qlib_dir)
         raise
-    for i, rel in enumerate(journal["staged"]):
+    for rel in journal["staged"]:
         (qlib_dir / rel).parent.mkdir(parents=True, exist_ok=True)  # meta/ is new to a provider of an older dump
         os.replace(staged_root / rel, qlib_dir / rel)
-        if i == 0:
-            _hook("update-committing")
     shutil.rmtree(staged_root, ignore_errors=True)
     (meta / JOURNAL_FILE).unlink()
     return DumpResult(
@@ -1000,7 +1053,7 @@ def _update(store, qlib_dir, tgt, src, names, explicit, state, top, window_days)
         calendar_end=format_one(last_key * tgt.ms, freq),
         calendar_bars=last_key - first_key + 1,
         new_calendar_bars=last_key - old_last,
-        universes=sorted(k[len("instruments/"):-4] for k in texts if k.startswith("instruments/")),
+        universes=sorted(k[len("instruments/") : -4] for k in texts if k.startswith("instruments/")),
     )
 
 

@@ -16,6 +16,7 @@ File layout (JSON, sorted keys, written by full dumps and updates alike, so both
 Instruments of the provider that are missing from ``instruments`` have no metadata; the backtest then uses
 the documented defaults (docs/backtest.md).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,7 +59,9 @@ def _snapshot_rows(store: Path) -> tuple[str | None, str | None, dict[str, dict[
         names = [c for c in ("instId", "instType", *META_NUMBERS, "read_at") if c in pfile.schema_arrow.names]
         table = pfile.read(columns=names, use_threads=False)
     except Exception as exc:  # pyarrow raises several types
-        raise ProviderError(f"store file {str(f.path)!r} cannot be read ({exc})", hint="run qlib-crypto validate") from exc
+        raise ProviderError(
+            f"store file {str(f.path)!r} cannot be read ({exc})", hint="run qlib-crypto validate"
+        ) from exc
     if "instId" not in names:
         raise ProviderError(f"metadata snapshot {str(f.path)!r} has no instId column", hint="run qlib-crypto validate")
     columns = {c: table.column(c).to_pylist() for c in names}
@@ -103,9 +106,13 @@ def read_provider_meta(qlib_dir: str | Path) -> dict[str, Any] | None:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ProviderError(f"instrument metadata {str(path)!r} is unreadable ({exc})",
-                            hint="dump the provider again (qlib-crypto dump) to rewrite it") from exc
+        raise ProviderError(
+            f"instrument metadata {str(path)!r} is unreadable ({exc})",
+            hint="dump the provider again (qlib-crypto dump) to rewrite it",
+        ) from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("instruments"), dict):
-        raise ProviderError(f"instrument metadata {str(path)!r} has no 'instruments' mapping",
-                            hint="dump the provider again (qlib-crypto dump) to rewrite it")
+        raise ProviderError(
+            f"instrument metadata {str(path)!r} has no 'instruments' mapping",
+            hint="dump the provider again (qlib-crypto dump) to rewrite it",
+        )
     return doc

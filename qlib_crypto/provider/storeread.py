@@ -4,6 +4,7 @@ The layout is the store's (docs/internals.md): ``bars/<timeframe>/<instrument>/<
 ``funding/<instrument>/<YYYY>.parquet``, each with a ``.manifest.yaml`` holding the sha256 of the file's bytes.
 Every file read here is hashed and checked against its manifest.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,8 +58,10 @@ def _yaml_load(text: str):
             if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
                 value = value[1:-1]
             fast[key] = value
-    if len(fast) == len(_NEEDED) and fast["row_count"].isdigit() and all(
-        "'" not in v and '"' not in v and "#" not in v for v in fast.values()
+    if (
+        len(fast) == len(_NEEDED)
+        and fast["row_count"].isdigit()
+        and all("'" not in v and '"' not in v and "#" not in v for v in fast.values())
     ):
         fast["row_count"] = int(fast["row_count"])
         return fast
@@ -169,7 +172,7 @@ def _to_numpy(column, dtype: str) -> np.ndarray:
         if out.dtype.kind != "f":
             raise ProviderError("null timestamps in a store file", hint="run qlib-crypto validate")
         valid = np.unpackbits(np.frombuffer(arr.buffers()[0], dtype=np.uint8), bitorder="little")
-        out = np.where(valid[arr.offset: arr.offset + len(arr)].astype(bool), out, np.nan)
+        out = np.where(valid[arr.offset : arr.offset + len(arr)].astype(bool), out, np.nan)
     return out
 
 

@@ -8,6 +8,7 @@ are merged into one span ``SYMBOL<TAB>start<TAB>end``; an instrument that drops 
 lines. Bars before the first decision time (the first UTC midnight after the first bar) are in no liquidity
 universe: there is no history to rank on.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -82,7 +83,7 @@ def liquidity_spans(
     name_rank = np.argsort(np.argsort(np.array([n.upper() for n in names])))
     member = np.zeros((n_inst, n_days), dtype=bool)  # member[i, d]: qualified at the decision of day d
     for d in range(1, n_days):
-        score = daily[:, max(0, d - window_days):d].sum(axis=1)
+        score = daily[:, max(0, d - window_days) : d].sum(axis=1)
         order = np.lexsort((name_rank, -score))[:top]
         member[order[score[order] > 0], d] = True
     spans = []

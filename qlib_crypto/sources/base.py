@@ -1,4 +1,5 @@
 """The interface every bar source implements, so the store and everything after it never know the source."""
+
 from __future__ import annotations
 
 import abc
@@ -25,7 +26,9 @@ def parse_time_ms(value: object, *, what: str = "time") -> int:
     try:
         ts = pd.Timestamp(value)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"cannot parse {what} {value!r}", hint="use ISO format such as 2024-01-01 or 2024-01-01T05:00") from exc
+        raise ConfigError(
+            f"cannot parse {what} {value!r}", hint="use ISO format such as 2024-01-01 or 2024-01-01T05:00"
+        ) from exc
     if ts is pd.NaT:
         raise ConfigError(f"cannot parse {what} {value!r}", hint="use ISO format such as 2024-01-01")
     if ts.tzinfo is None:

@@ -15,6 +15,7 @@ inconsistent OHLC, impossible times) likewise; the bar slots of both (``chunk.at
 ``WriteResult.quarantined_ts``) are left out of the coverage, so a re-run asks them again, and the run is
 reported incomplete until they are filled.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -53,13 +54,15 @@ def parse_bound_ms(value: Any, *, what: str) -> int:
     try:
         ms = parse_time_ms(value, what=what)
     except (OverflowError, pd.errors.OutOfBoundsDatetime) as exc:
-        raise ConfigError(f"{what} {value!r} is out of range",
-                          hint=f"give a date between {EARLIEST} and now, e.g. 2024-01-01") from exc
+        raise ConfigError(
+            f"{what} {value!r} is out of range", hint=f"give a date between {EARLIEST} and now, e.g. 2024-01-01"
+        ) from exc
     try:
         _iso(ms)
     except (OverflowError, ValueError, pd.errors.OutOfBoundsDatetime) as exc:
-        raise ConfigError(f"{what} {value!r} is out of range",
-                          hint=f"give a date between {EARLIEST} and now, e.g. 2024-01-01") from exc
+        raise ConfigError(
+            f"{what} {value!r} is out of range", hint=f"give a date between {EARLIEST} and now, e.g. 2024-01-01"
+        ) from exc
     return ms
 
 
@@ -99,9 +102,11 @@ def _writing(what: str) -> Any:
     try:
         yield
     except OSError as exc:
-        raise StoreError(f"cannot write {what} ({exc.strerror or exc})",
-                         hint="check free disk space and permissions; files written so far are complete, and "
-                              "re-running the same command finishes the job") from exc
+        raise StoreError(
+            f"cannot write {what} ({exc.strerror or exc})",
+            hint="check free disk space and permissions; files written so far are complete, and "
+            "re-running the same command finishes the job",
+        ) from exc
 
 
 def _reasons_text(reasons: dict[str, int]) -> str:
@@ -135,8 +140,10 @@ class InstrumentResult:
         if self.error is not None:
             parts.append(self.error)
         if self.uncovered:
-            parts.append(f"{self.quarantined:,} rows quarantined ({_reasons_text(self.quarantine_reasons)}); "
-                         f"their {self.holes:,} bar slot{'s' if self.holes != 1 else ''} stay uncovered")
+            parts.append(
+                f"{self.quarantined:,} rows quarantined ({_reasons_text(self.quarantine_reasons)}); "
+                f"their {self.holes:,} bar slot{'s' if self.holes != 1 else ''} stay uncovered"
+            )
         return "; ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -202,24 +209,35 @@ class CollectReport:
             for r in self.results:
                 for name, n in r.quarantine_reasons.items():
                     reasons[name] = reasons.get(name, 0) + n
-            lines.append(f"  {quarantined:,} bad rows quarantined ({_reasons_text(reasons)}) in "
-                         f"{Path(self.store_dir) / 'quarantine'}; their bar slots stay uncovered: re-run the same "
-                         "command to fetch them again")
+            lines.append(
+                f"  {quarantined:,} bad rows quarantined ({_reasons_text(reasons)}) in "
+                f"{Path(self.store_dir) / 'quarantine'}; their bar slots stay uncovered: re-run the same "
+                "command to fetch them again"
+            )
         for r in self.failures:
             if r.error is not None:
                 lines.append(f"  INCOMPLETE {r.instrument}: not fetched {_ranges_text(r.failed_ranges)}: {r.error}")
             if r.uncovered:
-                lines.append(f"  INCOMPLETE {r.instrument}: uncovered {_ranges_text(r.uncovered)}: "
-                             f"{r.quarantined:,} rows quarantined ({_reasons_text(r.quarantine_reasons)})")
+                lines.append(
+                    f"  INCOMPLETE {r.instrument}: uncovered {_ranges_text(r.uncovered)}: "
+                    f"{r.quarantined:,} rows quarantined ({_reasons_text(r.quarantine_reasons)})"
+                )
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "source": self.source, "store_dir": self.store_dir, "timeframe": self.timeframe,
-            "start": _iso(self.start_ms), "end": _iso(self.end_ms), "ok": self.ok,
-            "bars_fetched": self.bars_fetched, "bars_added": self.bars_added,
-            "quarantined": sum(r.quarantined for r in self.results), "elapsed_s": self.elapsed_s,
-            "bars_per_s": self.bars_per_s, "results": [r.to_dict() for r in self.results],
+            "source": self.source,
+            "store_dir": self.store_dir,
+            "timeframe": self.timeframe,
+            "start": _iso(self.start_ms),
+            "end": _iso(self.end_ms),
+            "ok": self.ok,
+            "bars_fetched": self.bars_fetched,
+            "bars_added": self.bars_added,
+            "quarantined": sum(r.quarantined for r in self.results),
+            "elapsed_s": self.elapsed_s,
+            "bars_per_s": self.bars_per_s,
+            "results": [r.to_dict() for r in self.results],
         }
 
     def raise_if_incomplete(self) -> None:
@@ -229,7 +247,7 @@ class CollectReport:
                 f"collection incomplete for {len(self.failures)} of {len(self.results)} instruments: "
                 + self.failure_text(),
                 hint="what was fetched is stored and quarantined rows are kept apart; re-run the same command to "
-                     "resume",
+                "resume",
             )
             err.report = self  # type: ignore[attr-defined]
             raise err
@@ -263,16 +281,25 @@ class _Progress:
             from tqdm import tqdm
 
             self._tqdm = tqdm
-            self.overall = tqdm(total=total, unit="bar", unit_scale=True, desc="all", position=0, file=sys.stderr,
-                                dynamic_ncols=True)
+            self.overall = tqdm(
+                total=total, unit="bar", unit_scale=True, desc="all", position=0, file=sys.stderr, dynamic_ncols=True
+            )
 
     def start(self, instrument: str, total: int) -> Any:
         if not self.enabled:
             return None
         with self._lock:
             pos = self._free.pop(0) if self._free else 1
-        return self._tqdm(total=total, unit="bar", unit_scale=True, desc=instrument, position=pos, leave=False,
-                          file=sys.stderr, dynamic_ncols=True)
+        return self._tqdm(
+            total=total,
+            unit="bar",
+            unit_scale=True,
+            desc=instrument,
+            position=pos,
+            leave=False,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
 
     def update(self, bar: Any, n: int) -> None:
         if bar is not None:
@@ -295,8 +322,9 @@ class _Progress:
             self.overall.close()
 
 
-def _quarantine_rejected(store: Path, instrument: str, timeframe: str, rows: list[tuple[int, tuple, str]],
-                         source: str) -> None:
+def _quarantine_rejected(
+    store: Path, instrument: str, timeframe: str, rows: list[tuple[int, tuple, str]], source: str
+) -> None:
     """Quarantine rows a source rejected, with their reasons (``store.quarantine_bars``)."""
     from .. import store as raw_store
 
@@ -312,9 +340,16 @@ def _quarantine_rejected(store: Path, instrument: str, timeframe: str, rows: lis
 
     from ..store import series
 
-    series._quarantine(store, timeframe, instrument, np.asarray([t for t, _v, _r in rows], dtype=np.int64),
-                       frame[BAR_COLUMNS].to_numpy(dtype=np.float64), BAR_COLUMNS,
-                       np.asarray(reasons, dtype=object), source)
+    series._quarantine(
+        store,
+        timeframe,
+        instrument,
+        np.asarray([t for t, _v, _r in rows], dtype=np.int64),
+        frame[BAR_COLUMNS].to_numpy(dtype=np.float64),
+        BAR_COLUMNS,
+        np.asarray(reasons, dtype=object),
+        source,
+    )
 
 
 def _store_quarantined_ts(written: Any, bars: pd.DataFrame, store: Path, instrument: str, timeframe: str) -> list[int]:
@@ -337,8 +372,17 @@ def _store_quarantined_ts(written: Any, bars: pd.DataFrame, store: Path, instrum
 
 
 def _collect_one(
-    source: BarSource, store: Path, instrument: str, timeframe: str, start_ms: int, end_ms: int,
-    with_funding: bool, progress: _Progress, flush_rows: int, flush_seconds: float, stop: threading.Event,
+    source: BarSource,
+    store: Path,
+    instrument: str,
+    timeframe: str,
+    start_ms: int,
+    end_ms: int,
+    with_funding: bool,
+    progress: _Progress,
+    flush_rows: int,
+    flush_seconds: float,
+    stop: threading.Event,
 ) -> InstrumentResult:
     from .. import store as raw_store
 
@@ -370,7 +414,9 @@ def _collect_one(
             result.conflicts += written.conflicts
             count_reasons(getattr(written, "quarantine_reasons", {}) or {})
             # rows the store quarantined (NaN, inf, inconsistent OHLC, impossible times): their slots stay open
-            pending_holes.update(t - t % tf.ms for t in _store_quarantined_ts(written, bars, store, instrument, tf.name))
+            pending_holes.update(
+                t - t % tf.ms for t in _store_quarantined_ts(written, bars, store, instrument, tf.name)
+            )
         if pending_rejected:
             with _writing(f"the quarantine of {instrument} {tf.name} in {str(store)!r}"):
                 _quarantine_rejected(store, instrument, tf.name, pending_rejected, source.name)
@@ -486,11 +532,15 @@ def collect(
     start_ms = parse_bound_ms(start, what="start")
     end_ms = parse_bound_ms(end, what="end")
     if start_ms < EARLIEST_MS:
-        raise ConfigError(f"start {_iso(start_ms)} is before {EARLIEST} (the first Bitcoin block)",
-                          hint=f"no exchange has bars before it: give a start on or after {EARLIEST}")
+        raise ConfigError(
+            f"start {_iso(start_ms)} is before {EARLIEST} (the first Bitcoin block)",
+            hint=f"no exchange has bars before it: give a start on or after {EARLIEST}",
+        )
     if start_ms >= end_ms:
-        raise ConfigError(f"start {_iso(start_ms)} is not before end {_iso(end_ms)}",
-                          hint="--start is inclusive and --end exclusive: give start < end")
+        raise ConfigError(
+            f"start {_iso(start_ms)} is not before end {_iso(end_ms)}",
+            hint="--start is inclusive and --end exclusive: give start < end",
+        )
     if int(workers) < 1:
         raise ConfigError(f"workers must be >= 1, got {workers!r}", hint="for example --workers 4")
     names = list(dict.fromkeys(i.strip() for i in instruments if i and i.strip()))
@@ -501,13 +551,36 @@ def collect(
 
     # One writer at a time: the store-wide lock is held for the whole collection (docs/store.md, Guarantees).
     with raw_store.store_lock(store, command="collect", timeout=lock_timeout):
-        return _collect_locked(source, store, names, tf, start_ms, end_ms, workers, progress, with_funding,
-                               with_meta, raise_on_incomplete, flush_rows, flush_seconds)
+        return _collect_locked(
+            source,
+            store,
+            names,
+            tf,
+            start_ms,
+            end_ms,
+            workers,
+            progress,
+            with_funding,
+            with_meta,
+            raise_on_incomplete,
+            flush_rows,
+            flush_seconds,
+        )
 
 
 def _collect_locked(
-    source: BarSource, store: Path, names: list[str], tf: Any, start_ms: int, end_ms: int, workers: int,
-    progress: bool, with_funding: bool, with_meta: bool, raise_on_incomplete: bool, flush_rows: int,
+    source: BarSource,
+    store: Path,
+    names: list[str],
+    tf: Any,
+    start_ms: int,
+    end_ms: int,
+    workers: int,
+    progress: bool,
+    with_funding: bool,
+    with_meta: bool,
+    raise_on_incomplete: bool,
+    flush_rows: int,
     flush_seconds: float,
 ) -> CollectReport:
     from .. import store as raw_store
@@ -527,11 +600,25 @@ def _collect_locked(
     bars = _Progress(show, total, min(int(workers), len(names)))
     results: dict[str, InstrumentResult] = {}
     stop = threading.Event()
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(int(workers), len(names)), thread_name_prefix="collect")
+    pool = concurrent.futures.ThreadPoolExecutor(
+        max_workers=min(int(workers), len(names)), thread_name_prefix="collect"
+    )
     try:
         futures = {
-            pool.submit(_collect_one, source, store, name, tf.name, start_ms, end_ms, with_funding, bars,
-                        flush_rows, flush_seconds, stop): name
+            pool.submit(
+                _collect_one,
+                source,
+                store,
+                name,
+                tf.name,
+                start_ms,
+                end_ms,
+                with_funding,
+                bars,
+                flush_rows,
+                flush_seconds,
+                stop,
+            ): name
             for name in names
         }
         for fut in concurrent.futures.as_completed(futures):

@@ -14,6 +14,7 @@ then :class:`~qlib_crypto.errors.PagingError`; a host that cannot be reached at 
 :class:`~qlib_crypto.errors.ExchangeUnreachable`. Credentials in the API URL are sent as HTTP basic auth and
 masked (``user:***@host``) in every message. See docs/collect.md.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -84,7 +85,7 @@ class RetryPolicy:
     cap_s: float = 8.0
 
     def delay(self, attempt: int, rng: random.Random) -> float:
-        full = min(self.cap_s, self.base_s * (2 ** attempt))
+        full = min(self.cap_s, self.base_s * (2**attempt))
         return full * (0.5 + 0.5 * rng.random())
 
 
@@ -98,8 +99,10 @@ def check_timeout(value: Any, *, what: str = "request timeout") -> float:
     except (TypeError, ValueError):
         seconds = float("nan")
     if not (math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT_S):
-        raise ConfigError(f"bad {what} {value!r} s",
-                          hint=f"give a finite number of seconds above 0 and at most {MAX_TIMEOUT_S:g}, e.g. 10")
+        raise ConfigError(
+            f"bad {what} {value!r} s",
+            hint=f"give a finite number of seconds above 0 and at most {MAX_TIMEOUT_S:g}, e.g. 10",
+        )
     return seconds
 
 
@@ -220,8 +223,11 @@ def _unreachable_reason(exc: BaseException) -> str:
     if isinstance(cause, aiohttp.ClientSSLError):
         return "TLS/SSL handshake failed"
     os_error = getattr(cause, "os_error", None) or (cause if isinstance(cause, OSError) else None)
-    if isinstance(os_error, socket.gaierror) or isinstance(cause, socket.gaierror) \
-            or type(cause).__name__ == "ClientConnectorDNSError":
+    if (
+        isinstance(os_error, socket.gaierror)
+        or isinstance(cause, socket.gaierror)
+        or type(cause).__name__ == "ClientConnectorDNSError"
+    ):
         return "unknown host name (DNS lookup failed)"
     errno = getattr(os_error, "errno", None)
     if isinstance(errno, int) and errno > 0:
@@ -278,8 +284,9 @@ class OkxSource(BarSource):
         if url is not None:
             url = url.strip().rstrip("/")
             if not url.startswith(("http://", "https://")):
-                raise ConfigError(f"bad OKX API URL {mask_url(url)!r}",
-                                  hint="give a full base URL such as http://127.0.0.1:8080")
+                raise ConfigError(
+                    f"bad OKX API URL {mask_url(url)!r}", hint="give a full base URL such as http://127.0.0.1:8080"
+                )
             url, user, password = split_credentials(url)
             if user is not None:  # sent as HTTP basic auth, never part of a URL ccxt could print
                 token = f"{user}:{password}" if password is not None else user
@@ -320,11 +327,13 @@ class OkxSource(BarSource):
     async def _make_exchange(self) -> Any:
         import ccxt.async_support as ccxt_async
 
-        exchange = ccxt_async.okx({
-            "enableRateLimit": False,  # our limiter models OKX's windows exactly
-            "timeout": int(self.timeout_s * 1000),
-            "options": {"fetchMarkets": {"types": ["spot", "swap"]}},
-        })
+        exchange = ccxt_async.okx(
+            {
+                "enableRateLimit": False,  # our limiter models OKX's windows exactly
+                "timeout": int(self.timeout_s * 1000),
+                "options": {"fetchMarkets": {"types": ["spot", "swap"]}},
+            }
+        )
         if self.api_url:
             exchange.urls["api"]["rest"] = self.api_url
         if self._auth_header:
@@ -382,8 +391,10 @@ class OkxSource(BarSource):
                     raise ccxt.ExchangeError(f"okx code {response.get('code')}: {response.get('msg')}")
                 return parse(response["data"]) if parse is not None else response["data"]
             except ccxt.BadSymbol as exc:
-                raise ConfigError(f"OKX does not know the instrument in {what}: {mask_secrets(exc)}",
-                                  hint="check the instId spelling, e.g. BTC-USDT or BTC-USDT-SWAP") from exc
+                raise ConfigError(
+                    f"OKX does not know the instrument in {what}: {mask_secrets(exc)}",
+                    hint="check the instId spelling, e.g. BTC-USDT or BTC-USDT-SWAP",
+                ) from exc
             except Exception as exc:  # noqa: BLE001 - classified below
                 unreachable = _is_unreachable(exc)
                 if not unreachable and not isinstance(exc, (ccxt.RequestTimeout, asyncio.TimeoutError)):
@@ -391,7 +402,8 @@ class OkxSource(BarSource):
                 if not _is_retryable(exc):
                     raise SourceError(
                         f"OKX {endpoint} request for {what} failed: {type(exc).__name__}: {mask_secrets(exc)}",
-                        hint="this error is not transient; check the parameters") from exc
+                        hint="this error is not transient; check the parameters",
+                    ) from exc
                 self.stats[f"retry_{type(exc).__name__}"] += 1
                 if unreachable and not self._reached:
                     # Never reached the host: no network, wrong host or port. Do not spend the whole retry
@@ -421,6 +433,7 @@ class OkxSource(BarSource):
     def server_time_ms(self) -> int:
         """OKX server time (asked once, then extrapolated with the local clock)."""
         if self._time_offset_ms is None:
+
             def parse(data: list) -> int:
                 try:
                     return int(data[0]["ts"])
@@ -517,7 +530,9 @@ class OkxSource(BarSource):
             return self.top_by_quote_volume(top, inst_type)
         if inst_type:
             return self.list_instruments(inst_type)
-        raise ConfigError("no instruments selected", hint="give --instruments BTC-USDT,ETH-USDT-SWAP, --type spot|swap, or --top N")
+        raise ConfigError(
+            "no instruments selected", hint="give --instruments BTC-USDT,ETH-USDT-SWAP, --type spot|swap, or --top N"
+        )
 
     def instrument_meta(self) -> pd.DataFrame | None:
         """Metadata of every loaded instrument (tick size, lot size, min size, contract value, listing...)."""
@@ -528,12 +543,23 @@ class OkxSource(BarSource):
                 uly = r.get("uly") or r.get("instFamily") or ""
                 if (not base or not quote) and "-" in uly:
                     base, quote = uly.split("-")[:2]
-                rows.append({
-                    "instId": inst_id, "instType": r.get("instType", inst_type), "baseCcy": base, "quoteCcy": quote,
-                    "settleCcy": r.get("settleCcy") or "", "ctVal": r.get("ctVal"), "ctMult": r.get("ctMult"),
-                    "tickSz": r.get("tickSz"), "lotSz": r.get("lotSz"), "minSz": r.get("minSz"),
-                    "maxMktSz": r.get("maxMktSz"), "listTime": r.get("listTime"), "state": r.get("state") or "",
-                })
+                rows.append(
+                    {
+                        "instId": inst_id,
+                        "instType": r.get("instType", inst_type),
+                        "baseCcy": base,
+                        "quoteCcy": quote,
+                        "settleCcy": r.get("settleCcy") or "",
+                        "ctVal": r.get("ctVal"),
+                        "ctMult": r.get("ctMult"),
+                        "tickSz": r.get("tickSz"),
+                        "lotSz": r.get("lotSz"),
+                        "minSz": r.get("minSz"),
+                        "maxMktSz": r.get("maxMktSz"),
+                        "listTime": r.get("listTime"),
+                        "state": r.get("state") or "",
+                    }
+                )
         return pd.DataFrame(rows) if rows else None
 
     def list_time_ms(self, inst_id: str) -> int | None:
@@ -544,8 +570,9 @@ class OkxSource(BarSource):
             return None
 
     # -- bars -----------------------------------------------------------------------------------------
-    def _parse_candles(self, rows: list, is_swap: bool, lo: int, hi: int, step: int,
-                       forming_from: int | None = None) -> "_CandlePage":
+    def _parse_candles(
+        self, rows: list, is_swap: bool, lo: int, hi: int, step: int, forming_from: int | None = None
+    ) -> "_CandlePage":
         """Classify the rows of one answer for the window [lo, hi).
 
         Rows outside the window are counted, not kept. The bar still forming (``confirm != "1"`` and open
@@ -567,8 +594,7 @@ class OkxSource(BarSource):
             page.inside += 1
             vol_field = row[6] if is_swap else row[5]  # base currency for both
             key = (str(row[1]), str(row[2]), str(row[3]), str(row[4]), str(vol_field), str(row[7]))
-            values = [_float(row[1]), _float(row[2]), _float(row[3]), _float(row[4]), _float(vol_field),
-                      _float(row[7])]
+            values = [_float(row[1]), _float(row[2]), _float(row[3]), _float(row[4]), _float(vol_field), _float(row[7])]
             if (ts - lo) % step:
                 reason = REASON_MISALIGNED
             elif str(row[8]) != "1":
@@ -589,19 +615,30 @@ class OkxSource(BarSource):
             if not stalled(page):
                 return page
             self.stats["paging_stalls"] += 1
-            log.debug("OKX %s %s: the answer holds no row inside the asked interval (attempt %d)", endpoint, what,
-                      attempt + 1)
+            log.debug(
+                "OKX %s %s: the answer holds no row inside the asked interval (attempt %d)", endpoint, what, attempt + 1
+            )
             if attempt + 1 < PAGING_ATTEMPTS:
                 await asyncio.sleep(self.retry.delay(attempt, self._rng))
         raise PagingError(
             f"OKX {endpoint} for {what}: the page does not advance the paging cursor ({PAGING_ATTEMPTS} answers in "
             f"a row hold no row inside the asked interval before={params.get('before')} after={params.get('after')})",
             hint="the server ignores the paging parameters: use the real OKX API or a proxy that passes query "
-                 "parameters through (--api-url), then re-run the same command to resume",
+            "parameters through (--api-url), then re-run the same command to resume",
         )
 
-    async def _fetch_window(self, inst_id: str, is_swap: bool, bar: str, step: int, lo: int, hi: int,
-                            expected: int, endpoint: str, forming_from: int | None = None) -> "_Window":
+    async def _fetch_window(
+        self,
+        inst_id: str,
+        is_swap: bool,
+        bar: str,
+        step: int,
+        lo: int,
+        hi: int,
+        expected: int,
+        endpoint: str,
+        forming_from: int | None = None,
+    ) -> "_Window":
         """All confirmed bars of [lo, hi) (at most 300 slots); short answers are verified by re-asking.
 
         Rows the exchange answered badly (see :meth:`_parse_candles`, and every version of a timestamp
@@ -672,8 +709,9 @@ class OkxSource(BarSource):
         def submit(wlo: int, whi: int) -> concurrent.futures.Future:
             expected = max(0, (min(whi, edge) - wlo + step - 1) // step)
             endpoint = "candles" if (self.use_candles_endpoint and wlo >= candles_from) else "history-candles"
-            return loop.submit(self._fetch_window(instrument, is_swap, tf.okx_bar, step, wlo, whi, expected, endpoint,
-                                                  forming_from))
+            return loop.submit(
+                self._fetch_window(instrument, is_swap, tf.okx_bar, step, wlo, whi, expected, endpoint, forming_from)
+            )
 
         pending: collections.deque = collections.deque()
         queue = collections.deque(windows)
@@ -700,7 +738,12 @@ class OkxSource(BarSource):
         out: dict[int, tuple[float, float]] = {}
         after = end_ms
         while after > start_ms:
-            params = {"instId": inst_id, "before": str(start_ms - 1), "after": str(after), "limit": str(FUNDING_PAGE_LIMIT)}
+            params = {
+                "instId": inst_id,
+                "before": str(start_ms - 1),
+                "after": str(after),
+                "limit": str(FUNDING_PAGE_LIMIT),
+            }
             what = f"{inst_id} funding {_iso(start_ms)}..{_iso(after)}"
 
             def stalled(rows: list, cursor: int = after) -> bool:  # rows, but none older than the cursor
@@ -725,11 +768,13 @@ class OkxSource(BarSource):
             return None
         got = self._ensure_loop().run(self._funding(instrument, int(start_ms), int(end_ms)))
         times = sorted(got)
-        return pd.DataFrame({
-            "funding_time": pd.to_datetime(times, unit="ms", utc=True),
-            "funding_rate": [got[t][0] for t in times],
-            "realized_rate": [got[t][1] for t in times],
-        })
+        return pd.DataFrame(
+            {
+                "funding_time": pd.to_datetime(times, unit="ms", utc=True),
+                "funding_rate": [got[t][0] for t in times],
+                "realized_rate": [got[t][1] for t in times],
+            }
+        )
 
 
 def _iso(ms: int) -> str:
@@ -801,8 +846,12 @@ class _WindowRows:
         return _Window(bars, tuple((ts, tuple(values), reason) for ts, reason, _k, values in rejected), tuple(holes))
 
 
-def _chunk(got: dict[int, list[float]], covered: tuple[int, int],
-           rejected: tuple[tuple[int, tuple[float, ...], str], ...] = (), holes: tuple[int, ...] = ()) -> pd.DataFrame:
+def _chunk(
+    got: dict[int, list[float]],
+    covered: tuple[int, int],
+    rejected: tuple[tuple[int, tuple[float, ...], str], ...] = (),
+    holes: tuple[int, ...] = (),
+) -> pd.DataFrame:
     times = sorted(got)
     frame = pd.DataFrame([got[t] for t in times], columns=BAR_COLUMNS, dtype="float64")
     frame.insert(0, "datetime", pd.to_datetime(times, unit="ms", utc=True))

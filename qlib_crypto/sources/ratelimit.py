@@ -14,6 +14,7 @@ One limiter instance is shared by every concurrent request of one endpoint budge
 (:meth:`acquire` / :meth:`release`, or ``with limiter:``) and from asyncio tasks (``async with
 limiter.slot():``) alike.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -45,7 +46,9 @@ class SlidingWindowLimiter:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if int(max_requests) < 1:
-            raise ConfigError(f"rate limit max_requests must be >= 1, got {max_requests!r}", hint="pass a positive count")
+            raise ConfigError(
+                f"rate limit max_requests must be >= 1, got {max_requests!r}", hint="pass a positive count"
+            )
         if float(window_s) <= 0:
             raise ConfigError(f"rate limit window must be > 0 seconds, got {window_s!r}", hint="pass a positive window")
         if float(margin_s) < 0:

@@ -20,6 +20,7 @@ stream)``. Bars are generated in fixed blocks of :data:`BLOCK_BARS` bars counted
 pinned to a coarse random walk at its boundaries, so a bar never depends on how a range is chunked, nor on
 which other instruments are requested.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -54,18 +55,89 @@ _COARSE_BLOCKS = 4096  # coarse random-walk steps drawn per stream (far more tha
 #: Base currencies in the order used for ``instruments=N`` (roughly by market size); beyond this list
 #: names are ``SYN<k>``.
 BASES: tuple[str, ...] = (
-    "BTC", "ETH", "SOL", "XRP", "DOGE", "ADA", "AVAX", "LINK", "DOT", "TRX",
-    "LTC", "BCH", "UNI", "ATOM", "ETC", "FIL", "NEAR", "APT", "ARB", "OP",
-    "AAVE", "MKR", "SUI", "INJ", "TIA", "SEI", "PEPE", "SHIB", "WLD", "ORDI",
-    "STX", "IMX", "GRT", "SAND", "MANA", "AXS", "CRV", "LDO", "DYDX", "COMP",
-    "SNX", "1INCH", "YFI", "SUSHI", "BAT", "ENS", "GMT", "APE", "ALGO", "XLM",
-    "EOS", "XTZ", "KSM", "ICP", "HBAR", "VET", "THETA", "EGLD", "FLOW", "ZIL",
+    "BTC",
+    "ETH",
+    "SOL",
+    "XRP",
+    "DOGE",
+    "ADA",
+    "AVAX",
+    "LINK",
+    "DOT",
+    "TRX",
+    "LTC",
+    "BCH",
+    "UNI",
+    "ATOM",
+    "ETC",
+    "FIL",
+    "NEAR",
+    "APT",
+    "ARB",
+    "OP",
+    "AAVE",
+    "MKR",
+    "SUI",
+    "INJ",
+    "TIA",
+    "SEI",
+    "PEPE",
+    "SHIB",
+    "WLD",
+    "ORDI",
+    "STX",
+    "IMX",
+    "GRT",
+    "SAND",
+    "MANA",
+    "AXS",
+    "CRV",
+    "LDO",
+    "DYDX",
+    "COMP",
+    "SNX",
+    "1INCH",
+    "YFI",
+    "SUSHI",
+    "BAT",
+    "ENS",
+    "GMT",
+    "APE",
+    "ALGO",
+    "XLM",
+    "EOS",
+    "XTZ",
+    "KSM",
+    "ICP",
+    "HBAR",
+    "VET",
+    "THETA",
+    "EGLD",
+    "FLOW",
+    "ZIL",
 )
 # Rough prices on 2020-01-01 (USDT) for a realistic start; other bases get a seeded log-uniform price.
 _START_PRICE = {
-    "BTC": 7200.0, "ETH": 130.0, "SOL": 0.95, "XRP": 0.19, "DOGE": 0.002, "ADA": 0.033, "AVAX": 4.5,
-    "LINK": 1.8, "DOT": 2.9, "TRX": 0.013, "LTC": 41.0, "BCH": 205.0, "UNI": 3.2, "ATOM": 4.0, "ETC": 4.4,
-    "FIL": 4.0, "NEAR": 0.8, "APT": 8.0, "ARB": 1.2, "OP": 1.4,
+    "BTC": 7200.0,
+    "ETH": 130.0,
+    "SOL": 0.95,
+    "XRP": 0.19,
+    "DOGE": 0.002,
+    "ADA": 0.033,
+    "AVAX": 4.5,
+    "LINK": 1.8,
+    "DOT": 2.9,
+    "TRX": 0.013,
+    "LTC": 41.0,
+    "BCH": 205.0,
+    "UNI": 3.2,
+    "ATOM": 4.0,
+    "ETC": 4.4,
+    "FIL": 4.0,
+    "NEAR": 0.8,
+    "APT": 8.0,
+    "ARB": 1.2,
+    "OP": 1.4,
 }
 _INSTID_RE = re.compile(r"^([A-Z0-9]{1,20})-([A-Z]{2,10})(-SWAP)?$")
 
@@ -287,9 +359,7 @@ class SyntheticSource(BarSource):
             idx = np.arange(lo, hi)[keep] + block * BLOCK_BARS
             if len(idx) == 0:
                 continue
-            frame = pd.DataFrame(
-                {"datetime": pd.to_datetime(ORIGIN_MS + idx * tf.ms, unit="ms", utc=True)}
-            )
+            frame = pd.DataFrame({"datetime": pd.to_datetime(ORIGIN_MS + idx * tf.ms, unit="ms", utc=True)})
             for col in BAR_COLUMNS:
                 frame[col] = bars[col][lo:hi][keep]
             yield frame
@@ -311,10 +381,14 @@ class SyntheticSource(BarSource):
         if not spec.is_swap:
             return None
         now_ms = int(time.time() * 1000)
-        lo = max(-(-(start_ms - ORIGIN_MS) // FUNDING_INTERVAL_MS), -(-(spec.list_ms - ORIGIN_MS) // FUNDING_INTERVAL_MS), 0)
+        lo = max(
+            -(-(start_ms - ORIGIN_MS) // FUNDING_INTERVAL_MS), -(-(spec.list_ms - ORIGIN_MS) // FUNDING_INTERVAL_MS), 0
+        )
         hi = min(-(-(end_ms - ORIGIN_MS) // FUNDING_INTERVAL_MS), (now_ms - ORIGIN_MS) // FUNDING_INTERVAL_MS + 1)
         if hi <= lo:
-            return pd.DataFrame({"funding_time": pd.to_datetime([], utc=True), "funding_rate": np.array([], dtype="float64")})
+            return pd.DataFrame(
+                {"funding_time": pd.to_datetime([], utc=True), "funding_rate": np.array([], dtype="float64")}
+            )
         rates = self._funding_series(spec, hi)
         idx = np.arange(lo, hi)
         return pd.DataFrame(
@@ -334,18 +408,44 @@ class SyntheticSource(BarSource):
             if spec.is_swap:
                 ct_val = 10.0 ** round(math.log10(100.0 / p0))
                 rows.append(
-                    dict(instId=inst, instType="SWAP", baseCcy="", quoteCcy="", settleCcy=spec.quote,
-                         ctVal=ct_val, ctMult=1.0, tickSz=tick, lotSz=0.01, minSz=0.01, maxMktSz=10000.0,
-                         listTime=spec.list_ms, state="live", uly=f"{spec.base.base}-{spec.quote}",
-                         ctValCcy=spec.base.base)
+                    dict(
+                        instId=inst,
+                        instType="SWAP",
+                        baseCcy="",
+                        quoteCcy="",
+                        settleCcy=spec.quote,
+                        ctVal=ct_val,
+                        ctMult=1.0,
+                        tickSz=tick,
+                        lotSz=0.01,
+                        minSz=0.01,
+                        maxMktSz=10000.0,
+                        listTime=spec.list_ms,
+                        state="live",
+                        uly=f"{spec.base.base}-{spec.quote}",
+                        ctValCcy=spec.base.base,
+                    )
                 )
             else:
                 min_sz = 10.0 ** round(math.log10(10.0 / p0))
                 rows.append(
-                    dict(instId=inst, instType="SPOT", baseCcy=spec.base.base, quoteCcy=spec.quote,
-                         settleCcy="", ctVal=float("nan"), ctMult=float("nan"), tickSz=tick,
-                         lotSz=min_sz / 1000.0, minSz=min_sz, maxMktSz=1_000_000.0 / p0,
-                         listTime=spec.list_ms, state="live", uly="", ctValCcy="")
+                    dict(
+                        instId=inst,
+                        instType="SPOT",
+                        baseCcy=spec.base.base,
+                        quoteCcy=spec.quote,
+                        settleCcy="",
+                        ctVal=float("nan"),
+                        ctMult=float("nan"),
+                        tickSz=tick,
+                        lotSz=min_sz / 1000.0,
+                        minSz=min_sz,
+                        maxMktSz=1_000_000.0 / p0,
+                        listTime=spec.list_ms,
+                        state="live",
+                        uly="",
+                        ctValCcy="",
+                    )
                 )
         meta = pd.DataFrame(rows)
         meta["listTime"] = pd.to_datetime(meta["listTime"], unit="ms", utc=True)
@@ -422,7 +522,12 @@ class SyntheticSource(BarSource):
         def make() -> dict[str, np.ndarray]:
             p = self.params
             n = BLOCK_BARS
-            z = np.concatenate([_std_t(_rng(self.seed, tf.name, "market", b + 1, "z"), p.market_tail_df, n) for b in (block - 1, block)])
+            z = np.concatenate(
+                [
+                    _std_t(_rng(self.seed, tf.name, "market", b + 1, "z"), p.market_tail_df, n)
+                    for b in (block - 1, block)
+                ]
+            )
             rng_h = _rng(self.seed, tf.name, "market", block + 1, "h")
             rng_h_prev = _rng(self.seed, tf.name, "market", block, "h")
             # draw the vol noise per block so each block's draws are its own
@@ -444,13 +549,14 @@ class SyntheticSource(BarSource):
                 i0 = int(math.ceil((s0 - t_ms[0]) / tf.ms))
                 i1 = int(math.floor((s0 + ln - t_ms[0]) / tf.ms))  # bars i with open >= s0 and close <= s0+ln
                 if i1 > i0:
-                    outage[max(i0, 0):min(i1, n)] = True
+                    outage[max(i0, 0) : min(i1, n)] = True
             return {"m": sigma * z, "h": h, "sigma": sigma, "g": np.abs(z) - e_abs, "outage": outage}
 
         return self._market_cache.get_or((tf.name, block), make)
 
-    def _logvol_two(self, tf: Timeframe, rng_prev: np.random.Generator, rng_cur: np.random.Generator,
-                    shocks: np.ndarray, df: float) -> np.ndarray:
+    def _logvol_two(
+        self, tf: Timeframe, rng_prev: np.random.Generator, rng_cur: np.random.Generator, shocks: np.ndarray, df: float
+    ) -> np.ndarray:
         """Log-volatility over two concatenated blocks, noise drawn per block from its own generator."""
         p = self.params
         n = BLOCK_BARS
@@ -461,7 +567,9 @@ class SyntheticSource(BarSource):
         a = p.vol_feedback
         h = np.zeros(2 * n)
         noise = np.concatenate([rng_prev.standard_normal((2, n)), rng_cur.standard_normal((2, n))], axis=1)
-        for j, (halflife_h, std) in enumerate(((p.vol_slow_halflife_h, p.vol_slow_std), (p.vol_fast_halflife_h, p.vol_fast_std))):
+        for j, (halflife_h, std) in enumerate(
+            ((p.vol_slow_halflife_h, p.vol_slow_std), (p.vol_fast_halflife_h, p.vol_fast_std))
+        ):
             innov = a * g_lag + math.sqrt(1.0 - a * a) * noise[j]
             h += _ar1(innov, _phi(halflife_h * HOUR_MS, tf.ms), std)
         return h
@@ -492,13 +600,16 @@ class SyntheticSource(BarSource):
             var_bar = (bspec.beta * mkt["sigma"]) ** 2 + sigma**2
             mkt_vol_bar = p.market_vol / math.sqrt(YEAR_MS / tf.ms)
             idio_vol_bar = bspec.idio_vol / math.sqrt(YEAR_MS / tf.ms)
-            coarse = bspec.beta * self._coarse_walk(tf, "market", mkt_vol_bar) + self._coarse_walk(tf, bspec.base, idio_vol_bar)
+            coarse = bspec.beta * self._coarse_walk(tf, "market", mkt_vol_bar) + self._coarse_walk(
+                tf, bspec.base, idio_vol_bar
+            )
             r = r + var_bar / var_bar.sum() * ((coarse[block + 1] - coarse[block]) - r.sum())
             log_close = math.log(bspec.start_price) + coarse[block] + np.cumsum(r)
             e_abs = _mean_abs_std_t(p.tail_df)
             log_activity = (
                 s_volume
-                + p.volume_vol_elasticity * (np.log(np.sqrt(var_bar)) - math.log(math.hypot(bspec.beta * mkt_vol_bar, idio_vol_bar)))
+                + p.volume_vol_elasticity
+                * (np.log(np.sqrt(var_bar)) - math.log(math.hypot(bspec.beta * mkt_vol_bar, idio_vol_bar)))
                 + p.volume_shock_loading * (0.5 * (np.abs(e) - e_abs) + 0.5 * mkt["g"])
                 + p.volume_noise_std * u
             )
@@ -536,7 +647,10 @@ class SyntheticSource(BarSource):
             low = np.minimum(open_, close) * np.exp(-ext[1])
             t_ms = ORIGIN_MS + (block * n + np.arange(n)) * tf.ms
             quote = (
-                spec.base.quote_volume_per_day * spec.volume_mult * tf.ms / DAY_MS
+                spec.base.quote_volume_per_day
+                * spec.volume_mult
+                * tf.ms
+                / DAY_MS
                 * np.exp(base["log_activity"] + 0.15 * rng.standard_normal(n) - 0.5 * 0.15**2)
             )
             typical = (high + low + close) / 3.0
@@ -546,8 +660,15 @@ class SyntheticSource(BarSource):
             if tf.ms <= HOUR_MS and p.missing_rate > 0:
                 present &= rng.random(n) >= p.missing_rate
             present &= t_ms >= spec.list_ms  # bars only from the listing
-            return {"open": open_, "high": high, "low": low, "close": close, "volume": volume,
-                    "amount": amount, "present": present}
+            return {
+                "open": open_,
+                "high": high,
+                "low": low,
+                "close": close,
+                "volume": volume,
+                "amount": amount,
+                "present": present,
+            }
 
         return self._bar_cache.get_or((tf.name, spec.inst_id, block), make)
 

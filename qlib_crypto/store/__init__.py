@@ -2,6 +2,7 @@
 
 See docs/store.md for the layout and docs/internals.md for the contract.
 """
+
 from .layout import SCHEMA_VERSION, bars_dir, funding_dir
 from .lock import store_lock
 from .meta import META_COLUMNS, read_instrument_meta, write_instrument_meta
@@ -22,9 +23,25 @@ from .tables import WriteResult
 from .validate import ValidationReport, validate_store
 
 __all__ = [
-    "SCHEMA_VERSION", "META_COLUMNS", "WriteResult", "ValidationReport",
-    "bars_dir", "funding_dir", "read_bars", "write_bars", "read_funding", "write_funding",
-    "read_instrument_meta", "write_instrument_meta", "list_instruments", "list_timeframes",
-    "list_funding_instruments", "get_coverage", "add_coverage", "missing_ranges", "validate_store",
-    "store_lock", "quarantine_bars",
+    "SCHEMA_VERSION",
+    "META_COLUMNS",
+    "WriteResult",
+    "ValidationReport",
+    "bars_dir",
+    "funding_dir",
+    "read_bars",
+    "write_bars",
+    "read_funding",
+    "write_funding",
+    "read_instrument_meta",
+    "write_instrument_meta",
+    "list_instruments",
+    "list_timeframes",
+    "list_funding_instruments",
+    "get_coverage",
+    "add_coverage",
+    "missing_ranges",
+    "validate_store",
+    "store_lock",
+    "quarantine_bars",
 ]

@@ -1,4 +1,5 @@
 """Paths of the raw store and the partitioning rule (see docs/store.md)."""
+
 from __future__ import annotations
 
 import difflib

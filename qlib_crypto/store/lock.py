@@ -12,6 +12,7 @@ with :class:`~qlib_crypto.errors.StoreLocked` (exit code 5) and writes nothing. 
 The lock is re-entrant within one process (threads of one collector share it), so library functions can
 take it unconditionally: inside a command that already holds it, taking it again costs a dict look-up.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -119,8 +120,7 @@ def store_lock(
                     hint="the store must be on a writable local or network filesystem that supports locks",
                 ) from exc
             entry[0] = lock
-            info = {"pid": os.getpid(), "command": command,
-                    "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            info = {"pid": os.getpid(), "command": command, "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             with contextlib.suppress(OSError):
                 tmp = store / f".{LOCK_INFO_FILE}.{os.getpid()}.tmp"
                 tmp.write_text(json.dumps(info))

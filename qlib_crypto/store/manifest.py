@@ -1,4 +1,5 @@
 """Per-file YAML manifests: what a data file holds and the sha256 of its bytes."""
+
 from __future__ import annotations
 
 import datetime as dt

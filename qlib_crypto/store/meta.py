@@ -1,4 +1,5 @@
 """Instrument metadata snapshots (tick size, lot size, minimum size...), dated by the day they were read."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -30,8 +31,19 @@ from .tables import EMBEDDED_KEY, read_embedded
 
 log = logging.getLogger(__name__)
 META_COLUMNS = [
-    "instId", "instType", "baseCcy", "quoteCcy", "settleCcy", "ctVal", "ctMult",
-    "tickSz", "lotSz", "minSz", "maxMktSz", "listTime", "state",
+    "instId",
+    "instType",
+    "baseCcy",
+    "quoteCcy",
+    "settleCcy",
+    "ctVal",
+    "ctMult",
+    "tickSz",
+    "lotSz",
+    "minSz",
+    "maxMktSz",
+    "listTime",
+    "state",
 ]
 NUMERIC_COLUMNS = ["ctVal", "ctMult", "tickSz", "lotSz", "minSz", "maxMktSz"]
 STRING_COLUMNS = ["instId", "instType", "baseCcy", "quoteCcy", "settleCcy", "state"]
@@ -109,21 +121,32 @@ def write_instrument_meta(
             try:
                 old = pd.read_parquet(path)
             except Exception as exc:  # noqa: BLE001 - any parquet failure means a corrupt snapshot
-                raise StoreError(f"cannot read metadata snapshot {str(path)!r} ({type(exc).__name__})",
-                                 hint="delete it and its manifest, then collect again") from exc
+                raise StoreError(
+                    f"cannot read metadata snapshot {str(path)!r} ({type(exc).__name__})",
+                    hint="delete it and its manifest, then collect again",
+                ) from exc
             try:
                 manifest, _ = trusted_meta_manifest(path, old)
             except OSError as exc:
-                raise StoreError(f"cannot write the manifest of {str(path)!r} ({exc.strerror or exc})",
-                                 hint="check free disk space and permissions") from exc
+                raise StoreError(
+                    f"cannot write the manifest of {str(path)!r} ({exc.strerror or exc})",
+                    hint="check free disk space and permissions",
+                ) from exc
             sources = merge_sources((manifest or {}).get("source"), source)
             frame = _normalise(pd.concat([old.drop(columns=["read_at"], errors="ignore"), frame], ignore_index=True))
         frame["read_at"] = day.isoformat()
         if old is not None and list(old.columns) == list(frame.columns) and old.equals(frame):
             return path  # nothing new (its sidecar was checked, and healed if needed, above)
         embedded = embedded_manifest(
-            path.name, kind="instruments", instrument=None, timeframe=None, start_ms=None, end_ms=None,
-            row_count=len(frame), source=sources, content_sha256=frame_content_sha256(frame),
+            path.name,
+            kind="instruments",
+            instrument=None,
+            timeframe=None,
+            start_ms=None,
+            end_ms=None,
+            row_count=len(frame),
+            source=sources,
+            content_sha256=frame_content_sha256(frame),
             extra={"read_at": day.isoformat()},
         )
         try:

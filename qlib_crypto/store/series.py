@@ -1,4 +1,5 @@
 """Reading and writing bar and funding series, quarantine, and collector coverage."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -42,10 +43,10 @@ from .tables import (
     TIME_COLUMN,
     WriteResult,
     content_sha256,
-    read_embedded,
     dedupe_incoming,
     frame_to_arrays,
     merge_rows,
+    read_embedded,
     read_table,
     write_table,
 )
@@ -83,12 +84,16 @@ def _bad_bar_rows(ts: np.ndarray, values: np.ndarray, tf: Timeframe) -> tuple[np
     o, h, l, c, v, a = (values[:, i] for i in range(6))
     reasons = np.full(len(ts), "", dtype=object)
     with np.errstate(invalid="ignore"):
-        checks = _bad_value_checks(values) + time_bounds_reasons(ts, tf.ms) + [
-            (ts % tf.ms != 0, "misaligned_timestamp"),
-            ((o <= 0) | (h <= 0) | (l <= 0) | (c <= 0), "non_positive_price"),
-            ((v < 0) | (a < 0), "negative_volume"),
-            ((l > np.minimum(o, c)) | (h < np.maximum(o, c)) | (l > h), "ohlc_inconsistent"),
-        ]
+        checks = (
+            _bad_value_checks(values)
+            + time_bounds_reasons(ts, tf.ms)
+            + [
+                (ts % tf.ms != 0, "misaligned_timestamp"),
+                ((o <= 0) | (h <= 0) | (l <= 0) | (c <= 0), "non_positive_price"),
+                ((v < 0) | (a < 0), "negative_volume"),
+                ((l > np.minimum(o, c)) | (h < np.maximum(o, c)) | (l > h), "ohlc_inconsistent"),
+            ]
+        )
     for mask, reason in checks:
         reasons[(reasons == "") & mask] = reason
     return reasons, reasons != ""
@@ -111,8 +116,14 @@ def _bad_funding_rows(ts: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, n
 
 
 def _quarantine(
-    store: Path, kind: str, instrument: str, ts: np.ndarray, values: np.ndarray, columns: Sequence[str],
-    reasons: np.ndarray, source: str,
+    store: Path,
+    kind: str,
+    instrument: str,
+    ts: np.ndarray,
+    values: np.ndarray,
+    columns: Sequence[str],
+    reasons: np.ndarray,
+    source: str,
 ) -> str:
     """Write rejected rows with their reasons; the file is named by its content, so the same rejected rows
     give the same file (a re-run after a crash does not pile up copies)."""
@@ -135,8 +146,10 @@ def _quarantine(
         with atomic_path(path) as tmp:
             frame.to_parquet(tmp, index=False, compression="zstd")
     except OSError as exc:
-        raise StoreError(f"cannot write quarantine file {str(path)!r} ({exc.strerror or exc})",
-                         hint="check free disk space and permissions; nothing else was written") from exc
+        raise StoreError(
+            f"cannot write quarantine file {str(path)!r} ({exc.strerror or exc})",
+            hint="check free disk space and permissions; nothing else was written",
+        ) from exc
     return str(path)
 
 
@@ -160,8 +173,16 @@ def quarantine_bars(
             frame[col] = np.nan
     ts, values = frame_to_arrays(frame, BAR_COLUMNS, what=f"quarantined bars of {instrument}")
     with store_lock(store_dir, command="quarantine"):
-        return _quarantine(Path(store_dir), tf.name, instrument, ts, values, BAR_COLUMNS,
-                           np.asarray(list(reasons), dtype=object), source)
+        return _quarantine(
+            Path(store_dir),
+            tf.name,
+            instrument,
+            ts,
+            values,
+            BAR_COLUMNS,
+            np.asarray(list(reasons), dtype=object),
+            source,
+        )
 
 
 def _trusted_manifest(path: Path, ts: np.ndarray, values: np.ndarray) -> tuple[dict[str, Any], bool]:
@@ -227,7 +248,9 @@ def _write_partitioned(
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise StoreError(f"cannot create store directory {str(directory)!r} ({exc})", hint="check the path and permissions") from exc
+        raise StoreError(
+            f"cannot create store directory {str(directory)!r} ({exc})", hint="check the path and permissions"
+        ) from exc
     for path, old_ts, old_values, merged_ts, merged_values, result in plans:
         try:
             manifest: dict[str, Any] = {}
@@ -238,8 +261,13 @@ def _write_partitioned(
                     result.manifests_healed.append(str(path))
             if result.rows_added or result.rows_replaced or not path.exists():
                 embedded = embedded_manifest(
-                    path.name, kind=kind, instrument=instrument, timeframe=timeframe,
-                    start_ms=int(merged_ts[0]), end_ms=int(merged_ts[-1]), row_count=len(merged_ts),
+                    path.name,
+                    kind=kind,
+                    instrument=instrument,
+                    timeframe=timeframe,
+                    start_ms=int(merged_ts[0]),
+                    end_ms=int(merged_ts[-1]),
+                    row_count=len(merged_ts),
                     source=merge_sources(manifest.get("source"), source),
                     content_sha256=content_sha256(merged_ts, merged_values),
                 )
@@ -261,7 +289,9 @@ def _check_name_collision(parent: Path, instrument: str) -> None:
     if not parent.is_dir():
         return
     folded = instrument.casefold()
-    clash = sorted(p.name for p in parent.iterdir() if p.is_dir() and p.name != instrument and p.name.casefold() == folded)
+    clash = sorted(
+        p.name for p in parent.iterdir() if p.is_dir() and p.name != instrument and p.name.casefold() == folded
+    )
     if clash:
         raise StoreError(
             f"instrument {instrument!r} collides with the stored series {clash[0]!r} in {str(parent)!r} "
@@ -302,7 +332,9 @@ def write_bars(
         _check_name_collision(directory.parent, instrument)
         quarantine_file = None
         if bad.any():
-            quarantine_file = _quarantine(store, tf.name, instrument, ts[bad], values[bad], BAR_COLUMNS, reasons[bad], source)
+            quarantine_file = _quarantine(
+                store, tf.name, instrument, ts[bad], values[bad], BAR_COLUMNS, reasons[bad], source
+            )
             log.warning("%s %s: %d bad rows quarantined in %s", instrument, tf.name, int(bad.sum()), quarantine_file)
         result = _write_partitioned(
             directory,
@@ -398,6 +430,7 @@ def list_instruments(store_dir: str | Path, timeframe: str) -> list[str]:
 
 # --- collector coverage -------------------------------------------------------------------------------
 
+
 def _merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     merged: list[tuple[int, int]] = []
     for lo, hi in sorted((int(a), int(b)) for a, b in ranges if b > a):
@@ -418,8 +451,10 @@ def get_coverage(store_dir: str | Path, instrument: str, timeframe: str) -> list
 
 def read_coverage_file(path: Path) -> list[tuple[int, int]]:
     """Parse a ``_coverage.yaml``; ``StoreError`` naming the file when it is not what it should be."""
-    hint = (f"delete {str(path)!r} (the next collect then re-fetches and verifies that range) "
-            "or restore it; qlib-crypto validate lists every such file")
+    hint = (
+        f"delete {str(path)!r} (the next collect then re-fetches and verifies that range) "
+        "or restore it; qlib-crypto validate lists every such file"
+    )
     try:
         loaded = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
@@ -431,8 +466,12 @@ def read_coverage_file(path: Path) -> list[tuple[int, int]]:
         raise StoreError(f"coverage file {str(path)!r} is not a mapping with a 'ranges' list", hint=hint)
     out = []
     for item in ranges:
-        if (not isinstance(item, (list, tuple)) or len(item) != 2
-                or not all(isinstance(v, int) and not isinstance(v, bool) for v in item) or item[0] > item[1]):
+        if (
+            not isinstance(item, (list, tuple))
+            or len(item) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in item)
+            or item[0] > item[1]
+        ):
             raise StoreError(f"coverage file {str(path)!r} holds a bad range {item!r}", hint=hint)
         out.append((int(item[0]), int(item[1])))
     return _merge_ranges(out)
@@ -465,6 +504,7 @@ def missing_ranges(covered: list[tuple[int, int]], start_ms: int, end_ms: int) -
 
 # --- funding ------------------------------------------------------------------------------------------
 
+
 def write_funding(
     store_dir: str | Path, instrument: str, funding: pd.DataFrame, source: str, *, on_conflict: str = "overwrite"
 ) -> WriteResult:
@@ -489,8 +529,9 @@ def write_funding(
         directory = funding_dir(store_dir, instrument)
         _check_name_collision(directory.parent, instrument)
         if bad.any():
-            result_q = _quarantine(Path(store_dir), "funding", instrument, ts[bad], values[bad], FUNDING_COLUMNS,
-                                   reasons[bad], source)
+            result_q = _quarantine(
+                Path(store_dir), "funding", instrument, ts[bad], values[bad], FUNDING_COLUMNS, reasons[bad], source
+            )
         result = _write_funding_rows(directory, instrument, ts, values, bad, source, on_conflict)
     result.rows_in = len(frame)
     result.rows_repeated = len(frame) - len(ts)

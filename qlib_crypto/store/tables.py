@@ -1,4 +1,5 @@
 """Parquet I/O for time-indexed tables (bars, funding) and the merge rule shared by every writer."""
+
 from __future__ import annotations
 
 import hashlib
@@ -222,8 +223,11 @@ def merge_rows(
                         "datetime": iso_ms(int(new_ts[j])),
                         "stored": dict(zip(columns, map(float, old_values[k]))),
                         "incoming": dict(zip(columns, map(float, new_values[j]))),
-                        "fields": [c for c, a, b in zip(columns, old_values[k], new_values[j])
-                                   if not (a == b or (np.isnan(a) and np.isnan(b)))],
+                        "fields": [
+                            c
+                            for c, a, b in zip(columns, old_values[k], new_values[j])
+                            if not (a == b or (np.isnan(a) and np.isnan(b)))
+                        ],
                     }
                 )
             if on_conflict == "error":

@@ -1,4 +1,5 @@
 """Validation of a store: file hashes against manifests, readability, duplicates, gaps, OHLC sanity, NaN."""
+
 from __future__ import annotations
 
 import json
@@ -66,9 +67,11 @@ class ValidationReport:
             f"{self.quarantined_rows:,} rows in quarantine"
         ]
         if self.repaired:
-            lines.append(f"  repaired {len(self.repaired)}: " + "; ".join(
-                f"{r['kind']} {r['file']} ({r['action']})" for r in self.repaired[:5])
-                + (" ..." if len(self.repaired) > 5 else ""))
+            lines.append(
+                f"  repaired {len(self.repaired)}: "
+                + "; ".join(f"{r['kind']} {r['file']} ({r['action']})" for r in self.repaired[:5])
+                + (" ..." if len(self.repaired) > 5 else "")
+            )
         for problem in self.problems[:20]:
             lines.append(f"  problem [{problem['kind']}] {problem['file']}: {problem['message']}")
         if len(self.problems) > 20:
@@ -97,7 +100,9 @@ def _check_file(report: ValidationReport, path: Path, columns: list[str], repair
         ts, values = read_table(path, columns)
     except StoreError as exc:
         ts = values = None
-        report.add_problem("unreadable", path, exc.message, hint="delete the file and its manifest, then re-collect the period")
+        report.add_problem(
+            "unreadable", path, exc.message, hint="delete the file and its manifest, then re-collect the period"
+        )
     manifest = None
     manifest_problem = None
     try:
@@ -115,24 +120,37 @@ def _check_file(report: ValidationReport, path: Path, columns: list[str], repair
             )
     if ts is None:
         if manifest_problem is not None:
-            report.add_problem(manifest_problem[0], path, manifest_problem[1],
-                               hint="delete the file and its manifest, then re-collect the period")
+            report.add_problem(
+                manifest_problem[0],
+                path,
+                manifest_problem[1],
+                hint="delete the file and its manifest, then re-collect the period",
+            )
         return None
     if manifest_problem is not None:
         embedded = _embedded_ok(path, ts, values)
         if embedded is not None and repair:
             write_manifest(path, sidecar_from_embedded(path, embedded, collected_at=mtime_iso(path)))
-            report.repaired.append({"kind": manifest_problem[0], "file": str(path),
-                                    "action": "rebuilt the manifest from the file's embedded manifest"})
+            report.repaired.append(
+                {
+                    "kind": manifest_problem[0],
+                    "file": str(path),
+                    "action": "rebuilt the manifest from the file's embedded manifest",
+                }
+            )
         elif embedded is not None:
             report.add_problem(
-                manifest_problem[0], path, manifest_problem[1] + "; the file's rows match its embedded manifest",
+                manifest_problem[0],
+                path,
+                manifest_problem[1] + "; the file's rows match its embedded manifest",
                 hint="re-run the command that wrote it, or qlib-crypto validate --repair to rebuild the manifest",
                 repairable=True,
             )
         else:
             report.add_problem(
-                manifest_problem[0], path, manifest_problem[1],
+                manifest_problem[0],
+                path,
+                manifest_problem[1],
                 hint="the file changed after it was written: restore it, or delete it and its manifest and re-collect",
             )
         manifest = embedded
@@ -150,12 +168,16 @@ def _gaps(ts: np.ndarray, step_ms: int) -> list[tuple[int, int]]:
     return [(int(ts[i] + step_ms), int(ts[i + 1])) for i in jumps]
 
 
-def _bad_rows_problem(report: ValidationReport, path: Path, ts: np.ndarray, reasons: np.ndarray, bad: np.ndarray) -> None:
+def _bad_rows_problem(
+    report: ValidationReport, path: Path, ts: np.ndarray, reasons: np.ndarray, bad: np.ndarray
+) -> None:
     names, counts = np.unique(reasons[bad].astype(str), return_counts=True)
     first = int(np.flatnonzero(bad)[0])
     report.add_problem(
-        "bad_rows", path, f"{int(bad.sum())} bad rows ({dict(zip(names.tolist(), counts.tolist()))}), "
-        f"first at {iso_ms(int(ts[first]))}", hint="re-import or re-collect the period",
+        "bad_rows",
+        path,
+        f"{int(bad.sum())} bad rows ({dict(zip(names.tolist(), counts.tolist()))}), first at {iso_ms(int(ts[first]))}",
+        hint="re-import or re-collect the period",
     )
 
 
@@ -186,8 +208,13 @@ def _validate_bars(report: ValidationReport, directory: Path, timeframe: str, re
         except StoreError as exc:
             if repair:
                 coverage.unlink()
-                report.repaired.append({"kind": "coverage_invalid", "file": str(coverage),
-                                        "action": "deleted (the next collect re-fetches and verifies those ranges)"})
+                report.repaired.append(
+                    {
+                        "kind": "coverage_invalid",
+                        "file": str(coverage),
+                        "action": "deleted (the next collect re-fetches and verifies those ranges)",
+                    }
+                )
             else:
                 report.add_problem("coverage_invalid", coverage, exc.message, hint=exc.hint)
     if not all_ts:
@@ -217,17 +244,25 @@ def _extra_files(report: ValidationReport, directory: Path, repair: bool, allowe
                 extra.unlink()
                 report.repaired.append({"kind": "temp_file", "file": str(extra), "action": "deleted"})
             else:
-                report.warnings.append({"kind": "temp_file", "file": str(extra), "message": "left by an interrupted write; safe to delete"})
+                report.warnings.append(
+                    {"kind": "temp_file", "file": str(extra), "message": "left by an interrupted write; safe to delete"}
+                )
         elif extra.name.endswith(MANIFEST_SUFFIX):
             if not extra.with_name(extra.name[: -len(MANIFEST_SUFFIX)]).exists():
                 if repair:
                     extra.unlink()
                     report.repaired.append({"kind": "orphan_manifest", "file": str(extra), "action": "deleted"})
                 else:
-                    report.add_problem("orphan_manifest", extra, "manifest without its data file",
-                                       hint="re-collect the period, or qlib-crypto validate --repair to delete it")
+                    report.add_problem(
+                        "orphan_manifest",
+                        extra,
+                        "manifest without its data file",
+                        hint="re-collect the period, or qlib-crypto validate --repair to delete it",
+                    )
         elif extra.is_dir() or not (extra.name.endswith(".parquet") or extra.name in allowed):
-            report.warnings.append({"kind": "unknown_file", "file": str(extra), "message": "not part of the store layout"})
+            report.warnings.append(
+                {"kind": "unknown_file", "file": str(extra), "message": "not part of the store layout"}
+            )
 
 
 def _series_dirs(report: ValidationReport, parent: Path) -> list[Path]:
@@ -235,19 +270,27 @@ def _series_dirs(report: ValidationReport, parent: Path) -> list[Path]:
     out, seen = [], {}
     for entry in sorted(parent.iterdir()):
         if not entry.is_dir():
-            report.warnings.append({"kind": "unknown_file", "file": str(entry), "message": "not part of the store layout"})
+            report.warnings.append(
+                {"kind": "unknown_file", "file": str(entry), "message": "not part of the store layout"}
+            )
             continue
         try:
             check_instrument(entry.name)
         except ConfigError:
-            report.add_problem("unknown_directory", entry, f"{entry.name!r} is not an instrument directory",
-                               hint="move it out of the store")
+            report.add_problem(
+                "unknown_directory",
+                entry,
+                f"{entry.name!r} is not an instrument directory",
+                hint="move it out of the store",
+            )
             continue
         folded = entry.name.casefold()
         if folded in seen:
             report.add_problem(
-                "case_collision", entry, f"{entry.name!r} and {seen[folded]!r} differ only in case and would map to "
-                "one Qlib instrument", hint=f"merge them into one upper-case series and delete the other directory",
+                "case_collision",
+                entry,
+                f"{entry.name!r} and {seen[folded]!r} differ only in case and would map to one Qlib instrument",
+                hint="merge them into one upper-case series and delete the other directory",
             )
         seen.setdefault(folded, entry.name)
         out.append(entry)
@@ -267,7 +310,10 @@ def _known_instruments(store: Path) -> set[str]:
 
 
 def validate_store(
-    store_dir: str | Path, *, timeframe: str | None = None, instruments: Iterable[str] | None = None,
+    store_dir: str | Path,
+    *,
+    timeframe: str | None = None,
+    instruments: Iterable[str] | None = None,
     repair: bool = False,
 ) -> ValidationReport:
     """Re-hash every data file against its manifest and check the rows. See :class:`ValidationReport`.
@@ -289,24 +335,35 @@ def validate_store(
             raise ConfigError(
                 f"store {str(store)!r} holds no series for {', '.join(unknown)}",
                 hint=(f"did you mean {', '.join(close)}? " if close else "")
-                + f"{len(known)} instruments are stored" + (f", e.g. {', '.join(sorted(known)[:5])}" if known else ""),
+                + f"{len(known)} instruments are stored"
+                + (f", e.g. {', '.join(sorted(known)[:5])}" if known else ""),
             )
     tf_name = get_timeframe(timeframe).name if timeframe is not None else None
     bars_root = store / "bars"
     if bars_root.is_dir():
         for tf_dir in sorted(bars_root.iterdir()):
             if not tf_dir.is_dir():
-                report.warnings.append({"kind": "unknown_file", "file": str(tf_dir), "message": "not part of the store layout"})
+                report.warnings.append(
+                    {"kind": "unknown_file", "file": str(tf_dir), "message": "not part of the store layout"}
+                )
                 continue
             try:
                 name = get_timeframe(tf_dir.name).name
             except ConfigError:
-                report.add_problem("unknown_directory", tf_dir, f"{tf_dir.name!r} is not a timeframe directory",
-                                   hint="move it out of the store (timeframes are named 1m, 5m, 1h, 1d...)")
+                report.add_problem(
+                    "unknown_directory",
+                    tf_dir,
+                    f"{tf_dir.name!r} is not a timeframe directory",
+                    hint="move it out of the store (timeframes are named 1m, 5m, 1h, 1d...)",
+                )
                 continue
             if name != tf_dir.name:
-                report.add_problem("unknown_directory", tf_dir, f"{tf_dir.name!r} is not the store's spelling {name!r}",
-                                   hint=f"rename it to {name}")
+                report.add_problem(
+                    "unknown_directory",
+                    tf_dir,
+                    f"{tf_dir.name!r} is not the store's spelling {name!r}",
+                    hint=f"rename it to {name}",
+                )
                 continue
             if tf_name is not None and name != tf_name:
                 continue
@@ -378,13 +435,25 @@ def _check_meta(report: ValidationReport, path: Path, repair: bool) -> None:
 
     embedded = read_embedded(path)
     frame = pd.read_parquet(path)
-    provable = embedded is not None and embedded.get("content_sha256") == frame_content_sha256(frame) \
+    provable = (
+        embedded is not None
+        and embedded.get("content_sha256") == frame_content_sha256(frame)
         and embedded.get("row_count") == len(frame)
+    )
     if provable and repair:
         write_manifest(path, sidecar_from_embedded(path, embedded, collected_at=mtime_iso(path)))
-        report.repaired.append({"kind": problem[0], "file": str(path), "action": "rebuilt the manifest from the file's embedded manifest"})
+        report.repaired.append(
+            {"kind": problem[0], "file": str(path), "action": "rebuilt the manifest from the file's embedded manifest"}
+        )
     elif provable:
-        report.add_problem(problem[0], path, problem[1] + "; the file's rows match its embedded manifest",
-                           hint="re-run the collection or qlib-crypto validate --repair", repairable=True)
+        report.add_problem(
+            problem[0],
+            path,
+            problem[1] + "; the file's rows match its embedded manifest",
+            hint="re-run the collection or qlib-crypto validate --repair",
+            repairable=True,
+        )
     else:
-        report.add_problem(problem[0], path, problem[1], hint="delete the snapshot and its manifest, then collect again")
+        report.add_problem(
+            problem[0], path, problem[1], hint="delete the snapshot and its manifest, then collect again"
+        )

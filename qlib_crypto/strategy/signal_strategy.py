@@ -6,6 +6,7 @@ qlib_crypto.strategy``) and from ``qlib.backtest.backtest(...)``. Timing follows
 orders execute in bar ``T_i`` at the exchange's deal price, so a signal stamped at bar ``t`` executes at bar
 ``t + 1``. The order arithmetic lives in :mod:`qlib_crypto.strategy.targets`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,8 +42,16 @@ logger = logging.getLogger(__name__)
 class _CryptoStrategyBase(BaseStrategy):
     """Shared plumbing: previous-step interval, prices, amounts, equity, order building."""
 
-    def __init__(self, *, min_trade_value: float = 0.0, skip_unknown: bool = False, trade_exchange=None,
-                 level_infra=None, common_infra=None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        min_trade_value: float = 0.0,
+        skip_unknown: bool = False,
+        trade_exchange=None,
+        level_infra=None,
+        common_infra=None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(level_infra=level_infra, common_infra=common_infra, trade_exchange=trade_exchange, **kwargs)
         self.min_trade_value = float(min_trade_value)
         self.skip_unknown = bool(skip_unknown)
@@ -69,8 +78,13 @@ class _CryptoStrategyBase(BaseStrategy):
         except Exception as exc:  # noqa: BLE001 - no instrument list for this provider: nothing to check against
             logger.debug("no instrument list at %s (%s): instruments not checked", freq, exc)
             return
-        checked = check_known_instruments(frame, known, skip_unknown=self.skip_unknown,
-                                          where=f"the {type(self).__name__} input", provider=f"the {freq} provider")
+        checked = check_known_instruments(
+            frame,
+            known,
+            skip_unknown=self.skip_unknown,
+            where=f"the {type(self).__name__} input",
+            provider=f"the {freq} provider",
+        )
         if checked is not frame:
             self._set_input_frame(checked)
 
@@ -148,8 +162,15 @@ class SignalStrategy(_CryptoStrategyBase):
     ``ConfigError`` naming the row) and when a backtest starts (instruments the provider does not have).
     """
 
-    def __init__(self, *, signals: Any, instrument_meta: Mapping[str, Any] | None = None,
-                 min_trade_value: float = 0.0, max_position_size: float = MAX_POSITION_SIZE, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        signals: Any,
+        instrument_meta: Mapping[str, Any] | None = None,
+        min_trade_value: float = 0.0,
+        max_position_size: float = MAX_POSITION_SIZE,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(min_trade_value=min_trade_value, **kwargs)
         frame = signals_frame(signals, max_position_size=max_position_size)
         self._set_input_frame(frame)
@@ -166,8 +187,9 @@ class SignalStrategy(_CryptoStrategyBase):
         self._book = TimeBook(frame, ["signal", "position_size"])
 
     def reset(self, level_infra=None, common_infra=None, outer_trade_decision=None, **kwargs: Any) -> None:
-        super().reset(level_infra=level_infra, common_infra=common_infra,
-                      outer_trade_decision=outer_trade_decision, **kwargs)
+        super().reset(
+            level_infra=level_infra, common_infra=common_infra, outer_trade_decision=outer_trade_decision, **kwargs
+        )
         if level_infra is not None:  # a new backtest run: forget the targets of the previous one
             self.desired, self.traded = {}, {}
             self._check_instruments()
@@ -234,10 +256,19 @@ class LongShortStrategy(_CryptoStrategyBase):
         As for :class:`SignalStrategy`.
     """
 
-    def __init__(self, *, signal: Any, topk: int, rebalance_every: int = 1, gross_exposure: float = 1.0,
-                 swaps_only: bool | None = None, long_only: bool = False,
-                 instrument_meta: Mapping[str, Any] | None = None, min_trade_value: float = 0.0,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        signal: Any,
+        topk: int,
+        rebalance_every: int = 1,
+        gross_exposure: float = 1.0,
+        swaps_only: bool | None = None,
+        long_only: bool = False,
+        instrument_meta: Mapping[str, Any] | None = None,
+        min_trade_value: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(min_trade_value=min_trade_value, **kwargs)
         if int(topk) < 1:
             raise ConfigError(f"topk={topk} is below 1", hint="give the number of instruments per side, e.g. 3")
@@ -268,8 +299,9 @@ class LongShortStrategy(_CryptoStrategyBase):
         self._book = TimeBook(frame, ["score"])
 
     def reset(self, level_infra=None, common_infra=None, outer_trade_decision=None, **kwargs: Any) -> None:
-        super().reset(level_infra=level_infra, common_infra=common_infra,
-                      outer_trade_decision=outer_trade_decision, **kwargs)
+        super().reset(
+            level_infra=level_infra, common_infra=common_infra, outer_trade_decision=outer_trade_decision, **kwargs
+        )
         if level_infra is not None:  # a new backtest run
             self.last_rebalance = None
             self._check_instruments()

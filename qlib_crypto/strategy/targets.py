@@ -4,6 +4,7 @@ A *target* is a signed fraction of equity: ``+0.1`` = a long worth 10% of equity
 same size, ``0`` = flat. Strategies keep targets per instrument and turn a changed target into one order
 whose signed amount is ``target x equity / price - current amount``.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,9 +20,20 @@ BUY, SELL, HOLD = "BUY", "SELL", "HOLD"
 #: the largest ``|position_size|`` a BUY/SELL signal may carry by default (a fraction of equity; 1 = all of it)
 MAX_POSITION_SIZE = 1.0
 _SIGNAL_ALIASES = {
-    "BUY": BUY, "LONG": BUY, "1": BUY, "1.0": BUY,
-    "SELL": SELL, "SHORT": SELL, "-1": SELL, "-1.0": SELL,
-    "HOLD": HOLD, "0": HOLD, "0.0": HOLD, "NONE": HOLD, "NAN": HOLD, "": HOLD,
+    "BUY": BUY,
+    "LONG": BUY,
+    "1": BUY,
+    "1.0": BUY,
+    "SELL": SELL,
+    "SHORT": SELL,
+    "-1": SELL,
+    "-1.0": SELL,
+    "HOLD": HOLD,
+    "0": HOLD,
+    "0.0": HOLD,
+    "NONE": HOLD,
+    "NAN": HOLD,
+    "": HOLD,
 }
 
 
@@ -79,9 +91,7 @@ def apply_signals(
 
 def changed_targets(desired: Mapping[str, float], traded: Mapping[str, float], tol: float = 1e-12) -> dict[str, float]:
     """The instruments whose desired target differs from the last traded one (missing = 0)."""
-    return {
-        inst: tgt for inst, tgt in desired.items() if abs(tgt - traded.get(inst, 0.0)) > tol
-    }
+    return {inst: tgt for inst, tgt in desired.items() if abs(tgt - traded.get(inst, 0.0)) > tol}
 
 
 def order_delta(target: float, equity: float, price: float, current_amount: float) -> float:
@@ -91,7 +101,9 @@ def order_delta(target: float, equity: float, price: float, current_amount: floa
     return target * equity / price - current_amount
 
 
-def longonly_weights(scores: Mapping[str, float] | pd.Series, topk: int, gross_exposure: float = 1.0) -> dict[str, float]:
+def longonly_weights(
+    scores: Mapping[str, float] | pd.Series, topk: int, gross_exposure: float = 1.0
+) -> dict[str, float]:
     """Long-only weights (spot): the ``k = min(topk, n)`` best scores long ``+gross / k`` each (NaN scores
     dropped; ties broken by instrument name)."""
     items = [(str(k), float(v)) for k, v in dict(scores).items() if v is not None and np.isfinite(v)]
@@ -103,8 +115,12 @@ def longonly_weights(scores: Mapping[str, float] | pd.Series, topk: int, gross_e
     return {inst: w for inst, _ in ranked[:k]}
 
 
-def check_longshort_universe(instruments: Iterable[str], instrument_meta: Mapping[str, Any] | None = None,
-                             long_only: bool = False, where: str = "the scores") -> None:
+def check_longshort_universe(
+    instruments: Iterable[str],
+    instrument_meta: Mapping[str, Any] | None = None,
+    long_only: bool = False,
+    where: str = "the scores",
+) -> None:
     """Refuse a long/short book that cannot trade: fewer than two perpetual swaps among ``instruments``.
 
     ``LongShortStrategy`` shorts swaps only (spot cannot be shorted), so on a spot universe it would trade
@@ -121,11 +137,13 @@ def check_longshort_universe(instruments: Iterable[str], instrument_meta: Mappin
         f"{what} in the universe of {where} ({len(names)} instruments: {shown}): LongShortStrategy shorts "
         "swaps only and would trade nothing",
         hint="use a swap universe (e.g. market okx_swap, instruments ending in -SWAP), or the long-only mode for "
-             "spot (long_only: true; --long-only on the command line)",
+        "spot (long_only: true; --long-only on the command line)",
     )
 
 
-def longshort_weights(scores: Mapping[str, float] | pd.Series, topk: int, gross_exposure: float = 1.0) -> dict[str, float]:
+def longshort_weights(
+    scores: Mapping[str, float] | pd.Series, topk: int, gross_exposure: float = 1.0
+) -> dict[str, float]:
     """Dollar-neutral weights: the ``k = min(topk, n // 2)`` best scores long ``+gross / (2k)`` each, the ``k``
     worst short ``-gross / (2k)`` each (NaN scores dropped; ties broken by instrument name)."""
     items = [(str(k), float(v)) for k, v in dict(scores).items() if v is not None and np.isfinite(v)]
@@ -225,9 +243,13 @@ def load_frame(obj: Any, what: str, *, allow_pickle: bool = True) -> pd.DataFram
             return pd.read_pickle(path)
         if suffix == ".csv":
             return pd.read_csv(path)
-        raise ConfigError(f"{what} file {str(path)!r} has an unknown type {suffix!r}", hint="use .parquet, .pkl or .csv")
-    raise ConfigError(f"{what} of type {type(obj).__name__} is not supported",
-                      hint="pass a DataFrame, a Series or a .parquet/.pkl/.csv path")
+        raise ConfigError(
+            f"{what} file {str(path)!r} has an unknown type {suffix!r}", hint="use .parquet, .pkl or .csv"
+        )
+    raise ConfigError(
+        f"{what} of type {type(obj).__name__} is not supported",
+        hint="pass a DataFrame, a Series or a .parquet/.pkl/.csv path",
+    )
 
 
 def _row_text(frame: pd.DataFrame, i: int) -> str:
@@ -244,31 +266,41 @@ def signals_frame(signals: Any, max_position_size: float = MAX_POSITION_SIZE) ->
     is not used (missing = 0)."""
     df = load_frame(signals, "signals", allow_pickle=False)
     if isinstance(df, pd.Series):
-        raise ConfigError("signals are a Series", hint="pass a DataFrame with datetime, instrument, signal, position_size")
+        raise ConfigError(
+            "signals are a Series", hint="pass a DataFrame with datetime, instrument, signal, position_size"
+        )
     df = df.copy()
     if not {"datetime", "instrument"} <= set(df.columns):
         df = df.reset_index()
     missing = [c for c in ("datetime", "instrument", "signal", "position_size") if c not in df.columns]
     if missing:
-        raise ConfigError(f"signals lack the columns {missing} (have {list(df.columns)})",
-                          hint="write signals with `qlib-crypto predict` or give datetime, instrument, signal, position_size")
+        raise ConfigError(
+            f"signals lack the columns {missing} (have {list(df.columns)})",
+            hint="write signals with `qlib-crypto predict` or give datetime, instrument, signal, position_size",
+        )
     times = _naive_utc(df["datetime"])
     bad_time = np.flatnonzero(pd.isna(times))
     if len(bad_time):
-        raise ConfigError(f"signals row {int(bad_time[0])} has no datetime ({len(bad_time)} such rows)",
-                          hint="give every signal the open time of its bar (UTC)")
+        raise ConfigError(
+            f"signals row {int(bad_time[0])} has no datetime ({len(bad_time)} such rows)",
+            hint="give every signal the open time of its bar (UTC)",
+        )
     inst = df["instrument"]
     bad_inst = np.flatnonzero(inst.isna().to_numpy() | (inst.astype(str).str.strip() == "").to_numpy())
     if len(bad_inst):
-        raise ConfigError(f"signals row {int(bad_inst[0])} has no instrument ({len(bad_inst)} such rows)",
-                          hint="give every signal an instrument of the provider, e.g. BTC-USDT")
+        raise ConfigError(
+            f"signals row {int(bad_inst[0])} has no instrument ({len(bad_inst)} such rows)",
+            hint="give every signal an instrument of the provider, e.g. BTC-USDT",
+        )
     sizes = pd.to_numeric(df["position_size"], errors="coerce").to_numpy(dtype="float64")
-    out = pd.DataFrame({
-        "datetime": times,
-        "instrument": inst.astype(str).to_numpy(),
-        "signal": [normalize_signal(v) for v in df["signal"].to_numpy()],
-        "position_size": np.abs(sizes),
-    })
+    out = pd.DataFrame(
+        {
+            "datetime": times,
+            "instrument": inst.astype(str).to_numpy(),
+            "signal": [normalize_signal(v) for v in df["signal"].to_numpy()],
+            "position_size": np.abs(sizes),
+        }
+    )
     trades = (out["signal"] != HOLD).to_numpy()
     bad = np.flatnonzero(trades & ~np.isfinite(sizes))
     if len(bad):
@@ -287,8 +319,9 @@ def signals_frame(signals: Any, max_position_size: float = MAX_POSITION_SIZE) ->
             + (f" ({len(big)} rows like it)" if len(big) > 1 else ""),
             hint="sizes are fractions of equity (0.05 = 5%, not 5); `qlib-crypto predict` bounds them by max_position",
         )
-    out.loc[~trades, "position_size"] = np.where(np.isfinite(out.loc[~trades, "position_size"]),
-                                                 out.loc[~trades, "position_size"], 0.0)
+    out.loc[~trades, "position_size"] = np.where(
+        np.isfinite(out.loc[~trades, "position_size"]), out.loc[~trades, "position_size"], 0.0
+    )
     dup = out.duplicated(["datetime", "instrument"], keep=False).to_numpy()
     if dup.any():
         first = int(np.flatnonzero(dup)[0])
@@ -308,9 +341,15 @@ def unknown_instruments(instruments: Iterable[str], known: Iterable[str]) -> lis
     return sorted({str(i) for i in instruments} - known_set)
 
 
-def check_known_instruments(frame: pd.DataFrame, known: Iterable[str], *, skip_unknown: bool = False,
-                            where: str = "the signals", provider: str = "the provider",
-                            warn: Any = None) -> pd.DataFrame:
+def check_known_instruments(
+    frame: pd.DataFrame,
+    known: Iterable[str],
+    *,
+    skip_unknown: bool = False,
+    where: str = "the signals",
+    provider: str = "the provider",
+    warn: Any = None,
+) -> pd.DataFrame:
     """Rows of ``frame`` whose instrument the provider has; unknown instruments are a ConfigError listing them,
     or, with ``skip_unknown``, dropped with a warning giving their count (``warn(message)``, default: logged)."""
     unknown = unknown_instruments(frame["instrument"], known)
@@ -323,10 +362,11 @@ def check_known_instruments(frame: pd.DataFrame, known: Iterable[str], *, skip_u
             f"{where} name {len(unknown)} instrument(s) that {provider} does not have: {shown} "
             f"({int(rows.sum())} rows)",
             hint="fix the instrument names, dump those instruments into the provider, or pass --skip-unknown "
-                 "(skip_unknown: true) to drop their rows",
+            "(skip_unknown: true) to drop their rows",
         )
-    message = (f"skipping {int(rows.sum())} rows of {where} for {len(unknown)} instrument(s) {provider} does not "
-               f"have: {shown}")
+    message = (
+        f"skipping {int(rows.sum())} rows of {where} for {len(unknown)} instrument(s) {provider} does not have: {shown}"
+    )
     if warn is None:
         import logging
 
@@ -356,8 +396,10 @@ def scores_frame(scores: Any) -> pd.DataFrame:
         if set(names) != {"datetime", "instrument"}:
             raise ConfigError(f"scores index levels are {names}", hint="index scores by (datetime, instrument)")
         frame = obj.rename("score").reset_index()[["datetime", "instrument", "score"]]
-    return pd.DataFrame({
-        "datetime": _naive_utc(frame["datetime"]),
-        "instrument": frame["instrument"].astype(str).to_numpy(),
-        "score": pd.to_numeric(frame["score"], errors="coerce").to_numpy(dtype="float64"),
-    })
+    return pd.DataFrame(
+        {
+            "datetime": _naive_utc(frame["datetime"]),
+            "instrument": frame["instrument"].astype(str).to_numpy(),
+            "score": pd.to_numeric(frame["score"], errors="coerce").to_numpy(dtype="float64"),
+        }
+    )

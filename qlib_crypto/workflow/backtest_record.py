@@ -12,6 +12,7 @@ Qlib must be initialised (``qlib.init`` / ``qlib_crypto.init``) with the bar fre
 ``day`` directory is needed (the benchmark is passed to Qlib as bar returns, see
 :func:`qlib_crypto.backtest.benchmark_returns`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,8 +34,19 @@ logger = logging.getLogger(__name__)
 EXCHANGE_CLASS = {"class": "CryptoExchange", "module_path": "qlib_crypto.backtest"}
 EXECUTOR_CLASS = {"class": "CryptoExecutor", "module_path": "qlib_crypto.backtest"}
 POS_TYPE = "qlib_crypto.backtest.CryptoPosition"
-SWEEP_COLUMNS = ["fee_multiplier", "slippage_bps", "total_return", "annualized_return", "sharpe", "max_drawdown",
-                 "fees_paid", "slippage_paid", "funding_paid", "turnover", "final_equity"]
+SWEEP_COLUMNS = [
+    "fee_multiplier",
+    "slippage_bps",
+    "total_return",
+    "annualized_return",
+    "sharpe",
+    "max_drawdown",
+    "fees_paid",
+    "slippage_paid",
+    "funding_paid",
+    "turnover",
+    "final_equity",
+]
 
 
 @dataclass
@@ -66,8 +78,13 @@ class BacktestRun:
         ``capped_notional``: the amount it removed x the bar's deal price; ``orders_unfilled``: orders filled only
         partly or not at all (any reason); ``unfilled_notional``: their unfilled amount x the bar's deal price."""
         rep = self.order_reports
-        out: dict[str, Any] = {"orders": 0, "orders_capped": 0, "capped_notional": 0.0, "orders_unfilled": 0,
-                               "unfilled_notional": 0.0}
+        out: dict[str, Any] = {
+            "orders": 0,
+            "orders_capped": 0,
+            "capped_notional": 0.0,
+            "orders_unfilled": 0,
+            "unfilled_notional": 0.0,
+        }
         if rep is None or len(rep) == 0:
             return out
         price = pd.to_numeric(rep["deal_price"], errors="coerce").fillna(0.0) if "deal_price" in rep else 0.0
@@ -91,9 +108,16 @@ class BacktestRun:
         if self.order_reports is not None and len(self.order_reports):
             extra["orders_not_fully_filled"] = int((self.order_reports["status"] != "filled").sum())
         events = self.funding_events
-        return build_report(self.report_df, self.fills, freq=self.freq, initial_equity=self.initial_equity,
-                            funding=events if events is not None and len(events) else self.funding_received,
-                            order_reports=self.order_reports, positions=self.positions, info=extra)
+        return build_report(
+            self.report_df,
+            self.fills,
+            freq=self.freq,
+            initial_equity=self.initial_equity,
+            funding=events if events is not None and len(events) else self.funding_received,
+            order_reports=self.order_reports,
+            positions=self.positions,
+            info=extra,
+        )
 
 
 def exchange_config(freq: str, exchange: Mapping[str, Any] | None = None) -> dict:
@@ -103,8 +127,11 @@ def exchange_config(freq: str, exchange: Mapping[str, Any] | None = None) -> dic
     if set(ex) == {"exchange"} and isinstance(ex["exchange"], Mapping):
         ex = dict(ex["exchange"])
     if "class" in ex:
-        conf = {"class": ex["class"], "module_path": ex.get("module_path", EXCHANGE_CLASS["module_path"]),
-                "kwargs": dict(ex.get("kwargs") or {})}
+        conf = {
+            "class": ex["class"],
+            "module_path": ex.get("module_path", EXCHANGE_CLASS["module_path"]),
+            "kwargs": dict(ex.get("kwargs") or {}),
+        }
     else:
         conf = dict(EXCHANGE_CLASS, kwargs=ex)
     conf["kwargs"].setdefault("freq", freq)
@@ -121,8 +148,9 @@ def default_benchmark(freq: str, start_time: Any = None, end_time: Any = None) -
     """``BTC-USDT`` when the provider has it, else ``BTC-USDT-SWAP``, else the first instrument."""
     from qlib.data import D
 
-    names = sorted(D.list_instruments(D.instruments("all"), start_time=start_time, end_time=end_time, freq=freq,
-                                      as_list=True))
+    names = sorted(
+        D.list_instruments(D.instruments("all"), start_time=start_time, end_time=end_time, freq=freq, as_list=True)
+    )
     if not names:
         raise BacktestError(f"the provider has no instruments at freq {freq!r}", hint="dump the store first")
     for name in ("BTC-USDT", "BTC-USDT-SWAP"):
@@ -143,8 +171,10 @@ def clip_to_calendar(freq: str, start_time: Any, end_time: Any) -> tuple[pd.Time
             raise ConfigError(f"time {ts} has a time zone", hint="give naive UTC times such as 2024-01-01 00:00")
     inside = cal[(cal >= start) & (cal <= end)]
     if len(inside) == 0:
-        raise ConfigError(f"no {freq} bar between {start} and {end} (calendar {cal[0]} .. {cal[-1]})",
-                          hint="choose start and end inside the provider's calendar")
+        raise ConfigError(
+            f"no {freq} bar between {start} and {end} (calendar {cal[0]} .. {cal[-1]})",
+            hint="choose start and end inside the provider's calendar",
+        )
     return inside[0], inside[-1]
 
 
@@ -208,7 +238,10 @@ def run_backtest(
     used = crypto_executor.crypto_exchange
     meta = used.metadata_summary()
     settings = {
-        "start": str(start), "end": str(end), "benchmark": bench_name, "account": float(account),
+        "start": str(start),
+        "end": str(end),
+        "benchmark": bench_name,
+        "account": float(account),
         "max_participation": used.max_participation,
         "instrument_meta_source": meta["source"],
         "instrument_meta_read_at": meta["read_at"],
@@ -233,8 +266,10 @@ def run_backtest(
 
 def scale_fees(fees: Mapping[str, Mapping[str, float]], multiplier: float) -> dict[str, dict[str, float]]:
     """Every fee rate multiplied by ``multiplier``."""
-    return {market: {role: float(rate) * float(multiplier) for role, rate in rates.items()}
-            for market, rates in fees.items()}
+    return {
+        market: {role: float(rate) * float(multiplier) for role, rate in rates.items()}
+        for market, rates in fees.items()
+    }
 
 
 def cost_sweep(
@@ -250,11 +285,15 @@ def cost_sweep(
     exchange: Mapping[str, Any] | None = None,
     executor: Mapping[str, Any] | None = None,
     progress: Any = None,
+    dask: Any = None,
 ) -> pd.DataFrame:
     """Re-run one backtest for every (fee multiplier, slippage) pair; one row per run (:data:`SWEEP_COLUMNS`).
 
     The exchange (quotes) is built once; each run sets its ``fees`` (base fees x multiplier) and
     ``slippage_bps``. ``strategy`` must be a config dict (a fresh strategy is built per run).
+    ``dask``: a Dask cluster spec (scheduler address or ``local``, :mod:`qlib_crypto.scale.cluster`): each cell
+    is then a task on the cluster (:func:`sweep_cell` on a worker's own exchange) and the rows are put in grid
+    order, so the table is the serial one, byte for byte. None: serial.
     """
     from qlib.utils import init_instance_by_config
 
@@ -276,24 +315,81 @@ def cost_sweep(
     conf["kwargs"].setdefault("codes", "all")
     conf["kwargs"].setdefault("start_time", start)
     conf["kwargs"].setdefault("end_time", end)
+    cells = [(float(m), float(s)) for m in fee_multipliers for s in slippage_bps]
+    if dask is not None and dask is not False:
+        from ..scale.tasks import distributed_sweep
+
+        rows = distributed_sweep(
+            dask,
+            conf,
+            strategy,
+            cells,
+            start_time=start,
+            end_time=end,
+            freq=freq,
+            account=account,
+            benchmark=benchmark,
+            executor=executor,
+            progress=progress,
+        )
+        return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
     ex = init_instance_by_config(conf, accept_types=CryptoExchange)
     base_fees = copy.deepcopy(ex.fees)
     rows = []
-    for m in fee_multipliers:
-        for s in slippage_bps:
-            ex.fees = scale_fees(base_fees, float(m))
-            ex.slippage_bps = float(s)
-            run = run_backtest(copy.deepcopy(strategy), start_time=start, end_time=end, freq=freq, account=account,
-                               benchmark=benchmark, exchange=ex, executor=executor)
-            rep = run.report()
-            row = {"fee_multiplier": float(m), "slippage_bps": float(s)}
-            row.update({k: rep.metrics[k] for k in SWEEP_COLUMNS if k in rep.metrics})
-            row["final_equity"] = float(rep.equity.iloc[-1])
-            rows.append(row)
-            if progress is not None:
-                progress(row)
+    for m, s in cells:
+        row = sweep_cell(
+            ex,
+            base_fees,
+            strategy,
+            m,
+            s,
+            start_time=start,
+            end_time=end,
+            freq=freq,
+            account=account,
+            benchmark=benchmark,
+            executor=executor,
+        )
+        rows.append(row)
+        if progress is not None:
+            progress(row)
     ex.fees = base_fees
     return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+
+
+def sweep_cell(
+    ex: Any,
+    base_fees: Mapping[str, Any],
+    strategy: dict,
+    fee_multiplier: float,
+    slippage_bps: float,
+    *,
+    start_time: Any,
+    end_time: Any,
+    freq: str,
+    account: float,
+    benchmark: Any,
+    executor: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """One cell of :func:`cost_sweep`: the backtest on exchange ``ex`` re-priced with ``base_fees`` x
+    ``fee_multiplier`` and ``slippage_bps``; its row of :data:`SWEEP_COLUMNS`."""
+    ex.fees = scale_fees(base_fees, float(fee_multiplier))
+    ex.slippage_bps = float(slippage_bps)
+    run = run_backtest(
+        copy.deepcopy(strategy),
+        start_time=start_time,
+        end_time=end_time,
+        freq=freq,
+        account=account,
+        benchmark=benchmark,
+        exchange=ex,
+        executor=executor,
+    )
+    rep = run.report()
+    row = {"fee_multiplier": float(fee_multiplier), "slippage_bps": float(slippage_bps)}
+    row.update({k: rep.metrics[k] for k in SWEEP_COLUMNS if k in rep.metrics})
+    row["final_equity"] = float(rep.equity.iloc[-1])
+    return row
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -314,15 +410,22 @@ class CryptoBacktestRecord(RecordTemp):
     artifact_path = "crypto_backtest"
     metric_prefix = "backtest"
 
-    def __init__(self, recorder: Any, config: Mapping[str, Any] | None = None, freq: str = "60min",
-                 skip_existing: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        recorder: Any,
+        config: Mapping[str, Any] | None = None,
+        freq: str = "60min",
+        skip_existing: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(recorder=recorder)
         from qlib.utils.data import deepcopy_basic_type
 
         config = deepcopy_basic_type(dict(config or {}))
         self.freq = str(freq)
         self.strategy_config = config.get("strategy") or {
-            "class": "LongShortStrategy", "module_path": "qlib_crypto.strategy",
+            "class": "LongShortStrategy",
+            "module_path": "qlib_crypto.strategy",
             "kwargs": {"signal": "<PRED>", "topk": 3, "rebalance_every": 24},
         }
         executor = dict(config.get("executor") or {})
@@ -338,6 +441,9 @@ class CryptoBacktestRecord(RecordTemp):
     def generate(self, **kwargs: Any) -> dict[str, Any]:
         from qlib.utils import fill_placeholder
 
+        from .._run_guard import guard_recorder
+
+        guard_recorder(self.recorder)  # run name; KILLED on Ctrl-C/SIGTERM
         pred = self.recorder.load_object("pred.pkl")
         strategy = fill_placeholder(copy.deepcopy(self.strategy_config), {"<PRED>": pred})
         bt = dict(self.backtest_config)
@@ -345,11 +451,23 @@ class CryptoBacktestRecord(RecordTemp):
         start = bt.get("start_time") or times.min()
         end = bt.get("end_time") or times.max()
         exchange = bt.get("exchange") or bt.get("exchange_kwargs")
-        run = run_backtest(strategy, start_time=start, end_time=end, freq=self.freq,
-                           account=float(bt.get("account", 1_000_000.0)), benchmark=bt.get("benchmark"),
-                           exchange=exchange, executor=self.executor_kwargs)
-        report = run.report({"strategy": strategy.get("class", type(strategy).__name__)
-                             if isinstance(strategy, dict) else type(strategy).__name__})
+        run = run_backtest(
+            strategy,
+            start_time=start,
+            end_time=end,
+            freq=self.freq,
+            account=float(bt.get("account", 1_000_000.0)),
+            benchmark=bt.get("benchmark"),
+            exchange=exchange,
+            executor=self.executor_kwargs,
+        )
+        report = run.report(
+            {
+                "strategy": strategy.get("class", type(strategy).__name__)
+                if isinstance(strategy, dict)
+                else type(strategy).__name__
+            }
+        )
         metrics = {f"{self.metric_prefix}.{k}": v for k, v in iter_metric_items(report.metrics)}
         if metrics:
             self.recorder.log_metrics(**metrics)

@@ -16,6 +16,7 @@ The metric formulas are in :mod:`qlib_crypto.workflow.metrics` (the one implemen
 of a 365-day, 24/7 year (8,760 hourly bars, 365 daily bars). See docs/backtest-reports.md for every section,
 definition and JSON key.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,15 @@ logger = logging.getLogger(__name__)
 SCHEMA = "qlib-crypto/backtest-report/2"
 
 #: the files :meth:`BacktestReport.write` puts in a report directory
-REPORT_FILES: tuple[str, ...] = ("metrics.json", "report.json", "report.html", "fills.csv", "trades.csv",
-                                 "equity.csv", "monthly_returns.csv")
+REPORT_FILES: tuple[str, ...] = (
+    "metrics.json",
+    "report.json",
+    "report.html",
+    "fills.csv",
+    "trades.csv",
+    "equity.csv",
+    "monthly_returns.csv",
+)
 
 METRIC_KEYS: tuple[str, ...] = (
     "total_return",
@@ -109,79 +117,232 @@ METRIC_DEFINITIONS: dict[str, str] = {
 #: hours, times (x equity), bps, count
 UNITS: dict[str, str] = {
     # metrics
-    "total_return": "fraction", "annualized_return": "fraction", "volatility": "fraction", "sharpe": "ratio",
-    "sortino": "ratio", "calmar": "ratio", "max_drawdown": "fraction", "max_drawdown_duration": "bars",
-    "turnover": "times", "win_rate": "fraction", "exposure": "fraction", "fees_paid": "quote",
-    "slippage_paid": "quote", "funding_paid": "quote",
+    "total_return": "fraction",
+    "annualized_return": "fraction",
+    "volatility": "fraction",
+    "sharpe": "ratio",
+    "sortino": "ratio",
+    "calmar": "ratio",
+    "max_drawdown": "fraction",
+    "max_drawdown_duration": "bars",
+    "turnover": "times",
+    "win_rate": "fraction",
+    "exposure": "fraction",
+    "fees_paid": "quote",
+    "slippage_paid": "quote",
+    "funding_paid": "quote",
     # summary
-    "n_bars": "count", "days": "days", "initial_equity": "quote", "final_equity": "quote", "net_pnl": "quote",
-    "total_return_without_cost": "fraction", "benchmark_total_return": "fraction",
-    "excess_total_return": "fraction", "excess_total_return_without_cost": "fraction",
-    "max_drawdown_duration_days": "days", "traded_notional": "quote", "n_fills": "count",
-    "n_closed_trades": "count", "n_liquidations": "count",
+    "n_bars": "count",
+    "days": "days",
+    "initial_equity": "quote",
+    "final_equity": "quote",
+    "net_pnl": "quote",
+    "total_return_without_cost": "fraction",
+    "benchmark_total_return": "fraction",
+    "excess_total_return": "fraction",
+    "excess_total_return_without_cost": "fraction",
+    "max_drawdown_duration_days": "days",
+    "traded_notional": "quote",
+    "n_fills": "count",
+    "n_closed_trades": "count",
+    "n_liquidations": "count",
     # risk table rows
-    "mean": "fraction", "std": "fraction", "annualized_return_geometric": "fraction",
-    "annualized_volatility": "fraction", "information_ratio": "ratio", "max_drawdown_geometric": "fraction",
+    "mean": "fraction",
+    "std": "fraction",
+    "annualized_return_geometric": "fraction",
+    "annualized_volatility": "fraction",
+    "information_ratio": "ratio",
+    "max_drawdown_geometric": "fraction",
     # attribution
-    "gross_pnl": "quote", "fees": "quote", "slippage": "quote", "funding": "quote", "gross_return": "fraction",
-    "fees_return": "fraction", "slippage_return": "fraction", "funding_return": "fraction",
-    "net_return": "fraction", "gross_bps": "bps", "fees_bps": "bps", "slippage_bps": "bps", "funding_bps": "bps",
-    "net_bps": "bps", "cost_share_of_gross": "fraction", "closed_trades_pnl": "quote", "other_pnl": "quote",
+    "gross_pnl": "quote",
+    "fees": "quote",
+    "slippage": "quote",
+    "funding": "quote",
+    "gross_return": "fraction",
+    "fees_return": "fraction",
+    "slippage_return": "fraction",
+    "funding_return": "fraction",
+    "net_return": "fraction",
+    "gross_bps": "bps",
+    "fees_bps": "bps",
+    "slippage_bps": "bps",
+    "funding_bps": "bps",
+    "net_bps": "bps",
+    "cost_share_of_gross": "fraction",
+    "closed_trades_pnl": "quote",
+    "other_pnl": "quote",
     # trade statistics
-    "n_open_trades": "count", "n_long_trades": "count", "n_short_trades": "count", "long_win_rate": "fraction",
-    "short_win_rate": "fraction", "gross_profit": "quote", "gross_loss": "quote", "profit_factor": "ratio",
-    "expectancy": "quote", "expectancy_ratio": "ratio", "avg_win": "quote", "avg_loss": "quote",
-    "best_trade": "quote", "worst_trade": "quote", "avg_trade_return": "fraction", "avg_holding_bars": "bars",
-    "avg_holding_hours": "hours", "median_holding_hours": "hours", "trades_per_day": "ratio",
+    "n_open_trades": "count",
+    "n_long_trades": "count",
+    "n_short_trades": "count",
+    "long_win_rate": "fraction",
+    "short_win_rate": "fraction",
+    "gross_profit": "quote",
+    "gross_loss": "quote",
+    "profit_factor": "ratio",
+    "expectancy": "quote",
+    "expectancy_ratio": "ratio",
+    "avg_win": "quote",
+    "avg_loss": "quote",
+    "best_trade": "quote",
+    "worst_trade": "quote",
+    "avg_trade_return": "fraction",
+    "avg_holding_bars": "bars",
+    "avg_holding_hours": "hours",
+    "median_holding_hours": "hours",
+    "trades_per_day": "ratio",
     # per instrument
-    "trades": "count", "long_trades": "count", "short_trades": "count", "wins": "count",
-    "realised_pnl": "quote", "long_pnl": "quote", "short_pnl": "quote", "net_pnl_pct": "fraction",
+    "trades": "count",
+    "long_trades": "count",
+    "short_trades": "count",
+    "wins": "count",
+    "realised_pnl": "quote",
+    "long_pnl": "quote",
+    "short_pnl": "quote",
+    "net_pnl_pct": "fraction",
     "open_trades": "count",
     # drawdowns
-    "depth": "fraction", "length_bars": "bars", "length_days": "days", "bars_to_trough": "bars",
+    "depth": "fraction",
+    "length_bars": "bars",
+    "length_days": "days",
+    "bars_to_trough": "bars",
     # time series
-    "equity": "quote", "drawdown": "fraction", "cum_return_with_cost": "fraction",
-    "cum_return_without_cost": "fraction", "cum_benchmark": "fraction", "cum_excess_with_cost": "fraction",
-    "cum_excess_without_cost": "fraction", "excess_drawdown": "fraction", "return_with_cost": "fraction",
-    "return_without_cost": "fraction", "benchmark_return": "fraction", "cost_return": "fraction",
-    "turnover_1d": "times", "rolling_sharpe": "ratio", "rolling_volatility": "fraction",
-    "long_exposure": "fraction", "short_exposure": "fraction", "net_exposure": "fraction",
+    "equity": "quote",
+    "drawdown": "fraction",
+    "cum_return_with_cost": "fraction",
+    "cum_return_without_cost": "fraction",
+    "cum_benchmark": "fraction",
+    "cum_excess_with_cost": "fraction",
+    "cum_excess_without_cost": "fraction",
+    "excess_drawdown": "fraction",
+    "return_with_cost": "fraction",
+    "return_without_cost": "fraction",
+    "benchmark_return": "fraction",
+    "cost_return": "fraction",
+    "turnover_1d": "times",
+    "rolling_sharpe": "ratio",
+    "rolling_volatility": "fraction",
+    "long_exposure": "fraction",
+    "short_exposure": "fraction",
+    "net_exposure": "fraction",
     "gross_exposure": "fraction",
     # orders
-    "n_orders": "count", "n_filled": "count", "n_partial": "count", "n_rejected": "count",
+    "n_orders": "count",
+    "n_filled": "count",
+    "n_partial": "count",
+    "n_rejected": "count",
     # annualisation
-    "bars_per_year": "count", "days_per_year": "count", "hours_per_bar": "hours", "bars_per_day": "ratio",
-    "rolling_window_bars": "bars", "rolling_window_days": "days", "risk_free_rate": "fraction",
+    "bars_per_year": "count",
+    "days_per_year": "count",
+    "hours_per_bar": "hours",
+    "bars_per_day": "ratio",
+    "rolling_window_bars": "bars",
+    "rolling_window_days": "days",
+    "risk_free_rate": "fraction",
 }
 
 SUMMARY_KEYS: tuple[str, ...] = (
-    "start", "end", "n_bars", "days", "quote_currency", "benchmark", "initial_equity", "final_equity", "net_pnl",
-    "total_return", "total_return_without_cost", "benchmark_total_return", "excess_total_return",
-    "excess_total_return_without_cost", "annualized_return", "sharpe", "max_drawdown", "max_drawdown_duration",
-    "max_drawdown_duration_days", "turnover", "traded_notional", "n_fills", "n_closed_trades",
+    "start",
+    "end",
+    "n_bars",
+    "days",
+    "quote_currency",
+    "benchmark",
+    "initial_equity",
+    "final_equity",
+    "net_pnl",
+    "total_return",
+    "total_return_without_cost",
+    "benchmark_total_return",
+    "excess_total_return",
+    "excess_total_return_without_cost",
+    "annualized_return",
+    "sharpe",
+    "max_drawdown",
+    "max_drawdown_duration",
+    "max_drawdown_duration_days",
+    "turnover",
+    "traded_notional",
+    "n_fills",
+    "n_closed_trades",
 )
 
 #: the series of the risk table, as Qlib's PortAnaRecord names them (costs = fees + slippage)
-RISK_SERIES: tuple[str, ...] = ("return_with_cost", "return_without_cost", "benchmark", "excess_return_with_cost",
-                                "excess_return_without_cost")
+RISK_SERIES: tuple[str, ...] = (
+    "return_with_cost",
+    "return_without_cost",
+    "benchmark",
+    "excess_return_with_cost",
+    "excess_return_without_cost",
+)
 
 TIMESERIES_KEYS: tuple[str, ...] = (
-    "equity", "drawdown", "return_with_cost", "return_without_cost", "cost_return", "benchmark_return",
-    "cum_return_with_cost", "cum_return_without_cost", "cum_benchmark", "cum_excess_with_cost",
-    "cum_excess_without_cost", "excess_drawdown", "turnover", "turnover_1d", "rolling_sharpe", "rolling_volatility",
-    "fees", "slippage", "funding", "long_exposure", "short_exposure", "net_exposure", "gross_exposure",
+    "equity",
+    "drawdown",
+    "return_with_cost",
+    "return_without_cost",
+    "cost_return",
+    "benchmark_return",
+    "cum_return_with_cost",
+    "cum_return_without_cost",
+    "cum_benchmark",
+    "cum_excess_with_cost",
+    "cum_excess_without_cost",
+    "excess_drawdown",
+    "turnover",
+    "turnover_1d",
+    "rolling_sharpe",
+    "rolling_volatility",
+    "fees",
+    "slippage",
+    "funding",
+    "long_exposure",
+    "short_exposure",
+    "net_exposure",
+    "gross_exposure",
 )
 
 INSTRUMENT_COLUMNS: tuple[str, ...] = (
-    "instrument", "market", "trades", "long_trades", "short_trades", "wins", "win_rate", "long_pnl", "short_pnl",
-    "realised_pnl", "fees", "slippage", "funding", "net_pnl", "net_pnl_pct", "traded_notional", "avg_holding_hours",
+    "instrument",
+    "market",
+    "trades",
+    "long_trades",
+    "short_trades",
+    "wins",
+    "win_rate",
+    "long_pnl",
+    "short_pnl",
+    "realised_pnl",
+    "fees",
+    "slippage",
+    "funding",
+    "net_pnl",
+    "net_pnl_pct",
+    "traded_notional",
+    "avg_holding_hours",
     "open_trades",
 )
 
 ATTRIBUTION_KEYS: tuple[str, ...] = (
-    "gross_pnl", "fees", "slippage", "funding", "net_pnl", "gross_return", "fees_return", "slippage_return",
-    "funding_return", "net_return", "traded_notional", "gross_bps", "fees_bps", "slippage_bps", "funding_bps",
-    "net_bps", "cost_share_of_gross", "closed_trades_pnl", "other_pnl",
+    "gross_pnl",
+    "fees",
+    "slippage",
+    "funding",
+    "net_pnl",
+    "gross_return",
+    "fees_return",
+    "slippage_return",
+    "funding_return",
+    "net_return",
+    "traded_notional",
+    "gross_bps",
+    "fees_bps",
+    "slippage_bps",
+    "funding_bps",
+    "net_bps",
+    "cost_share_of_gross",
+    "closed_trades_pnl",
+    "other_pnl",
 )
 
 FILL_COLUMNS = ("datetime", "instrument", "side", "amount", "price", "fee", "slippage")
@@ -197,8 +358,18 @@ def round_trips(fills: pd.DataFrame) -> pd.DataFrame:
 
     Columns: ``instrument side entry_time exit_time entry_price exit_price max_amount pnl fees closed``.
     """
-    cols = ["instrument", "side", "entry_time", "exit_time", "entry_price", "exit_price", "max_amount", "pnl",
-            "fees", "closed"]
+    cols = [
+        "instrument",
+        "side",
+        "entry_time",
+        "exit_time",
+        "entry_price",
+        "exit_price",
+        "max_amount",
+        "pnl",
+        "fees",
+        "closed",
+    ]
     fills = normalize_fills(fills)
     trades: list[dict[str, Any]] = []
     for inst, group in fills.groupby("instrument", sort=True):
@@ -210,9 +381,19 @@ def round_trips(fills: pd.DataFrame) -> pd.DataFrame:
             remaining = qty
             while abs(remaining) > 1e-15:
                 if cur is None:  # open a trade
-                    cur = {"instrument": inst, "side": "long" if remaining > 0 else "short", "entry_time": row.datetime,
-                           "exit_time": pd.NaT, "entry_cost": 0.0, "entry_qty": 0.0, "exit_value": 0.0,
-                           "exit_qty": 0.0, "max_amount": 0.0, "fees": 0.0, "realised": 0.0}
+                    cur = {
+                        "instrument": inst,
+                        "side": "long" if remaining > 0 else "short",
+                        "entry_time": row.datetime,
+                        "exit_time": pd.NaT,
+                        "entry_cost": 0.0,
+                        "entry_qty": 0.0,
+                        "exit_value": 0.0,
+                        "exit_qty": 0.0,
+                        "max_amount": 0.0,
+                        "fees": 0.0,
+                        "realised": 0.0,
+                    }
                     pos = 0.0
                 sign = 1.0 if cur["side"] == "long" else -1.0
                 if remaining * sign > 0:  # adds to the trade
@@ -268,8 +449,9 @@ def in_market_by_bar(fills: pd.DataFrame, bar_times: Sequence[pd.Timestamp]) -> 
     if fills.empty or len(times) == 0:
         return out
     signed = np.where(fills["side"].to_numpy() == "buy", 1.0, -1.0) * fills["amount"].to_numpy(dtype="float64")
-    frame = pd.DataFrame({"datetime": pd.DatetimeIndex(fills["datetime"]), "instrument": fills["instrument"],
-                          "qty": signed})
+    frame = pd.DataFrame(
+        {"datetime": pd.DatetimeIndex(fills["datetime"]), "instrument": fills["instrument"], "qty": signed}
+    )
     per_bar = frame.groupby(["datetime", "instrument"])["qty"].sum().unstack("instrument", fill_value=0.0)
     held = per_bar.cumsum()
     scale = frame.groupby("instrument")["qty"].apply(lambda s: s.abs().max())
@@ -286,16 +468,28 @@ def normalize_fills(fills: pd.DataFrame | None) -> pd.DataFrame:
     """Fills with the columns ``datetime instrument side amount price fee slippage`` (side ``buy``/``sell``,
     ``amount`` >= 0), sorted by time; accepts common aliases (``time``, ``fill_price``, ``stock_id``)."""
     if fills is None or len(fills) == 0:
-        return pd.DataFrame({c: pd.Series(dtype="float64" if c in ("amount", "price", "fee", "slippage") else object)
-                             for c in FILL_COLUMNS})
+        return pd.DataFrame(
+            {
+                c: pd.Series(dtype="float64" if c in ("amount", "price", "fee", "slippage") else object)
+                for c in FILL_COLUMNS
+            }
+        )
     df = pd.DataFrame(fills).copy()
-    aliases = {"time": "datetime", "fill_price": "price", "stock_id": "instrument", "direction": "side",
-               "fees": "fee", "slippage_cost": "slippage"}
+    aliases = {
+        "time": "datetime",
+        "fill_price": "price",
+        "stock_id": "instrument",
+        "direction": "side",
+        "fees": "fee",
+        "slippage_cost": "slippage",
+    }
     df = df.rename(columns={k: v for k, v in aliases.items() if k in df.columns and v not in df.columns})
     missing = [c for c in ("datetime", "instrument", "side", "amount", "price") if c not in df.columns]
     if missing:
-        raise BacktestError(f"fills lack the columns {missing} (have {list(df.columns)})",
-                            hint="pass the executor's fills with datetime, instrument, side, amount, price, fee, slippage")
+        raise BacktestError(
+            f"fills lack the columns {missing} (have {list(df.columns)})",
+            hint="pass the executor's fills with datetime, instrument, side, amount, price, fee, slippage",
+        )
     for c in ("fee", "slippage"):
         if c not in df.columns:
             df[c] = 0.0
@@ -395,8 +589,13 @@ class BacktestReport:
     def metrics_json(self) -> str:
         return json.dumps({k: finite_or_none(self.metrics[k]) for k in METRIC_KEYS}, indent=2)
 
-    def write(self, out_dir: str | Path, *, title: str = "qlib-crypto backtest",
-              extra: Mapping[str, pd.DataFrame | None] | None = None) -> dict[str, Path]:
+    def write(
+        self,
+        out_dir: str | Path,
+        *,
+        title: str = "qlib-crypto backtest",
+        extra: Mapping[str, pd.DataFrame | None] | None = None,
+    ) -> dict[str, Path]:
         """Write ``metrics.json``, ``report.json``, ``report.html``, ``fills.csv``, ``trades.csv``,
         ``equity.csv`` and ``monthly_returns.csv`` (plus ``extra``: file name -> DataFrame, written as CSV without
         the index) into ``out_dir`` as one unit: staged beside it and swapped in (``qlib_crypto._atomic.atomic_dir``),
@@ -433,26 +632,35 @@ class BacktestReport:
             "metrics": {k: finite_or_none(self.metrics[k]) for k in METRIC_KEYS},
             "summary": {k: _jsonable(self.summary.get(k)) for k in SUMMARY_KEYS},
             "annualisation": {k: _jsonable(v) for k, v in self.annualisation.items()},
-            "risk": {s: {k: finite_or_none(self.risk.at[k, s]) if s in self.risk.columns else None
-                         for k in RETURN_STAT_KEYS} for s in RISK_SERIES},
+            "risk": {
+                s: {k: finite_or_none(self.risk.at[k, s]) if s in self.risk.columns else None for k in RETURN_STAT_KEYS}
+                for s in RISK_SERIES
+            },
             "pnl_attribution": {k: finite_or_none(self.attribution.get(k)) for k in ATTRIBUTION_KEYS},
             "trade_stats": {k: finite_or_none(self.trade_stats.get(k)) for k in TRADE_STAT_KEYS},
-            "instruments": [{k: _jsonable(v) for k, v in row.items()} for row in
-                            self.instruments.to_dict(orient="records")],
+            "instruments": [
+                {k: _jsonable(v) for k, v in row.items()} for row in self.instruments.to_dict(orient="records")
+            ],
             "instruments_total": {k: _jsonable(v) for k, v in self.instruments_total.items()},
-            "drawdowns": [{k: _jsonable(v) for k, v in row.items()} for row in
-                          self.drawdowns.to_dict(orient="records")],
+            "drawdowns": [
+                {k: _jsonable(v) for k, v in row.items()} for row in self.drawdowns.to_dict(orient="records")
+            ],
             "monthly_returns": {k: finite_or_none(v) for k, v in self.monthly_returns.items()},
-            "monthly_returns_table": {str(y): {c: finite_or_none(self.monthly_table.at[y, c])
-                                               for c in self.monthly_table.columns}
-                                      for y in self.monthly_table.index},
+            "monthly_returns_table": {
+                str(y): {c: finite_or_none(self.monthly_table.at[y, c]) for c in self.monthly_table.columns}
+                for y in self.monthly_table.index
+            },
             "yearly_returns": {k: finite_or_none(v) for k, v in self.yearly_returns.items()},
             "orders": {k: _jsonable(v) for k, v in self.orders.items()},
             "trades": [{k: _jsonable(v) for k, v in row.items()} for row in self.trades.to_dict(orient="records")],
             "timeseries": {
                 "datetime": [pd.Timestamp(t).isoformat() for t in ts.index],
-                **{k: [finite_or_none(v) for v in ts[k].to_numpy(dtype="float64")] if k in ts.columns
-                   else [None] * len(ts) for k in TIMESERIES_KEYS},
+                **{
+                    k: [finite_or_none(v) for v in ts[k].to_numpy(dtype="float64")]
+                    if k in ts.columns
+                    else [None] * len(ts)
+                    for k in TIMESERIES_KEYS
+                },
             },
             "info": {k: _jsonable(v) for k, v in self.info.items()},
             "units": dict(UNITS),
@@ -527,8 +735,13 @@ def _per_bar(times: pd.DatetimeIndex, stamps: Any, values: np.ndarray) -> np.nda
 
 def _funding_frame(funding: pd.DataFrame | float | None) -> tuple[pd.DataFrame, float]:
     """(events with ``datetime instrument paid``, total paid) from the accepted funding inputs."""
-    empty = pd.DataFrame({"datetime": pd.Series(dtype="datetime64[ns]"), "instrument": pd.Series(dtype=object),
-                          "paid": pd.Series(dtype="float64")})
+    empty = pd.DataFrame(
+        {
+            "datetime": pd.Series(dtype="datetime64[ns]"),
+            "instrument": pd.Series(dtype=object),
+            "paid": pd.Series(dtype="float64"),
+        }
+    )
     if funding is None:
         return empty, 0.0
     if isinstance(funding, (int, float, np.floating, np.integer)):
@@ -542,11 +755,13 @@ def _funding_frame(funding: pd.DataFrame | float | None) -> tuple[pd.DataFrame, 
         paid = -pd.to_numeric(frame["funding"]).astype("float64")
     else:
         paid = -pd.to_numeric(frame[frame.columns[-1]]).astype("float64")
-    events = pd.DataFrame({
-        "datetime": pd.to_datetime(frame["datetime"]) if "datetime" in frame.columns else pd.NaT,
-        "instrument": frame["instrument"].astype(str) if "instrument" in frame.columns else "",
-        "paid": paid.to_numpy(),
-    })
+    events = pd.DataFrame(
+        {
+            "datetime": pd.to_datetime(frame["datetime"]) if "datetime" in frame.columns else pd.NaT,
+            "instrument": frame["instrument"].astype(str) if "instrument" in frame.columns else "",
+            "paid": paid.to_numpy(),
+        }
+    )
     return events, float(paid.sum())
 
 
@@ -559,8 +774,13 @@ def _positions_exposure(positions: Any, times: pd.DatetimeIndex) -> pd.DataFrame
         if not len(positions) or not {"datetime", "amount", "price"} <= set(positions.columns):
             return None
         value = positions["amount"].astype("float64") * positions["price"].astype("float64")
-        frame = pd.DataFrame({"datetime": pd.to_datetime(positions["datetime"]),
-                              "long": value.clip(lower=0.0), "short": value.clip(upper=0.0)})
+        frame = pd.DataFrame(
+            {
+                "datetime": pd.to_datetime(positions["datetime"]),
+                "long": value.clip(lower=0.0),
+                "short": value.clip(upper=0.0),
+            }
+        )
         agg = frame.groupby("datetime")[["long", "short"]].sum()
     elif isinstance(positions, Mapping):
         for t, pos in positions.items():
@@ -615,8 +835,10 @@ def build_report(
     defaults to the instruments' quote (``-USDT``). ``rolling_window`` (bars) defaults to 30 days of bars.
     """
     if report_df is None or len(report_df) == 0 or "account" not in report_df:
-        raise BacktestError("the portfolio report is empty or has no 'account' column",
-                            hint="run the backtest with generate_portfolio_metrics=True")
+        raise BacktestError(
+            "the portfolio report is empty or has no 'account' column",
+            hint="run the backtest with generate_portfolio_metrics=True",
+        )
     equity = report_df["account"].astype("float64")
     equity.index = pd.DatetimeIndex(equity.index)
     equity.name = "equity"
@@ -673,8 +895,11 @@ def build_report(
     bars_per_day = max(1, int(round(24.0 / hpb)))
     window = int(rolling_window) if rolling_window else default_rolling_window(n, bpy)
     r_series = pd.Series(r_net, index=times)
-    funding_bar = _per_bar(times, fund_events["datetime"], fund_events["paid"].to_numpy()) \
-        if len(fund_events) and fund_events["datetime"].notna().all() else np.zeros(n)
+    funding_bar = (
+        _per_bar(times, fund_events["datetime"], fund_events["paid"].to_numpy())
+        if len(fund_events) and fund_events["datetime"].notna().all()
+        else np.zeros(n)
+    )
     ts = pd.DataFrame(index=times)
     ts["equity"] = eq
     ts["drawdown"] = dd.to_numpy()
@@ -710,11 +935,16 @@ def build_report(
     ts = ts[list(TIMESERIES_KEYS)]
 
     # ---- risk table (Qlib's PortAnaRecord series; costs = fees + slippage)
-    series = {"return_with_cost": r_net, "return_without_cost": r_gross,
-              "benchmark": bench if has_bench else np.full(n, np.nan),
-              "excess_return_with_cost": ex_net if has_bench else np.full(n, np.nan),
-              "excess_return_without_cost": ex_gross if has_bench else np.full(n, np.nan)}
-    risk = pd.DataFrame({name: return_stats(values, bpy) for name, values in series.items()}).loc[list(RETURN_STAT_KEYS)]
+    series = {
+        "return_with_cost": r_net,
+        "return_without_cost": r_gross,
+        "benchmark": bench if has_bench else np.full(n, np.nan),
+        "excess_return_with_cost": ex_net if has_bench else np.full(n, np.nan),
+        "excess_return_without_cost": ex_gross if has_bench else np.full(n, np.nan),
+    }
+    risk = pd.DataFrame({name: return_stats(values, bpy) for name, values in series.items()}).loc[
+        list(RETURN_STAT_KEYS)
+    ]
 
     # ---- where the edge went: gross -> fees -> slippage -> funding -> net
     net_pnl = float(eq[-1] - init)
@@ -725,14 +955,27 @@ def build_report(
         return x / traded * 1e4 if traded > 0 else float("nan")
 
     attribution = {
-        "gross_pnl": gross_pnl, "fees": fees_paid, "slippage": slippage_paid, "funding": funding_paid,
-        "net_pnl": net_pnl, "gross_return": gross_pnl / init, "fees_return": fees_paid / init,
-        "slippage_return": slippage_paid / init, "funding_return": funding_paid / init, "net_return": net_pnl / init,
-        "traded_notional": traded, "gross_bps": per_notional(gross_pnl), "fees_bps": per_notional(fees_paid),
-        "slippage_bps": per_notional(slippage_paid), "funding_bps": per_notional(funding_paid),
+        "gross_pnl": gross_pnl,
+        "fees": fees_paid,
+        "slippage": slippage_paid,
+        "funding": funding_paid,
+        "net_pnl": net_pnl,
+        "gross_return": gross_pnl / init,
+        "fees_return": fees_paid / init,
+        "slippage_return": slippage_paid / init,
+        "funding_return": funding_paid / init,
+        "net_return": net_pnl / init,
+        "traded_notional": traded,
+        "gross_bps": per_notional(gross_pnl),
+        "fees_bps": per_notional(fees_paid),
+        "slippage_bps": per_notional(slippage_paid),
+        "funding_bps": per_notional(funding_paid),
         "net_bps": per_notional(net_pnl),
-        "cost_share_of_gross": (fees_paid + slippage_paid + funding_paid) / gross_pnl if gross_pnl > 0 else float("nan"),
-        "closed_trades_pnl": closed_pnl, "other_pnl": net_pnl - (closed_pnl - funding_paid),
+        "cost_share_of_gross": (fees_paid + slippage_paid + funding_paid) / gross_pnl
+        if gross_pnl > 0
+        else float("nan"),
+        "closed_trades_pnl": closed_pnl,
+        "other_pnl": net_pnl - (closed_pnl - funding_paid),
     }
 
     # ---- trades and instruments
@@ -762,25 +1005,44 @@ def build_report(
     }
     run_info.update(dict(info or {}))
     annualisation = {
-        "freq": freq, "bars_per_year": bpy, "days_per_year": DAYS_PER_YEAR, "hours_per_bar": hpb,
-        "bars_per_day": 24.0 / hpb, "risk_free_rate": 0.0, "rolling_window_bars": window,
+        "freq": freq,
+        "bars_per_year": bpy,
+        "days_per_year": DAYS_PER_YEAR,
+        "hours_per_bar": hpb,
+        "bars_per_day": 24.0 / hpb,
+        "risk_free_rate": 0.0,
+        "rolling_window_bars": window,
         "rolling_window_days": window * hpb / 24.0,
-        "basis": (f"24/7 market: {bpy:,.0f} bars a year = {DAYS_PER_YEAR} days x {24.0 / hpb:,.4g} bars a day; "
-                  "risk-free rate 0"),
+        "basis": (
+            f"24/7 market: {bpy:,.0f} bars a year = {DAYS_PER_YEAR} days x {24.0 / hpb:,.4g} bars a day; "
+            "risk-free rate 0"
+        ),
     }
     summary = {
-        "start": times[0], "end": times[-1], "n_bars": n, "days": days, "quote_currency": quote,
-        "benchmark": benchmark, "initial_equity": init, "final_equity": float(eq[-1]), "net_pnl": net_pnl,
+        "start": times[0],
+        "end": times[-1],
+        "n_bars": n,
+        "days": days,
+        "quote_currency": quote,
+        "benchmark": benchmark,
+        "initial_equity": init,
+        "final_equity": float(eq[-1]),
+        "net_pnl": net_pnl,
         "total_return": metrics["total_return"],
         "total_return_without_cost": float(ts["cum_return_without_cost"].iloc[-1]),
         "benchmark_total_return": float(ts["cum_benchmark"].iloc[-1]) if has_bench else float("nan"),
         "excess_total_return": float(ts["cum_excess_with_cost"].iloc[-1]) if has_bench else float("nan"),
-        "excess_total_return_without_cost": float(ts["cum_excess_without_cost"].iloc[-1]) if has_bench
+        "excess_total_return_without_cost": float(ts["cum_excess_without_cost"].iloc[-1])
+        if has_bench
         else float("nan"),
-        "annualized_return": metrics["annualized_return"], "sharpe": metrics["sharpe"],
-        "max_drawdown": metrics["max_drawdown"], "max_drawdown_duration": metrics["max_drawdown_duration"],
+        "annualized_return": metrics["annualized_return"],
+        "sharpe": metrics["sharpe"],
+        "max_drawdown": metrics["max_drawdown"],
+        "max_drawdown_duration": metrics["max_drawdown_duration"],
         "max_drawdown_duration_days": metrics["max_drawdown_duration"] * hpb / 24.0,
-        "turnover": metrics["turnover"], "traded_notional": traded, "n_fills": int(len(fills_n)),
+        "turnover": metrics["turnover"],
+        "traded_notional": traded,
+        "n_fills": int(len(fills_n)),
         "n_closed_trades": int(len(closed)),
     }
     return BacktestReport(
@@ -806,8 +1068,9 @@ def build_report(
     )
 
 
-def _instrument_table(fills: pd.DataFrame, trades: pd.DataFrame, funding: pd.DataFrame,
-                      initial_equity: float) -> tuple[pd.DataFrame, dict[str, Any]]:
+def _instrument_table(
+    fills: pd.DataFrame, trades: pd.DataFrame, funding: pd.DataFrame, initial_equity: float
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """One row per traded (or funded) instrument; see :data:`INSTRUMENT_COLUMNS` and the docs."""
     names = sorted((set(fills["instrument"].astype(str)) | set(funding["instrument"].astype(str))) - {""})
     rows = []
@@ -819,44 +1082,66 @@ def _instrument_table(fills: pd.DataFrame, trades: pd.DataFrame, funding: pd.Dat
         side = c["side"].to_numpy() if len(c) else np.zeros(0, dtype=object)
         fund = float(funding.loc[funding["instrument"] == name, "paid"].sum()) if len(funding) else 0.0
         realised = float(pnl.sum())
-        held = ((pd.to_datetime(c["exit_time"]) - pd.to_datetime(c["entry_time"])).dt.total_seconds() / 3600
-                if len(c) else pd.Series(dtype="float64"))
+        held = (
+            (pd.to_datetime(c["exit_time"]) - pd.to_datetime(c["entry_time"])).dt.total_seconds() / 3600
+            if len(c)
+            else pd.Series(dtype="float64")
+        )
         market = ""
         if "market" in f.columns and len(f):
             market = ",".join(sorted(set(f["market"].astype(str))))
         elif name:
             market = "swap" if name.upper().endswith("-SWAP") else "spot"
-        rows.append({
-            "instrument": name,
-            "market": market,
-            "trades": int(len(pnl)),
-            "long_trades": int((side == "long").sum()),
-            "short_trades": int((side == "short").sum()),
-            "wins": int((pnl > 0).sum()),
-            "win_rate": float((pnl > 0).mean()) if len(pnl) else float("nan"),
-            "long_pnl": float(pnl[side == "long"].sum()),
-            "short_pnl": float(pnl[side == "short"].sum()),
-            "realised_pnl": realised,
-            "fees": float(f["fee"].sum()),
-            "slippage": float(f["slippage"].sum()),
-            "funding": fund,
-            "net_pnl": realised - fund,
-            "net_pnl_pct": (realised - fund) / initial_equity,
-            "traded_notional": float((f["amount"] * f["price"]).sum()),
-            "avg_holding_hours": float(held.mean()) if len(held) else float("nan"),
-            "open_trades": int((~t["closed"].astype(bool)).sum()) if len(t) else 0,
-        })
+        rows.append(
+            {
+                "instrument": name,
+                "market": market,
+                "trades": int(len(pnl)),
+                "long_trades": int((side == "long").sum()),
+                "short_trades": int((side == "short").sum()),
+                "wins": int((pnl > 0).sum()),
+                "win_rate": float((pnl > 0).mean()) if len(pnl) else float("nan"),
+                "long_pnl": float(pnl[side == "long"].sum()),
+                "short_pnl": float(pnl[side == "short"].sum()),
+                "realised_pnl": realised,
+                "fees": float(f["fee"].sum()),
+                "slippage": float(f["slippage"].sum()),
+                "funding": fund,
+                "net_pnl": realised - fund,
+                "net_pnl_pct": (realised - fund) / initial_equity,
+                "traded_notional": float((f["amount"] * f["price"]).sum()),
+                "avg_holding_hours": float(held.mean()) if len(held) else float("nan"),
+                "open_trades": int((~t["closed"].astype(bool)).sum()) if len(t) else 0,
+            }
+        )
     table = pd.DataFrame(rows, columns=list(INSTRUMENT_COLUMNS))
     if len(table):
         table = table.sort_values(["net_pnl", "instrument"], ascending=[False, True], kind="mergesort")
         table = table.reset_index(drop=True)
     closed = trades[trades["closed"].astype(bool)] if len(trades) else trades
     all_pnl = closed["pnl"].to_numpy(dtype="float64") if len(closed) else np.zeros(0)
-    held_all = ((pd.to_datetime(closed["exit_time"]) - pd.to_datetime(closed["entry_time"])).dt.total_seconds() / 3600
-                if len(closed) else pd.Series(dtype="float64"))
+    held_all = (
+        (pd.to_datetime(closed["exit_time"]) - pd.to_datetime(closed["entry_time"])).dt.total_seconds() / 3600
+        if len(closed)
+        else pd.Series(dtype="float64")
+    )
     total = {"instrument": "total", "market": ""}
-    for col in ("trades", "long_trades", "short_trades", "wins", "long_pnl", "short_pnl", "realised_pnl", "fees",
-                "slippage", "funding", "net_pnl", "net_pnl_pct", "traded_notional", "open_trades"):
+    for col in (
+        "trades",
+        "long_trades",
+        "short_trades",
+        "wins",
+        "long_pnl",
+        "short_pnl",
+        "realised_pnl",
+        "fees",
+        "slippage",
+        "funding",
+        "net_pnl",
+        "net_pnl_pct",
+        "traded_notional",
+        "open_trades",
+    ):
         total[col] = table[col].sum() if len(table) else 0
     total["win_rate"] = float((all_pnl > 0).mean()) if len(all_pnl) else float("nan")
     total["avg_holding_hours"] = float(held_all.mean()) if len(held_all) else float("nan")
@@ -867,8 +1152,13 @@ def _instrument_table(fills: pd.DataFrame, trades: pd.DataFrame, funding: pd.Dat
 def _orders_summary(order_reports: pd.DataFrame | None) -> dict[str, Any]:
     """Counts of the exchange's order reports by status and by reason (``reasons`` is ``;``-joined)."""
     if order_reports is None or len(order_reports) == 0 or "status" not in order_reports.columns:
-        return {"n_orders": 0 if order_reports is not None else None, "n_filled": None, "n_partial": None,
-                "n_rejected": None, "reasons": {}}
+        return {
+            "n_orders": 0 if order_reports is not None else None,
+            "n_filled": None,
+            "n_partial": None,
+            "n_rejected": None,
+            "reasons": {},
+        }
     status = order_reports["status"].astype(str)
     reasons: dict[str, int] = {}
     if "reasons" in order_reports.columns:
@@ -876,9 +1166,13 @@ def _orders_summary(order_reports: pd.DataFrame | None) -> dict[str, Any]:
             for r in filter(None, (p.strip() for p in text.split(";"))):
                 reasons[r] = reasons.get(r, 0) + 1
     ordered = dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
-    return {"n_orders": int(len(order_reports)), "n_filled": int((status == "filled").sum()),
-            "n_partial": int((status == "partial").sum()), "n_rejected": int((status == "rejected").sum()),
-            "reasons": ordered}
+    return {
+        "n_orders": int(len(order_reports)),
+        "n_filled": int((status == "filled").sum()),
+        "n_partial": int((status == "partial").sum()),
+        "n_rejected": int((status == "rejected").sum()),
+        "reasons": ordered,
+    }
 
 
 def metrics_from_json(path: str | Path) -> dict[str, Any]:

@@ -16,6 +16,7 @@ ratio at ``N = B``. What it does not give is computed here:
 Conventions: ``E_0`` is the initial equity, ``E_1 .. E_n`` the equity at each bar's close, and
 ``r_t = E_t / E_{t-1} - 1``. Undefined values (the Sharpe ratio of a constant series...) are NaN.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,11 +28,35 @@ import pandas as pd
 from ..settings import DAYS_PER_YEAR, bars_per_year
 
 __all__ = [
-    "DAYS_PER_YEAR", "bars_per_year", "bar_hours", "returns_from_equity", "total_return", "annualized_return",
-    "volatility", "sharpe_ratio", "sortino_ratio", "drawdown_curve", "max_drawdown", "max_drawdown_duration",
-    "drawdown_periods", "calmar_ratio", "win_rate", "turnover", "exposure", "monthly_returns",
-    "monthly_returns_table", "yearly_returns", "rolling_sharpe", "rolling_volatility", "default_rolling_window",
-    "return_stats", "RETURN_STAT_KEYS", "compounded", "trade_stats", "TRADE_STAT_KEYS", "profit_factor",
+    "DAYS_PER_YEAR",
+    "bars_per_year",
+    "bar_hours",
+    "returns_from_equity",
+    "total_return",
+    "annualized_return",
+    "volatility",
+    "sharpe_ratio",
+    "sortino_ratio",
+    "drawdown_curve",
+    "max_drawdown",
+    "max_drawdown_duration",
+    "drawdown_periods",
+    "calmar_ratio",
+    "win_rate",
+    "turnover",
+    "exposure",
+    "monthly_returns",
+    "monthly_returns_table",
+    "yearly_returns",
+    "rolling_sharpe",
+    "rolling_volatility",
+    "default_rolling_window",
+    "return_stats",
+    "RETURN_STAT_KEYS",
+    "compounded",
+    "trade_stats",
+    "TRADE_STAT_KEYS",
+    "profit_factor",
     "expectancy",
 ]
 
@@ -149,12 +174,22 @@ def max_drawdown_duration(equity: Sequence[float], initial_equity: float | None 
     return int(max((b - a + 1 for a, b in runs), default=0))
 
 
-DRAWDOWN_COLUMNS = ("peak", "start", "trough", "recovery", "depth", "length_bars", "length_days", "bars_to_trough",
-                    "recovered")
+DRAWDOWN_COLUMNS = (
+    "peak",
+    "start",
+    "trough",
+    "recovery",
+    "depth",
+    "length_bars",
+    "length_days",
+    "bars_to_trough",
+    "recovered",
+)
 
 
-def drawdown_periods(equity: pd.Series, initial_equity: float | None = None, *, top: int | None = 5,
-                     hours_per_bar: float = 1.0) -> pd.DataFrame:
+def drawdown_periods(
+    equity: pd.Series, initial_equity: float | None = None, *, top: int | None = 5, hours_per_bar: float = 1.0
+) -> pd.DataFrame:
     """The ``top`` deepest drawdown periods (all with ``top=None``), deepest first.
 
     A period is a run of consecutive bars under the running peak. Columns: ``peak`` (the last bar at the
@@ -167,19 +202,21 @@ def drawdown_periods(equity: pd.Series, initial_equity: float | None = None, *, 
     dd = drawdown_curve(equity.to_numpy(dtype="float64"), initial_equity)
     rows = []
     for a, b in _underwater_runs(dd):
-        trough = a + int(np.argmin(dd[a:b + 1]))
+        trough = a + int(np.argmin(dd[a : b + 1]))
         recovered = b + 1 < len(dd)
-        rows.append({
-            "peak": times[a - 1] if a > 0 else pd.NaT,
-            "start": times[a],
-            "trough": times[trough],
-            "recovery": times[b + 1] if recovered else pd.NaT,
-            "depth": float(dd[trough]),
-            "length_bars": int(b - a + 1),
-            "length_days": (b - a + 1) * hours_per_bar / 24.0,
-            "bars_to_trough": int(trough - a + 1),
-            "recovered": bool(recovered),
-        })
+        rows.append(
+            {
+                "peak": times[a - 1] if a > 0 else pd.NaT,
+                "start": times[a],
+                "trough": times[trough],
+                "recovery": times[b + 1] if recovered else pd.NaT,
+                "depth": float(dd[trough]),
+                "length_bars": int(b - a + 1),
+                "length_days": (b - a + 1) * hours_per_bar / 24.0,
+                "bars_to_trough": int(trough - a + 1),
+                "recovered": bool(recovered),
+            }
+        )
     frame = pd.DataFrame(rows, columns=list(DRAWDOWN_COLUMNS))
     if len(frame):
         frame = frame.sort_values(["depth", "start"], kind="mergesort").reset_index(drop=True)
@@ -237,8 +274,9 @@ def yearly_returns(equity: pd.Series, initial_equity: float) -> pd.Series:
     idx = pd.DatetimeIndex(equity.index)
     year_end = equity.groupby(idx.year).last()
     prev = np.concatenate([[float(initial_equity)], year_end.to_numpy(dtype="float64")[:-1]])
-    return pd.Series(year_end.to_numpy(dtype="float64") / prev - 1.0, index=[str(y) for y in year_end.index],
-                     name="yearly_return")
+    return pd.Series(
+        year_end.to_numpy(dtype="float64") / prev - 1.0, index=[str(y) for y in year_end.index], name="yearly_return"
+    )
 
 
 def monthly_returns_table(monthly: pd.Series, yearly: pd.Series | None = None) -> pd.DataFrame:

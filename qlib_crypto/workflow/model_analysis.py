@@ -20,6 +20,7 @@ Definitions (``s`` = score, ``y`` = label, per bar ``t`` across instruments):
 - score autocorrelation (lag ``L``): per bar, Pearson correlation of the percentile ranks of each instrument's
   score and of its score ``L`` rows earlier (Spearman-like; Qlib's ``_pred_autocorr``).
 """
+
 from __future__ import annotations
 
 import math
@@ -39,8 +40,11 @@ def pred_label_frame(pred: pd.Series, label: pd.Series) -> pd.DataFrame:
     """``score`` and ``label`` on a ``(datetime, instrument)`` index, sorted (labels aligned to predictions)."""
     frame = pd.DataFrame({"score": pred.astype("float64"), "label": label.reindex(pred.index).astype("float64")})
     if list(frame.index.names) != ["datetime", "instrument"]:
-        frame = frame.reorder_levels(["datetime", "instrument"]) if set(frame.index.names) >= {"datetime",
-                                                                                                "instrument"} else frame
+        frame = (
+            frame.reorder_levels(["datetime", "instrument"])
+            if set(frame.index.names) >= {"datetime", "instrument"}
+            else frame
+        )
     return frame.sort_index()
 
 
@@ -68,9 +72,17 @@ def distribution(values: pd.Series, bins: int = 20) -> dict[str, Any]:
     v = np.asarray(pd.Series(values, dtype="float64").dropna(), dtype="float64")
     n = len(v)
     if n == 0:
-        return {"n": 0, "mean": None, "std": None, "skew": None, "kurtosis": None, "t_stat": None,
-                "share_positive": None, "histogram": {"edges": [], "counts": []},
-                "qq": {"theoretical": [], "sample": []}}
+        return {
+            "n": 0,
+            "mean": None,
+            "std": None,
+            "skew": None,
+            "kurtosis": None,
+            "t_stat": None,
+            "share_positive": None,
+            "histogram": {"edges": [], "counts": []},
+            "qq": {"theoretical": [], "sample": []},
+        }
     std1 = float(np.std(v, ddof=1)) if n > 1 else float("nan")
     counts, edges = np.histogram(v, bins=bins)
     loc, scale = float(np.mean(v)), float(np.std(v, ddof=0))
@@ -123,9 +135,15 @@ def group_summary(groups: pd.DataFrame, bars_per_year: float) -> pd.DataFrame:
     for col in groups.columns:
         s = groups[col].dropna()
         st = return_stats(s, bars_per_year)
-        rows[col] = {"mean": st["mean"], "std": st["std"], "annualized_return": st["annualized_return"],
-                     "information_ratio": st["information_ratio"], "cumulative_return": float(s.sum()),
-                     "hit_rate": float((s > 0).mean()) if len(s) else float("nan"), "n_bars": float(len(s))}
+        rows[col] = {
+            "mean": st["mean"],
+            "std": st["std"],
+            "annualized_return": st["annualized_return"],
+            "information_ratio": st["information_ratio"],
+            "cumulative_return": float(s.sum()),
+            "hit_rate": float((s > 0).mean()) if len(s) else float("nan"),
+            "n_bars": float(len(s)),
+        }
     return pd.DataFrame(rows).reindex(list(GROUP_STAT_KEYS))
 
 
@@ -183,13 +201,17 @@ class ModelAnalysis:
             "bars_per_year": self.bars_per_year,
             "ic_monthly": {k: finite_or_none(v) for k, v in self.ic_monthly.items()},
             "rank_ic_monthly": {k: finite_or_none(v) for k, v in self.rank_ic_monthly.items()},
-            "ic_monthly_table": {str(y): {c: finite_or_none(self.ic_monthly_table.at[y, c])
-                                          for c in self.ic_monthly_table.columns} for y in self.ic_monthly_table.index},
+            "ic_monthly_table": {
+                str(y): {c: finite_or_none(self.ic_monthly_table.at[y, c]) for c in self.ic_monthly_table.columns}
+                for y in self.ic_monthly_table.index
+            },
             "ic_distribution": _clean(self.ic_distribution),
             "group_returns": _columns(g),
             "group_cumulative_returns": _columns(self.group_cumulative),
-            "group_summary": {c: {k: finite_or_none(self.group_stats.at[k, c]) for k in self.group_stats.index}
-                              for c in self.group_stats.columns},
+            "group_summary": {
+                c: {k: finite_or_none(self.group_stats.at[k, c]) for k in self.group_stats.index}
+                for c in self.group_stats.columns
+            },
             "score_autocorrelation": {
                 "datetime": [pd.Timestamp(t).isoformat() for t in self.autocorrelation.index],
                 "value": [finite_or_none(v) for v in self.autocorrelation.to_numpy(dtype="float64")],
@@ -204,8 +226,10 @@ class ModelAnalysis:
 
 def _columns(frame: pd.DataFrame) -> dict[str, list]:
     """A frame on a datetime index as ``{"datetime": [ISO...], column: [values...]}`` (NaN -> null)."""
-    return {"datetime": [pd.Timestamp(t).isoformat() for t in frame.index],
-            **{c: [finite_or_none(v) for v in frame[c].to_numpy(dtype="float64")] for c in frame.columns}}
+    return {
+        "datetime": [pd.Timestamp(t).isoformat() for t in frame.index],
+        **{c: [finite_or_none(v) for v in frame[c].to_numpy(dtype="float64")] for c in frame.columns},
+    }
 
 
 def _clean(value: Any) -> Any:
@@ -216,8 +240,16 @@ def _clean(value: Any) -> Any:
     return finite_or_none(value)
 
 
-def model_analysis(pred: pd.Series, label: pd.Series, *, bars_per_year: float, ic: pd.Series | None = None,
-                   rank_ic: pd.Series | None = None, n_groups: int = N_GROUPS, lag: int = 1) -> ModelAnalysis:
+def model_analysis(
+    pred: pd.Series,
+    label: pd.Series,
+    *,
+    bars_per_year: float,
+    ic: pd.Series | None = None,
+    rank_ic: pd.Series | None = None,
+    n_groups: int = N_GROUPS,
+    lag: int = 1,
+) -> ModelAnalysis:
     """Compute the model analysis of predictions against labels (both on ``(datetime, instrument)``).
     ``ic``/``rank_ic`` (per bar, from ``calc_ic``) are computed when not given."""
     if ic is None or rank_ic is None:
@@ -228,9 +260,17 @@ def model_analysis(pred: pd.Series, label: pd.Series, *, bars_per_year: float, i
     groups = group_returns(pl, n_groups)
     icm = monthly_mean(ic)
     return ModelAnalysis(
-        ic=ic, rank_ic=rank_ic, bars_per_year=float(bars_per_year), n_groups=n_groups, lag=lag,
-        ic_monthly=icm, rank_ic_monthly=monthly_mean(rank_ic), ic_monthly_table=monthly_returns_table(icm),
-        ic_distribution=distribution(ic), groups=groups, group_cumulative=groups.cumsum(),
+        ic=ic,
+        rank_ic=rank_ic,
+        bars_per_year=float(bars_per_year),
+        n_groups=n_groups,
+        lag=lag,
+        ic_monthly=icm,
+        rank_ic_monthly=monthly_mean(rank_ic),
+        ic_monthly_table=monthly_returns_table(icm),
+        ic_distribution=distribution(ic),
+        groups=groups,
+        group_cumulative=groups.cumsum(),
         group_stats=group_summary(groups, bars_per_year),
         autocorrelation=score_autocorrelation(pl, lag),
     )
@@ -254,10 +294,23 @@ def _figures(ma: ModelAnalysis) -> list[tuple[str, str, Any]]:
         text = [[f"{v:.3f}" if np.isfinite(v) else "" for v in row] for row in z]
         lim = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 0.01
         frame = pd.DataFrame(np.where(np.isfinite(z), z, None), index=list(table.index), columns=list(MONTHS))
-        fig = HeatmapGraph(frame, layout={"title": "Monthly IC"},
-                           graph_kwargs={"xtype": "array", "ytype": "array", "text": text, "texttemplate": "%{text}",
-                                         "colorscale": "RdYlGn", "zmid": 0, "zmin": -lim, "zmax": lim, "xgap": 2,
-                                         "ygap": 2, "hovertemplate": "%{y} %{x}: IC %{z:.4f}<extra></extra>"}).figure
+        fig = HeatmapGraph(
+            frame,
+            layout={"title": "Monthly IC"},
+            graph_kwargs={
+                "xtype": "array",
+                "ytype": "array",
+                "text": text,
+                "texttemplate": "%{text}",
+                "colorscale": "RdYlGn",
+                "zmid": 0,
+                "zmin": -lim,
+                "zmax": lim,
+                "xgap": 2,
+                "ygap": 2,
+                "hovertemplate": "%{y} %{x}: IC %{z:.4f}<extra></extra>",
+            },
+        ).figure
         style_figure(fig, title="Monthly IC (mean of the bar ICs of each month)", height=max(220, 90 + 60 * len(table)))
         fig.update_layout(hovermode="closest")
         fig.update_yaxes(type="category", autorange="reversed", showgrid=False, zeroline=False)
@@ -269,16 +322,19 @@ def _figures(ma: ModelAnalysis) -> list[tuple[str, str, Any]]:
         edges = np.asarray(d["histogram"]["edges"])
         centers = (edges[:-1] + edges[1:]) / 2
         fig = make_subplots(rows=1, cols=2, subplot_titles=("IC histogram", "IC normal Q-Q"))
-        hist = BarGraph(pd.DataFrame({"bars": d["histogram"]["counts"]}, index=centers),
-                        graph_kwargs={"marker": {"color": "#1f77b4"}, "hovertemplate": "IC %{x:.3f}: %{y} bars"}).data
+        hist = BarGraph(
+            pd.DataFrame({"bars": d["histogram"]["counts"]}, index=centers),
+            graph_kwargs={"marker": {"color": "#1f77b4"}, "hovertemplate": "IC %{x:.3f}: %{y} bars"},
+        ).data
         for trace in hist:
             fig.add_trace(trace, row=1, col=1)
         qq = pd.DataFrame({"sample": d["qq"]["sample"]}, index=d["qq"]["theoretical"])
         for trace in ScatterGraph(qq, graph_kwargs={"mode": "markers", "marker": {"color": "#19d3f3", "size": 4}}).data:
             fig.add_trace(trace, row=1, col=2)
         lo, hi = float(min(qq.index.min(), qq["sample"].min())), float(max(qq.index.max(), qq["sample"].max()))
-        fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="45 degrees",
-                                 line={"color": "#636efa"}), row=1, col=2)
+        fig.add_trace(
+            go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="45 degrees", line={"color": "#636efa"}), row=1, col=2
+        )
         style_figure(fig, height=360)
         fig.update_layout(showlegend=False, hovermode="closest", bargap=0.05)
         fig.update_xaxes(title_text="IC", row=1, col=1)
@@ -288,17 +344,26 @@ def _figures(ma: ModelAnalysis) -> list[tuple[str, str, Any]]:
         out.append(("fig-ic-dist", "IC distribution", fig))
 
     if len(ma.groups):
-        fig = ScatterGraph(ma.group_cumulative, layout={"title": "Cumulative Return"},
-                           graph_kwargs={"mode": "lines", "hovertemplate": "%{y:.2%}"}).figure
-        style_figure(fig, title=f"Cumulative return by score group ({ma.n_groups} groups; sum of per-bar mean labels)",
-                     height=420)
+        fig = ScatterGraph(
+            ma.group_cumulative,
+            layout={"title": "Cumulative Return"},
+            graph_kwargs={"mode": "lines", "hovertemplate": "%{y:.2%}"},
+        ).figure
+        style_figure(
+            fig,
+            title=f"Cumulative return by score group ({ma.n_groups} groups; sum of per-bar mean labels)",
+            height=420,
+        )
         fig.update_yaxes(tickformat=".1%")
         out.append(("fig-groups", "Quantile (group) returns", fig))
 
     if len(ma.autocorrelation):
         ac = ma.autocorrelation.to_frame("value")
-        fig = ScatterGraph(ac, layout={"title": "Auto Correlation"},
-                           graph_kwargs={"mode": "lines", "line": {"width": 1}, "hovertemplate": "%{y:.3f}"}).figure
+        fig = ScatterGraph(
+            ac,
+            layout={"title": "Auto Correlation"},
+            graph_kwargs={"mode": "lines", "line": {"width": 1}, "hovertemplate": "%{y:.3f}"},
+        ).figure
         style_figure(fig, title=f"Score autocorrelation (rank correlation with {ma.lag} bar(s) before)", height=320)
         fig.update_layout(showlegend=False)
         out.append(("fig-autocorr", "Score autocorrelation", fig))

@@ -18,6 +18,7 @@ the model (and dataset) file has the sha256 the metadata records, and that every
 ``class``) in the handler/dataset config names an installed, importable module: never a file path, which Qlib
 would execute, and never a ``file:`` reference, which Qlib would unpickle.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -122,8 +123,10 @@ def freq_of(handler_config: Mapping | None) -> str | None:
         import importlib
         import inspect
 
-        klass = getattr(importlib.import_module(handler_config.get("module_path", "qlib.contrib.data.handler")),
-                        handler_config["class"])
+        klass = getattr(
+            importlib.import_module(handler_config.get("module_path", "qlib.contrib.data.handler")),
+            handler_config["class"],
+        )
         default = inspect.signature(klass.__init__).parameters.get("freq")
         if default is not None and isinstance(default.default, str):
             return default.default
@@ -165,8 +168,10 @@ def _window(train_window: Any) -> dict[str, str | None]:
     elif isinstance(train_window, (list, tuple)) and len(train_window) == 2:
         start, end = train_window
     else:
-        raise ConfigError(f"train_window={train_window!r} is not a (start, end) pair",
-                          hint="pass the training segment, e.g. ('2023-01-01', '2023-12-31')")
+        raise ConfigError(
+            f"train_window={train_window!r} is not a (start, end) pair",
+            hint="pass the training segment, e.g. ('2023-01-01', '2023-12-31')",
+        )
     return {k: (None if v is None else pd.Timestamp(v).isoformat()) for k, v in (("start", start), ("end", end))}
 
 
@@ -195,16 +200,20 @@ def save_model(
         raise ConfigError("feature_names is empty", hint="pass the model's input column names in order")
     hcfg = handler_config_of(dataset_config, handler_config)
     if hcfg is None and dataset is None:
-        raise ConfigError("neither handler_config nor dataset_config was given",
-                          hint="pass the handler config used for training so predict can rebuild the features")
+        raise ConfigError(
+            "neither handler_config nor dataset_config was given",
+            hint="pass the handler config used for training so predict can rebuild the features",
+        )
     # a config that names a file (not an installed module) could never be loaded again: refuse it now
     check_config_modules(hcfg, "handler_config", error=ConfigError)
     check_config_modules(dataset_config, "dataset_config", error=ConfigError)
     try:
         model_bytes = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
-        raise ModelError(f"model of type {type(model).__name__} cannot be pickled: {exc}",
-                         hint="save a fitted Qlib model such as LGBModel") from exc
+        raise ModelError(
+            f"model of type {type(model).__name__} cannot be pickled: {exc}",
+            hint="save a fitted Qlib model such as LGBModel",
+        ) from exc
     meta: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "model_file": path.name,
@@ -256,25 +265,32 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
     mpath = metadata_path(_resolve_model_path(path))
     if not mpath.is_file():
-        raise ModelError(f"model metadata {str(mpath)!r} is missing",
-                         hint="save models with qlib_crypto.workflow.model_io.save_model, which writes it")
+        raise ModelError(
+            f"model metadata {str(mpath)!r} is missing",
+            hint="save models with qlib_crypto.workflow.model_io.save_model, which writes it",
+        )
     data = mpath.read_bytes()
     cut = data.rstrip(b"\n").rfind(b"\n") + 1
     match = _DIGEST_LINE.match(data, cut)
     if match is None:
-        raise ModelError(f"model metadata {str(mpath)!r} has no {METADATA_DIGEST_KEY} line: it was edited, or "
-                         f"written by a qlib-crypto older than metadata format {FORMAT_VERSION}",
-                         hint="re-save the model (save_model, or re-run the workflow) from a trusted source")
+        raise ModelError(
+            f"model metadata {str(mpath)!r} has no {METADATA_DIGEST_KEY} line: it was edited, or "
+            f"written by a qlib-crypto older than metadata format {FORMAT_VERSION}",
+            hint="re-save the model (save_model, or re-run the workflow) from a trusted source",
+        )
     actual = hashlib.sha256(data[:cut]).hexdigest()
     if actual != match.group(1).decode():
-        raise ModelError(f"model metadata {str(mpath)!r} has sha256 {actual[:16]}..., its {METADATA_DIGEST_KEY} line "
-                         f"says {match.group(1).decode()[:16]}...",
-                         hint="the metadata was changed after saving: restore it or re-save the model")
+        raise ModelError(
+            f"model metadata {str(mpath)!r} has sha256 {actual[:16]}..., its {METADATA_DIGEST_KEY} line "
+            f"says {match.group(1).decode()[:16]}...",
+            hint="the metadata was changed after saving: restore it or re-save the model",
+        )
     try:
         meta = yaml.safe_load(data.decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ModelError(f"model metadata {str(mpath)!r} is not valid YAML: {' '.join(str(exc).split())}",
-                         hint="re-save the model") from None
+        raise ModelError(
+            f"model metadata {str(mpath)!r} is not valid YAML: {' '.join(str(exc).split())}", hint="re-save the model"
+        ) from None
     if not isinstance(meta, dict) or "sha256" not in meta or "feature_names" not in meta:
         raise ModelError(f"model metadata {str(mpath)!r} lacks sha256/feature_names", hint="re-save the model")
     return meta
@@ -286,11 +302,15 @@ _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z"
 def check_module_name(name: Any, where: str, *, error: type = ModelError) -> str:
     """``name`` if it is an installed, importable module name (``qlib.contrib.data.handler``); a file path,
     a name ending in ``.py`` (Qlib executes those as files) or a module that cannot be found is refused."""
-    hint = ("model metadata may only name installed modules (e.g. qlib_crypto.data or qlib.contrib.data.handler), "
-            "never files; install your handler as a package, name its module, and re-save the model")
+    hint = (
+        "model metadata may only name installed modules (e.g. qlib_crypto.data or qlib.contrib.data.handler), "
+        "never files; install your handler as a package, name its module, and re-save the model"
+    )
     text = name if isinstance(name, str) else None
     if text is None or text.endswith(".py") or not _MODULE_NAME.match(text):
-        raise error(f"{where} {name!r} is not a module name (file paths are refused: Qlib would execute them)", hint=hint)
+        raise error(
+            f"{where} {name!r} is not a module name (file paths are refused: Qlib would execute them)", hint=hint
+        )
     import importlib.util
 
     try:
@@ -321,9 +341,11 @@ def check_config_modules(config: Any, where: str, *, error: type = ModelError) -
             for i, value in enumerate(node):
                 walk(value, f"{at}{i}.")
         elif isinstance(node, str) and node.strip().lower().startswith("file:"):
-            raise error(f"{where}: {at.rstrip('.') or 'the config'} is the file reference {node!r}, which Qlib "
-                        "would unpickle", hint="model metadata may only hold installed module names and plain "
-                                               "values: re-save the model with the handler config itself")
+            raise error(
+                f"{where}: {at.rstrip('.') or 'the config'} is the file reference {node!r}, which Qlib would unpickle",
+                hint="model metadata may only hold installed module names and plain "
+                "values: re-save the model with the handler config itself",
+            )
 
     walk(config, "")
 
@@ -333,12 +355,16 @@ def _resolve_model_path(path: str | os.PathLike) -> Path:
     if p.is_dir():  # a directory holding one model (e.g. a downloaded recorder artifact)
         metas = sorted(p.glob("*" + META_SUFFIX))
         if len(metas) != 1:
-            raise ModelError(f"directory {str(p)!r} holds {len(metas)} model metadata files",
-                             hint="pass the path of the model .pkl file itself")
+            raise ModelError(
+                f"directory {str(p)!r} holds {len(metas)} model metadata files",
+                hint="pass the path of the model .pkl file itself",
+            )
         p = metas[0].with_name(metas[0].name[: -len(META_SUFFIX)])
     if not p.is_file():
-        raise ModelError(f"model file {str(p)!r} does not exist",
-                         hint="check the path, or train and save a model first (save_model / ModelArtifactRecord)")
+        raise ModelError(
+            f"model file {str(p)!r} does not exist",
+            hint="check the path, or train and save a model first (save_model / ModelArtifactRecord)",
+        )
     return p
 
 
@@ -356,8 +382,10 @@ def _unpickle(path: Path, what: str) -> Any:
         with open(path, "rb") as fh:
             return pickle.load(fh)
     except Exception as exc:
-        raise ModelError(f"{what} {str(path)!r} cannot be unpickled: {type(exc).__name__}: {exc}",
-                         hint="load it with the library versions listed in its metadata") from exc
+        raise ModelError(
+            f"{what} {str(path)!r} cannot be unpickled: {type(exc).__name__}: {exc}",
+            hint="load it with the library versions listed in its metadata",
+        ) from exc
 
 
 def verify_model(path: str | os.PathLike) -> tuple[Path, dict]:
@@ -373,12 +401,17 @@ def verify_model(path: str | os.PathLike) -> tuple[Path, dict]:
     _check_hash(p, meta.get("sha256"), "model file")
     if meta.get("dataset_file"):
         if meta["dataset_file"] != dataset_path(p).name:
-            raise ModelError(f"the metadata of {str(p)!r} names the dataset file {meta['dataset_file']!r}, "
-                             f"not {dataset_path(p).name!r}", hint="restore the metadata or re-save the model")
+            raise ModelError(
+                f"the metadata of {str(p)!r} names the dataset file {meta['dataset_file']!r}, "
+                f"not {dataset_path(p).name!r}",
+                hint="restore the metadata or re-save the model",
+            )
         dpath = dataset_path(p)
         if not dpath.is_file():
-            raise ModelError(f"dataset file {str(dpath)!r} named in the model metadata is missing",
-                             hint="copy it together with the model, or re-save the model")
+            raise ModelError(
+                f"dataset file {str(dpath)!r} named in the model metadata is missing",
+                hint="copy it together with the model, or re-save the model",
+            )
         _check_hash(dpath, meta.get("dataset_sha256"), "dataset file")
     mpath = metadata_path(p)
     check_config_modules(meta.get("handler_config"), f"model metadata {str(mpath)!r} handler_config")
@@ -407,11 +440,15 @@ def load_dataset(model_path: str | os.PathLike, metadata: Mapping) -> Any | None
         return None
     p = dataset_path(model_path)
     if metadata["dataset_file"] != p.name:
-        raise ModelError(f"the model metadata names the dataset file {metadata['dataset_file']!r}, not {p.name!r}",
-                         hint="restore the metadata or re-save the model")
+        raise ModelError(
+            f"the model metadata names the dataset file {metadata['dataset_file']!r}, not {p.name!r}",
+            hint="restore the metadata or re-save the model",
+        )
     if not p.is_file():
-        raise ModelError(f"dataset file {str(p)!r} named in the model metadata is missing",
-                         hint="copy it together with the model, or re-save the model")
+        raise ModelError(
+            f"dataset file {str(p)!r} named in the model metadata is missing",
+            hint="copy it together with the model, or re-save the model",
+        )
     _check_hash(p, metadata.get("dataset_sha256"), "dataset file")
     return _unpickle(p, "dataset file")
 
@@ -449,7 +486,7 @@ def tracking_store_path(uri: str) -> Path | None:
 
     text = str(uri).strip()
     if text.lower().startswith("sqlite:///"):
-        path = text[len("sqlite:///"):]
+        path = text[len("sqlite:///") :]
         return None if not path or path == ":memory:" else Path(unquote(path))
     parsed = urlparse(text)
     if parsed.scheme == "file":
@@ -467,8 +504,10 @@ def check_tracking_uri(uri: str, *, option: str = "--tracking-uri") -> None:
     path = tracking_store_path(uri)
     if path is None:
         return
-    hint = (f"pass {option} with the store qrun wrote (e.g. {option} ./mlruns; default $MLFLOW_TRACKING_URI, "
-            "else ./mlruns); an empty store is not created")
+    hint = (
+        f"pass {option} with the store qrun wrote (e.g. {option} ./mlruns; default $MLFLOW_TRACKING_URI, "
+        "else ./mlruns); an empty store is not created"
+    )
     if not path.exists():
         raise ConfigError(f"MLflow tracking store {str(path)!r} (tracking URI {uri!r}) does not exist", hint=hint)
     if not str(uri).strip().lower().startswith("sqlite:") and not path.is_dir():
@@ -482,19 +521,27 @@ def _find_run(experiment: str, run_id: str, uri: str):
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = [e.name for e in client.search_experiments()]
-        raise ModelError(f"experiment {experiment!r} not found in tracking store {uri!r}",
-                         hint=f"known experiments: {', '.join(names) or 'none'}; pass --tracking-uri if elsewhere")
+        raise ModelError(
+            f"experiment {experiment!r} not found in tracking store {uri!r}",
+            hint=f"known experiments: {', '.join(names) or 'none'}; pass --tracking-uri if elsewhere",
+        )
     if run_id in (None, "", "latest"):
-        runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
-                                  order_by=["attributes.start_time DESC"], max_results=1)
+        runs = client.search_runs(
+            [exp.experiment_id],
+            filter_string="attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
         if not runs:
             raise ModelError(f"experiment {experiment!r} has no finished run", hint="run qrun first")
         return client, runs[0].info.run_id
     try:
         run = client.get_run(run_id)
     except Exception:
-        raise ModelError(f"run {run_id!r} not found in experiment {experiment!r}",
-                         hint="list runs with `mlflow ui` or pass --run-id latest") from None
+        raise ModelError(
+            f"run {run_id!r} not found in experiment {experiment!r}",
+            hint="list runs with `mlflow ui` or pass --run-id latest",
+        ) from None
     if run.info.experiment_id != exp.experiment_id:
         raise ModelError(f"run {run_id!r} is not in experiment {experiment!r}", hint="check --experiment")
     return client, run_id
@@ -521,26 +568,37 @@ def load_model_from_recorder(
             dataset = load_dataset(local / RECORDER_MODEL_NAME, meta) if with_dataset else None
         elif "params.pkl" in names:
             model = _unpickle(Path(client.download_artifacts(rid, "params.pkl", str(tmp))), "recorder model")
-            task = _unpickle(Path(client.download_artifacts(rid, "task", str(tmp))), "recorder task") \
-                if "task" in names else {}
+            task = (
+                _unpickle(Path(client.download_artifacts(rid, "task", str(tmp))), "recorder task")
+                if "task" in names
+                else {}
+            )
             dcfg = dict(task.get("dataset", {}) or {})
             check_config_modules(dcfg, f"run {rid!r} task dataset config")
             hcfg = handler_config_of(dcfg, None)
             segments = dict(dcfg.get("kwargs", {}).get("segments", {}) or {})
             train = segments.get("train") or (None, None)
             meta = {
-                "format_version": FORMAT_VERSION, "model_class": f"{type(model).__module__}.{type(model).__name__}",
-                "feature_names": None, "freq": freq_of(hcfg), "label": label_of(hcfg),
-                "train_window": _window(train), "handler_config": _to_plain(hcfg), "dataset_config": _to_plain(dcfg),
-                "versions": None, "extra": {},
+                "format_version": FORMAT_VERSION,
+                "model_class": f"{type(model).__module__}.{type(model).__name__}",
+                "feature_names": None,
+                "freq": freq_of(hcfg),
+                "label": label_of(hcfg),
+                "train_window": _window(train),
+                "handler_config": _to_plain(hcfg),
+                "dataset_config": _to_plain(dcfg),
+                "versions": None,
+                "extra": {},
             }
             dataset = None
             if with_dataset and "dataset" in names:
                 dataset = _unpickle(Path(client.download_artifacts(rid, "dataset", str(tmp))), "recorder dataset")
             logger.warning("run %s has no %s/ artifact: feature names are not checked", rid, RECORDER_ARTIFACT_DIR)
         else:
-            raise ModelError(f"run {rid!r} of experiment {experiment!r} holds no model artifact",
-                             hint="add ModelArtifactRecord (or SignalRecord via qrun) to the workflow's records")
+            raise ModelError(
+                f"run {rid!r} of experiment {experiment!r} holds no model artifact",
+                hint="add ModelArtifactRecord (or SignalRecord via qrun) to the workflow's records",
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     meta.pop("model_path", None)  # the download directory is gone

@@ -6,6 +6,7 @@ training ones) or else the handler config in the metadata (its processors then r
 which is loaded too). ``warmup_bars`` bars before the first scored bar are loaded so rolling windows are
 full.
 """
+
 from __future__ import annotations
 
 import copy
@@ -40,12 +41,16 @@ def normalize_provider_uri(provider: str | os.PathLike | Mapping[str, str], freq
 
     uri = provider_uri(provider)
     if freq not in uri:
-        raise ConfigError(f"no provider directory for frequency {freq!r} (found {', '.join(uri) or 'none'})",
-                          hint=f"pass the directory dumped at {freq}, or {freq}=DIR")
+        raise ConfigError(
+            f"no provider directory for frequency {freq!r} (found {', '.join(uri) or 'none'})",
+            hint=f"pass the directory dumped at {freq}, or {freq}=DIR",
+        )
     calendar = Path(uri[freq]) / "calendars" / f"{freq}.txt"
     if not calendar.is_file():
-        raise ProviderError(f"provider directory {uri[freq]!r} has no calendar for {freq!r} ({calendar} missing)",
-                            hint="dump the store first (qlib-crypto dump) or pass the directory of this frequency")
+        raise ProviderError(
+            f"provider directory {uri[freq]!r} has no calendar for {freq!r} ({calendar} missing)",
+            hint="dump the store first (qlib-crypto dump) or pass the directory of this frequency",
+        )
     return uri
 
 
@@ -54,14 +59,18 @@ def _naive_utc(value: Any, name: str) -> pd.Timestamp:
     try:
         ts = pd.Timestamp(value)
     except (ValueError, TypeError):
-        raise ConfigError(f"{name}={value!r} is not a timestamp", hint="use e.g. 2024-06-01 or 2024-06-01T12:00") from None
+        raise ConfigError(
+            f"{name}={value!r} is not a timestamp", hint="use e.g. 2024-06-01 or 2024-06-01T12:00"
+        ) from None
     return ts.tz_convert("UTC").tz_localize(None) if ts.tz is not None else ts
 
 
 def _resolve_model(model_path, experiment, run_id, tracking_uri):
     if (model_path is None) == (experiment is None):
-        raise ConfigError("give exactly one of a model path and a recorder experiment",
-                          hint="use --model PATH or --experiment NAME [--run-id ID]")
+        raise ConfigError(
+            "give exactly one of a model path and a recorder experiment",
+            hint="use --model PATH or --experiment NAME [--run-id ID]",
+        )
     if model_path is not None:
         model, meta = load_model(model_path)
         return model, meta, load_dataset(meta["model_path"], meta)
@@ -127,8 +136,10 @@ def predict(
         raise ConfigError("the frequency is unknown", hint="pass freq (e.g. 60min); the model metadata has none")
     freq = get_timeframe(freq).qlib_freq
     if model_freq and get_timeframe(model_freq).qlib_freq != freq:
-        raise ModelError(f"the model was trained on {model_freq!r} bars but {freq!r} was asked",
-                         hint=f"predict with freq={model_freq!r}, or use a model trained at {freq}")
+        raise ModelError(
+            f"the model was trained on {model_freq!r} bars but {freq!r} was asked",
+            hint=f"predict with freq={model_freq!r}, or use a model trained at {freq}",
+        )
     uri = normalize_provider_uri(provider_uri, freq)
     if init_qlib:
         _qlib_init(uri)
@@ -154,7 +165,9 @@ def predict(
     t_start, t_end = cal[i_start], cal[i_end]
     extra = dict(meta.get("extra") or {})
     warmup = warmup_bars if warmup_bars is not None else extra.get("warmup_bars") or DEFAULT_WARMUP_BARS
-    warmup = check_warmup_bars(warmup, "the model metadata's extra.warmup_bars" if warmup_bars is None else "warmup_bars")
+    warmup = check_warmup_bars(
+        warmup, "the model metadata's extra.warmup_bars" if warmup_bars is None else "warmup_bars"
+    )
     load_start = cal[max(0, i_start - warmup)]
 
     segments = {"test": (t_start, t_end)}
@@ -180,8 +193,11 @@ def predict(
 
     features = dataset.prepare("test", col_set="feature", data_key=DataHandlerLP.DK_I)
     if meta.get("feature_names") is not None:
-        check_features(meta["feature_names"], list(features.columns.get_level_values(-1)),
-                       model_name=str(meta.get("model_path") or meta.get("source") or "the model"))
+        check_features(
+            meta["feature_names"],
+            list(features.columns.get_level_values(-1)),
+            model_name=str(meta.get("model_path") or meta.get("source") or "the model"),
+        )
     if features.empty:
         raise ProviderError(f"no feature rows between {t_start} and {t_end}", hint="check the instruments and range")
     scores = model.predict(dataset, segment="test")
@@ -222,8 +238,10 @@ def check_warmup_bars(value: Any, what: str) -> int | None:
     except (TypeError, ValueError, OverflowError):
         ok = False
     if not ok:
-        raise ConfigError(f"{what} {value!r} is not a whole number of bars >= 0",
-                          hint=f"give the history bars to load before the first scored bar, e.g. {DEFAULT_WARMUP_BARS}")
+        raise ConfigError(
+            f"{what} {value!r} is not a whole number of bars >= 0",
+            hint=f"give the history bars to load before the first scored bar, e.g. {DEFAULT_WARMUP_BARS}",
+        )
     return int(value)
 
 

@@ -10,6 +10,7 @@ crypto figures. The records here log, next to Qlib's own metrics, the same stati
 - :class:`CryptoRiskRecord`: a companion record that reads the ``report_normal_<freq>.pkl`` artifacts any
   portfolio record wrote (Qlib's or our own backtest's) and logs the 24/7 metrics.
 """
+
 from __future__ import annotations
 
 import logging
@@ -166,9 +167,11 @@ def format_risk_table(table: pd.DataFrame, freq: str) -> str:
     from .. import _format as fmt
 
     n = bars_per_year(freq)
-    title = (f"24/7 risk analysis ({freq}; annualised over {n:,.0f} bars = 365 days x "
-             f"{n / 365:,.4g} bars a day, risk-free rate 0; arithmetic annualised return = mean x {n:,.0f}, "
-             f"as Qlib's risk_analysis)")
+    title = (
+        f"24/7 risk analysis ({freq}; annualised over {n:,.0f} bars = 365 days x "
+        f"{n / 365:,.4g} bars a day, risk-free rate 0; arithmetic annualised return = mean x {n:,.0f}, "
+        f"as Qlib's risk_analysis)"
+    )
     rows = []
     for key in table.index:
         unit = RISK_ROW_UNITS.get(key, "ratio")
@@ -187,9 +190,7 @@ class CryptoPortAnaRecord(PortAnaRecord):
 
     def _generate(self, **kwargs: Any) -> dict[str, Any]:
         artifacts = super()._generate(**kwargs)
-        reports = {
-            freq: obj for name, obj in artifacts.items() if (freq := _freq_of_report(name)) is not None
-        }
+        reports = {freq: obj for name, obj in artifacts.items() if (freq := _freq_of_report(name)) is not None}
         artifacts.update(_log_tables(self.recorder, reports))
         return artifacts
 
@@ -218,6 +219,9 @@ class CryptoRiskRecord(RecordTemp):
         return sorted({f for n in names if (f := _freq_of_report(n)) is not None})
 
     def generate(self, **kwargs: Any) -> dict[str, Any]:
+        from .._run_guard import guard_recorder
+
+        guard_recorder(self.recorder)  # run name; KILLED on Ctrl-C/SIGTERM
         freqs = self._report_freqs()
         if not freqs:
             raise ConfigError(

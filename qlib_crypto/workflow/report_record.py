@@ -13,6 +13,7 @@ In a workflow YAML, after ``SignalRecord``::
         module_path: qlib_crypto.workflow.report_record
         kwargs: {model: <MODEL>, dataset: <DATASET>}          # optional: out_dir: reports/training
 """
+
 from __future__ import annotations
 
 import logging
@@ -71,8 +72,15 @@ class TrainingReportRecord(RecordTemp):
     artifact_path = "training_report"
     depend_cls = SignalRecord
 
-    def __init__(self, recorder: Any, model: Any = None, dataset: Any = None, out_dir: str | None = None,
-                 evals_result: Mapping | None = None, title: str | None = None) -> None:
+    def __init__(
+        self,
+        recorder: Any,
+        model: Any = None,
+        dataset: Any = None,
+        out_dir: str | None = None,
+        evals_result: Mapping | None = None,
+        title: str | None = None,
+    ) -> None:
         super().__init__(recorder=recorder)
         self.model = model
         self.dataset = dataset
@@ -81,21 +89,31 @@ class TrainingReportRecord(RecordTemp):
         self.title = title
 
     def generate(self, **kwargs: Any) -> dict[str, Path]:
+        from .._run_guard import guard_recorder
+
+        guard_recorder(self.recorder)  # run name (also of the merged walk-forward recorder); KILLED on Ctrl-C/SIGTERM
         pred = self.load("pred.pkl")
         label = self.load("label.pkl")
         evals = self.evals_result if self.evals_result is not None else loss_curves(self.recorder)
-        info = {"experiment_id": getattr(self.recorder, "experiment_id", None),
-                "run_id": getattr(self.recorder, "id", None)}
+        info = {
+            "experiment_id": getattr(self.recorder, "experiment_id", None),
+            "run_id": getattr(self.recorder, "id", None),
+        }
         title = self.title or f"Training report (run {info['run_id']})"
         tmp = Path(tempfile.mkdtemp(prefix="qlib_crypto_report_"))
         try:
-            paths = training_report(pred, label, self.model, evals, tmp, feature_names=_feature_names(self.dataset),
-                                    title=title, info=info)
+            paths = training_report(
+                pred, label, self.model, evals, tmp, feature_names=_feature_names(self.dataset), title=title, info=info
+            )
             self.recorder.save_objects(local_path=str(tmp), artifact_path=self.artifact_path)
-            if self.out_dir is not None:
+            if self.out_dir is not None:  # the same two files, copied (not computed a second time), as one unit
+                from .._atomic import atomic_dir
+
                 out = Path(self.out_dir)
-                paths = training_report(pred, label, self.model, evals, out,
-                                        feature_names=_feature_names(self.dataset), title=title, info=info)
+                with atomic_dir(out, replaceable=(JSON_NAME, HTML_NAME), what="training report directory") as stage:
+                    for name in (JSON_NAME, HTML_NAME):
+                        shutil.copyfile(tmp / name, stage / name)
+                paths = {"json": out / JSON_NAME, "html": out / HTML_NAME}
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return paths
@@ -111,8 +129,14 @@ class ModelArtifactRecord(RecordTemp):
 
     artifact_path = RECORDER_ARTIFACT_DIR
 
-    def __init__(self, recorder: Any, model: Any = None, dataset: Any = None, out_path: str | None = None,
-                 warmup_bars: int | None = None) -> None:
+    def __init__(
+        self,
+        recorder: Any,
+        model: Any = None,
+        dataset: Any = None,
+        out_path: str | None = None,
+        warmup_bars: int | None = None,
+    ) -> None:
         super().__init__(recorder=recorder)
         self.model = model
         self.dataset = dataset
@@ -122,16 +146,28 @@ class ModelArtifactRecord(RecordTemp):
     def _save(self, path: Path) -> dict:
         task = _task(self.recorder)
         dataset_config = task.get("dataset") if isinstance(task.get("dataset"), Mapping) else None
-        segments = dict(getattr(self.dataset, "segments", None) or
-                        (dataset_config or {}).get("kwargs", {}).get("segments", {}) or {})
-        extra: dict[str, Any] = {"recorder": {"experiment_id": getattr(self.recorder, "experiment_id", None),
-                                              "run_id": getattr(self.recorder, "id", None)},
-                                 "segments": segments}
+        segments = dict(
+            getattr(self.dataset, "segments", None)
+            or (dataset_config or {}).get("kwargs", {}).get("segments", {})
+            or {}
+        )
+        extra: dict[str, Any] = {
+            "recorder": {
+                "experiment_id": getattr(self.recorder, "experiment_id", None),
+                "run_id": getattr(self.recorder, "id", None),
+            },
+            "segments": segments,
+        }
         if self.warmup_bars is not None:
             extra["warmup_bars"] = int(self.warmup_bars)
         return save_model(
-            self.model, path, feature_names=_feature_names(self.dataset) or [], train_window=segments.get("train"),
-            dataset_config=dataset_config, dataset=self.dataset, extra=extra,
+            self.model,
+            path,
+            feature_names=_feature_names(self.dataset) or [],
+            train_window=segments.get("train"),
+            dataset_config=dataset_config,
+            dataset=self.dataset,
+            extra=extra,
             handler_config=None if dataset_config else {},
         )
 

@@ -8,7 +8,12 @@ YAML, generates one task per test window (expanding or sliding train window), tr
 one recorder, and re-runs the workflow's analysis records on it (``SigAnaRecord``, ``CryptoBacktestRecord``
 on the predicted range, ``CryptoRiskRecord``, the training report without a model; see
 :func:`_analysis_records`).
+
+On a Dask cluster (``dask=`` / the workflow's ``dask:`` block, docs/scale-out.md) each window is a Dask task
+(:class:`qlib_crypto.scale.tasks.DaskTrainerR`, the same ``task_train`` on a worker) and the merge is the same
+``RecorderCollector`` + ``RollingEnsemble`` on the same recorders: the merged predictions are the serial ones.
 """
+
 from __future__ import annotations
 
 import copy
@@ -96,6 +101,7 @@ def _qlib_init(conf: dict) -> None:
 
 
 MODEL_PLACEHOLDERS = ("<MODEL>", "<DATASET>")
+FROM_CONFIG = "<from the workflow's dask: block>"  # run_walk_forward's default for ``dask``
 
 
 def _uses_placeholder(value: Any, names: tuple[str, ...] = MODEL_PLACEHOLDERS) -> bool:
@@ -141,8 +147,10 @@ def _analysis_records(conf: dict, pred: pd.DataFrame, freq: str) -> list[dict]:
             continue
         record = copy.deepcopy(record)
         if not isinstance(record, dict):
-            raise ConfigError(f"walk-forward: record {record!r} is not a class/module_path/kwargs block",
-                              hint="write each task.record entry as a dict in the workflow YAML")
+            raise ConfigError(
+                f"walk-forward: record {record!r} is not a class/module_path/kwargs block",
+                hint="write each task.record entry as a dict in the workflow YAML",
+            )
         kwargs = record.get("kwargs") or {}
         record["kwargs"] = kwargs
         if issubclass(cls, TrainingReportRecord):
@@ -151,8 +159,11 @@ def _analysis_records(conf: dict, pred: pd.DataFrame, freq: str) -> list[dict]:
                 kwargs["out_dir"] = str(kwargs["out_dir"]).rstrip("/") + "_walk_forward"
             kwargs.setdefault("title", f"Walk-forward training report ({freq})")
         elif _uses_placeholder(kwargs):
-            logger.info("walk-forward: skipping %s (it needs one model/dataset; the window models are in "
-                        "the rolling experiment)", name)
+            logger.info(
+                "walk-forward: skipping %s (it needs one model/dataset; the window models are in "
+                "the rolling experiment)",
+                name,
+            )
             continue
         config = kwargs.get("config")
         backtest = config.get("backtest") if isinstance(config, dict) else None
@@ -172,8 +183,13 @@ def run_walk_forward(
     experiment_name: str | None = None,
     rolling_experiment: str | None = None,
     analyse: bool = True,
+    dask: Any = FROM_CONFIG,
 ) -> dict[str, Any]:
     """Run a ``qrun`` workflow as a walk-forward.
+
+    ``dask``: where to train the windows: None (serial, in this process), ``local`` (a LocalCluster with the
+    machine's cores), a scheduler address ``tcp://HOST:PORT`` or a mapping (:mod:`qlib_crypto.scale.cluster`);
+    by default the workflow YAML's top-level ``dask:`` block (serial without one). Results are the same.
 
     Returns ``{"experiment", "recorder_id", "rolling_experiment", "n_windows", "records", "metrics"}`` where
     the recorder holds the merged results, ``records`` names the analysis records run on it and ``metrics``
@@ -205,7 +221,16 @@ def run_walk_forward(
 
     tasks = rolling_tasks(conf["task"], step, freq, horizon, rtype)
     logger.info("walk-forward: %d tasks, step %d bars of %s (%s)", len(tasks), step, freq, rtype)
-    TrainerR(experiment_name=rolling_experiment)(tasks)
+    if dask is FROM_CONFIG:
+        dask = conf.get("dask")
+    if dask is None or dask is False:
+        TrainerR(experiment_name=rolling_experiment)(tasks)
+    else:
+        from ..scale.cluster import qlib_config
+        from ..scale.tasks import DaskTrainerR
+
+        extra = {k: v for k, v in (conf.get("qlib_init") or {}).items() if k not in ("provider_uri", "exp_manager")}
+        DaskTrainerR(experiment_name=rolling_experiment, dask=dask, qlib_init=qlib_config(extra))(tasks)
 
     collected = RecorderCollector(
         experiment=rolling_experiment,
@@ -215,7 +240,9 @@ def run_walk_forward(
     )()
     pred, label = collected["pred"], collected["label"]
     with R.start(experiment_name=experiment_name):
-        R.log_params(rolling_experiment=rolling_experiment, step_bars=step, freq=freq, rtype=rtype, n_windows=len(tasks))
+        R.log_params(
+            rolling_experiment=rolling_experiment, step_bars=step, freq=freq, rtype=rtype, n_windows=len(tasks)
+        )
         R.save_objects(**{"pred.pkl": pred, "label.pkl": label})
         recorder_id = R.get_recorder().id
     recorder = R.get_recorder(experiment_name=experiment_name, recorder_id=recorder_id)

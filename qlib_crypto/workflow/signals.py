@@ -13,6 +13,7 @@ Sizes are signed fractions of equity: ``+size`` for BUY, ``-size`` for SELL (a s
 datetime, if the sum of absolute sizes exceeds ``max_total`` every size is multiplied by
 ``max_total / sum``. An instrument whose realised volatility is unknown (NaN) or zero gets size 0.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -88,7 +89,9 @@ class SignalRules:
         if self.vol_window is not None:
             self.vol_window = int(self.vol_window)
             if self.vol_window < 2:
-                raise ConfigError(f"vol_window={self.vol_window} is below 2 bars", hint="use e.g. 168 for a week of hours")
+                raise ConfigError(
+                    f"vol_window={self.vol_window} is below 2 bars", hint="use e.g. 168 for a week of hours"
+                )
         self.long_only = bool(self.long_only)
         return self
 
@@ -119,10 +122,14 @@ class SignalRules:
         try:
             data = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
-            raise ConfigError(f"signal rules file {str(p)!r} is not valid YAML: {exc}", hint="fix the YAML syntax") from None
+            raise ConfigError(
+                f"signal rules file {str(p)!r} is not valid YAML: {exc}", hint="fix the YAML syntax"
+            ) from None
         if data is not None and not isinstance(data, Mapping):
-            raise ConfigError(f"signal rules file {str(p)!r} holds a {type(data).__name__}, not a mapping",
-                              hint="write 'mode: quantile' style key: value lines")
+            raise ConfigError(
+                f"signal rules file {str(p)!r} holds a {type(data).__name__}, not a mapping",
+                hint="write 'mode: quantile' style key: value lines",
+            )
         return cls.from_dict(data)
 
     def updated(self, **overrides: Any) -> "SignalRules":
@@ -191,8 +198,10 @@ def position_sizes(
     magnitude = np.full(len(frame), rules.max_position, dtype="float64")
     if rules.vol_target is not None:
         if volatility is None:
-            raise ConfigError("vol_target is set but no realised volatility was given",
-                              hint="pass volatility=..., or unset vol_target")
+            raise ConfigError(
+                "vol_target is set but no realised volatility was given",
+                hint="pass volatility=..., or unset vol_target",
+            )
         vol = np.asarray(volatility, dtype="float64")
         with np.errstate(divide="ignore", invalid="ignore"):
             target = np.where((vol > 0) & np.isfinite(vol), rules.vol_target / vol, 0.0)

@@ -5,6 +5,7 @@ importance, prediction distribution, train/valid loss curves). Figures are plotl
 The Qlib record templates that write it (and the model) into a recorder are in
 :mod:`qlib_crypto.workflow.report_record`.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,33 +35,63 @@ def _as_series(values: pd.Series | pd.DataFrame, name: str) -> pd.Series:
     if not isinstance(values, pd.Series):
         raise ConfigError(f"{name} is a {type(values).__name__}", hint="pass a pandas Series on (datetime, instrument)")
     if "datetime" not in (values.index.names or []):
-        raise ConfigError(f"{name} index levels are {list(values.index.names)}",
-                          hint="index it by (datetime, instrument) as Qlib's pred.pkl/label.pkl are")
+        raise ConfigError(
+            f"{name} index levels are {list(values.index.names)}",
+            hint="index it by (datetime, instrument) as Qlib's pred.pkl/label.pkl are",
+        )
     return values.astype("float64")
 
 
 def ic_series(pred: pd.Series, label: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """Per-datetime Pearson IC and Spearman rank IC between predictions and labels (Qlib's ``calc_ic``)."""
-    from qlib.contrib.eva.alpha import calc_ic
-
+    """Per-datetime Pearson IC and Spearman rank IC between predictions and labels: the numbers of Qlib's
+    ``calc_ic`` (``Series.corr`` per datetime over the pairs where both values exist; rank IC = Pearson of the
+    average ranks; NaN for fewer than two pairs or a constant side), in one vectorised pass rather than two
+    Python calls per datetime (about 100x faster on a quarter of hourly bars; equal to ``calc_ic`` within
+    float rounding, tests/test_training_report.py)."""
     pred = _as_series(pred, "pred")
     label = _as_series(label, "label").reindex(pred.index)
-    return calc_ic(pred, label)
+    times = pred.index.get_level_values("datetime")
+    frame = pd.DataFrame({"p": pred.to_numpy(), "l": label.to_numpy()}, index=pd.Index(times, name="datetime"))
+    both = frame[frame["p"].notna() & frame["l"].notna()]
+    order = pd.Index(times.unique()).sort_values()
+    ic = _grouped_pearson(both).reindex(order)
+    ranks = both.groupby(level="datetime", sort=False).rank(method="average")
+    ric = _grouped_pearson(ranks).reindex(order)
+    return ic, ric
+
+
+def _grouped_pearson(frame: pd.DataFrame) -> pd.Series:
+    """Pearson correlation of columns ``p`` and ``l`` per ``datetime`` (two-pass: deviations from group means)."""
+    groups = frame.groupby(level="datetime", sort=True)
+    dev = frame - groups.transform("mean")
+    sums = (
+        pd.DataFrame({"pl": dev["p"] * dev["l"], "pp": dev["p"] ** 2, "ll": dev["l"] ** 2}, index=frame.index)
+        .groupby(level="datetime", sort=True)
+        .sum()
+    )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = sums["pl"] / np.sqrt(sums["pp"] * sums["ll"])
+    r = r.where(np.isfinite(r)).clip(-1.0, 1.0)
+    return r.astype("float64")
 
 
 def _ratio(mean: float, std: float) -> float:
     return float(mean / std) if std and math.isfinite(std) and std > 0 else float("nan")
 
 
-def feature_importance(model: Any, feature_names: Sequence[str] | None = None,
-                       importance_type: str = "gain") -> pd.Series | None:
+def feature_importance(
+    model: Any, feature_names: Sequence[str] | None = None, importance_type: str = "gain"
+) -> pd.Series | None:
     """LightGBM importance (``gain`` by default), indexed by feature name, largest first; None if unknown."""
     booster = getattr(model, "model", model)
     if not hasattr(booster, "feature_importance"):
         return None
     values = np.asarray(booster.feature_importance(importance_type=importance_type), dtype="float64")
-    names = list(feature_names) if feature_names is not None and len(feature_names) == len(values) \
+    names = (
+        list(feature_names)
+        if feature_names is not None and len(feature_names) == len(values)
         else list(booster.feature_name())
+    )
     return pd.Series(values, index=names, name=importance_type).sort_values(ascending=False, kind="mergesort")
 
 
@@ -117,8 +148,13 @@ def _histogram(values: np.ndarray, bins: int = 50) -> dict[str, list]:
     return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
 
 
-def _plots(report: Mapping[str, Any], series: Mapping[str, pd.Series], importance: pd.Series | None,
-           evals_result: Mapping | None, analysis: Any) -> list[tuple[str, str, str]]:
+def _plots(
+    report: Mapping[str, Any],
+    series: Mapping[str, pd.Series],
+    importance: pd.Series | None,
+    evals_result: Mapping | None,
+    analysis: Any,
+) -> list[tuple[str, str, str]]:
     """(heading, HTML, anchor) of each figure section; every plotted number is in ``report`` (the JSON), computed
     once by :func:`training_report` (``series``: ``ic rank_ic ic_rolling_mean cumulative_ic cumulative_rank_ic``)."""
     import plotly.graph_objects as go
@@ -146,46 +182,75 @@ def _plots(report: Mapping[str, Any], series: Mapping[str, pd.Series], importanc
         sections.append(("IC by month", plotly_div(figs["fig-ic-monthly"][1], "fig-ic-monthly"), "ic-monthly"))
     if "fig-ic-dist" in figs:
         d = ma["ic_distribution"]
-        note = (f"{d['n']:,d} bars: mean {_f(d['mean'], 4)}, std {_f(d['std'], 4)}, t-stat {_f(d['t_stat'], 2)}, "
-                f"skew {_f(d['skew'], 2)}, excess kurtosis {_f(d['kurtosis'], 2)}, IC > 0 in "
-                f"{_pct(d['share_positive'])} of the bars.")
-        sections.append(("IC distribution", plotly_div(figs["fig-ic-dist"][1], "fig-ic-dist")
-                         + f"<p class='note'>{note}</p>", "ic-dist"))
+        note = (
+            f"{d['n']:,d} bars: mean {_f(d['mean'], 4)}, std {_f(d['std'], 4)}, t-stat {_f(d['t_stat'], 2)}, "
+            f"skew {_f(d['skew'], 2)}, excess kurtosis {_f(d['kurtosis'], 2)}, IC > 0 in "
+            f"{_pct(d['share_positive'])} of the bars."
+        )
+        sections.append(
+            (
+                "IC distribution",
+                plotly_div(figs["fig-ic-dist"][1], "fig-ic-dist") + f"<p class='note'>{note}</p>",
+                "ic-dist",
+            )
+        )
     if "fig-groups" in figs:
         gs = ma["group_summary"]
         cols = list(gs)
-        rows = [["mean per bar"] + [_pct(gs[c]["mean"], 4) for c in cols],
-                ["annualised (mean x B)"] + [_pct(gs[c]["annualized_return"]) for c in cols],
-                ["Sharpe (mean / std x sqrt(B))"] + [_f(gs[c]["information_ratio"], 2) for c in cols],
-                ["cumulative (sum)"] + [_pct(gs[c]["cumulative_return"]) for c in cols],
-                ["bars > 0"] + [_pct(gs[c]["hit_rate"]) for c in cols]]
+        rows = [
+            ["mean per bar"] + [_pct(gs[c]["mean"], 4) for c in cols],
+            ["annualised (mean x B)"] + [_pct(gs[c]["annualized_return"]) for c in cols],
+            ["Sharpe (mean / std x sqrt(B))"] + [_f(gs[c]["information_ratio"], 2) for c in cols],
+            ["cumulative (sum)"] + [_pct(gs[c]["cumulative_return"]) for c in cols],
+            ["bars > 0"] + [_pct(gs[c]["hit_rate"]) for c in cols],
+        ]
         bpy = report["annualisation"]["bars_per_year"]
-        table = grid_table(["", *cols], rows, notes=[
-            f"Per bar the instruments are split into {ma['n_groups']} groups by score (Group1 = highest); a group's "
-            f"return is the mean label of its instruments, before any trading cost. B = {bpy:,.0f} bars a year "
-            "(24/7). The backtest report shows what is left of this edge after fees, slippage and funding."])
-        sections.append(("Quantile (group) returns", plotly_div(figs["fig-groups"][1], "fig-groups") + table,
-                         "groups"))
+        table = grid_table(
+            ["", *cols],
+            rows,
+            notes=[
+                f"Per bar the instruments are split into {ma['n_groups']} groups by score (Group1 = highest); a group's "
+                f"return is the mean label of its instruments, before any trading cost. B = {bpy:,.0f} bars a year "
+                "(24/7). The backtest report shows what is left of this edge after fees, slippage and funding."
+            ],
+        )
+        sections.append(("Quantile (group) returns", plotly_div(figs["fig-groups"][1], "fig-groups") + table, "groups"))
     if "fig-autocorr" in figs:
         mean = ma["score_autocorrelation"]["mean"]
-        sections.append(("Score autocorrelation", plotly_div(figs["fig-autocorr"][1], "fig-autocorr")
-                         + f"<p class='note'>Mean {_f(mean, 3)}: high values mean slowly changing scores (low "
-                           f"turnover), low values a signal that reshuffles every bar.</p>", "autocorr"))
+        sections.append(
+            (
+                "Score autocorrelation",
+                plotly_div(figs["fig-autocorr"][1], "fig-autocorr")
+                + f"<p class='note'>Mean {_f(mean, 3)}: high values mean slowly changing scores (low "
+                f"turnover), low values a signal that reshuffles every bar.</p>",
+                "autocorr",
+            )
+        )
 
     if importance is not None and len(importance):
         top = importance.head(30)[::-1]
-        fig = go.Figure(go.Bar(x=top.to_numpy(), y=list(top.index), orientation="h", marker={"color": "#1f77b4"},
-                               hovertemplate="%{y}: %{x:,.1f}<extra></extra>"))
-        style_figure(fig, title=f"Feature importance ({importance.name}), top 30",
-                     height=int(max(260, 22 * len(top) + 90)))
+        fig = go.Figure(
+            go.Bar(
+                x=top.to_numpy(),
+                y=list(top.index),
+                orientation="h",
+                marker={"color": "#1f77b4"},
+                hovertemplate="%{y}: %{x:,.1f}<extra></extra>",
+            )
+        )
+        style_figure(
+            fig, title=f"Feature importance ({importance.name}), top 30", height=int(max(260, 22 * len(top) + 90))
+        )
         fig.update_layout(hovermode="closest", showlegend=False)
         sections.append(("Feature importance (top 30)", plotly_div(fig, "fig-importance"), "importance"))
 
     hist = report["prediction_histogram"]
     if hist["counts"]:
         edges = np.asarray(hist["edges"])
-        fig = BarGraph(pd.DataFrame({"predictions": hist["counts"]}, index=(edges[:-1] + edges[1:]) / 2),
-                       graph_kwargs={"marker": {"color": "#1f77b4"}, "hovertemplate": "score %{x:.4f}: %{y}"}).figure
+        fig = BarGraph(
+            pd.DataFrame({"predictions": hist["counts"]}, index=(edges[:-1] + edges[1:]) / 2),
+            graph_kwargs={"marker": {"color": "#1f77b4"}, "hovertemplate": "score %{x:.4f}: %{y}"},
+        ).figure
         style_figure(fig, title="Prediction distribution", height=320)
         fig.update_layout(bargap=0.02, showlegend=False, hovermode="closest")
         fig.update_xaxes(title_text="score")
@@ -195,8 +260,9 @@ def _plots(report: Mapping[str, Any], series: Mapping[str, pd.Series], importanc
         fig = go.Figure()
         for split, curves in evals_result.items():
             for metric, values in dict(curves).items():
-                fig.add_trace(go.Scatter(x=list(range(len(values))), y=list(values), mode="lines",
-                                         name=f"{metric} {split}"))
+                fig.add_trace(
+                    go.Scatter(x=list(range(len(values))), y=list(values), mode="lines", name=f"{metric} {split}")
+                )
         style_figure(fig, title="Train / valid loss", height=320)
         fig.update_xaxes(title_text="boosting round")
         sections.append(("Train / valid loss", plotly_div(fig, "fig-loss"), "loss"))
@@ -236,8 +302,8 @@ def training_report(
     The JSON holds every number the page shows (keys in docs/predict.md).
     """
     from .._html import page, table_html
-    from .model_analysis import model_analysis
     from ..settings import DAYS_PER_YEAR, bars_per_year
+    from .model_analysis import model_analysis
 
     pred_s = _as_series(pred, "pred")
     label_s = _as_series(label, "label")
@@ -245,22 +311,36 @@ def training_report(
     freq = freq or infer_freq(pred_s.index)
     bpy = bars_per_year(freq)
     importance = feature_importance(model, feature_names) if model is not None else None
-    evals = {str(k): {str(m): [float(x) for x in v] for m, v in dict(c).items()}
-             for k, c in dict(evals_result or {}).items()}
-    analysis = model_analysis(pred_s, label_s, bars_per_year=bpy, ic=ic, rank_ic=ric, n_groups=n_groups) \
-        if ic.notna().any() else None
+    evals = {
+        str(k): {str(m): [float(x) for x in v] for m, v in dict(c).items()} for k, c in dict(evals_result or {}).items()
+    }
+    analysis = (
+        model_analysis(pred_s, label_s, bars_per_year=bpy, ic=ic, rank_ic=ric, n_groups=n_groups)
+        if ic.notna().any()
+        else None
+    )
     window = _rolling_window(len(ic))
-    series = {"ic": ic, "rank_ic": ric,
-              "ic_rolling_mean": ic.rolling(window, min_periods=1).mean() if window > 1 else None,
-              "cumulative_ic": ic.fillna(0).cumsum(), "cumulative_rank_ic": ric.fillna(0).cumsum()}
+    series = {
+        "ic": ic,
+        "rank_ic": ric,
+        "ic_rolling_mean": ic.rolling(window, min_periods=1).mean() if window > 1 else None,
+        "cumulative_ic": ic.fillna(0).cumsum(),
+        "cumulative_rank_ic": ric.fillna(0).cumsum(),
+    }
     report = {
         "title": title,
         "info": dict(info or {}),
-        "metrics": {k: (_clean(v) if not isinstance(v, dict) else {a: _clean(b) for a, b in v.items()})
-                    for k, v in metrics.items()},
-        "annualisation": {"freq": freq, "bars_per_year": bpy, "days_per_year": DAYS_PER_YEAR,
-                          "basis": f"24/7 market: {bpy:,.0f} bars a year = {DAYS_PER_YEAR} days x "
-                                   f"{bpy / DAYS_PER_YEAR:,.4g} bars a day"},
+        "metrics": {
+            k: (_clean(v) if not isinstance(v, dict) else {a: _clean(b) for a, b in v.items()})
+            for k, v in metrics.items()
+        },
+        "annualisation": {
+            "freq": freq,
+            "bars_per_year": bpy,
+            "days_per_year": DAYS_PER_YEAR,
+            "basis": f"24/7 market: {bpy:,.0f} bars a year = {DAYS_PER_YEAR} days x "
+            f"{bpy / DAYS_PER_YEAR:,.4g} bars a day",
+        },
         "ic": _series_json(ic),
         "rank_ic": _series_json(ric),
         "ic_rolling_window": window,
@@ -268,29 +348,47 @@ def training_report(
         "cumulative_ic": _series_json(series["cumulative_ic"]),
         "cumulative_rank_ic": _series_json(series["cumulative_rank_ic"]),
         "prediction_histogram": _histogram(pred_s.to_numpy(dtype="float64")),
-        "feature_importance": None if importance is None else
-        {"type": importance.name, "values": {str(k): float(v) for k, v in importance.items()}},
+        "feature_importance": None
+        if importance is None
+        else {"type": importance.name, "values": {str(k): float(v) for k, v in importance.items()}},
         "evals_result": evals or None,
         "model_analysis": analysis.to_dict() if analysis is not None else None,
     }
     out = Path(out_dir)
     json_path, html_path = out / JSON_NAME, out / HTML_NAME
-    summary = [(k, _f(v, 4) if isinstance(v, float) and k != "IC > 0 share" else
-                (_pct(v) if k == "IC > 0 share" else f"{v:,d}")) for k, v in metrics.items() if k != "pred_stats"]
+    summary = [
+        (
+            k,
+            _f(v, 4)
+            if isinstance(v, float) and k != "IC > 0 share"
+            else (_pct(v) if k == "IC > 0 share" else f"{v:,d}"),
+        )
+        for k, v in metrics.items()
+        if k != "pred_stats"
+    ]
     if analysis is not None:
         ls = report["model_analysis"]["group_summary"]["long-short"]
-        summary += [("long-short annualised return (before costs)", _pct(ls["annualized_return"])),
-                    ("long-short Sharpe (before costs)", _f(ls["information_ratio"], 2)),
-                    ("score autocorrelation (mean)", _f(report["model_analysis"]["score_autocorrelation"]["mean"], 3))]
+        summary += [
+            ("long-short annualised return (before costs)", _pct(ls["annualized_return"])),
+            ("long-short Sharpe (before costs)", _f(ls["information_ratio"], 2)),
+            ("score autocorrelation (mean)", _f(report["model_analysis"]["score_autocorrelation"]["mean"], 3)),
+        ]
     summary += [("frequency", freq), ("annualisation", report["annualisation"]["basis"])] + list((info or {}).items())
     sections = [("Summary", table_html(summary), "summary")] + _plots(report, series, importance, evals, analysis)
     # one unit: both files are staged beside out_dir and swapped in together (old pair or new pair, never a mix)
     with atomic_dir(out, replaceable=(JSON_NAME, HTML_NAME), what="training report directory") as stage:
         atomic_write_text(stage / JSON_NAME, json.dumps(report, indent=1, allow_nan=False, default=str), fsync=False)
-        atomic_write_text(stage / HTML_NAME, page(title, sections, nav=True,
-                                                  subtitle=f"{metrics['n_datetimes']:,d} bars of {freq}, "
-                                                           f"{metrics['n_predictions']:,d} predictions. "
-                                                           f"Annualisation: {report['annualisation']['basis']}."),
-                          fsync=False)
+        atomic_write_text(
+            stage / HTML_NAME,
+            page(
+                title,
+                sections,
+                nav=True,
+                subtitle=f"{metrics['n_datetimes']:,d} bars of {freq}, "
+                f"{metrics['n_predictions']:,d} predictions. "
+                f"Annualisation: {report['annualisation']['basis']}.",
+            ),
+            fsync=False,
+        )
     logger.info("training report written to %s", out)
     return {"json": json_path, "html": html_path}

@@ -1,11 +1,13 @@
-"""Write a tiny Qlib provider directory from in-memory bars (for tests and the backtest benchmark).
+"""Test helpers: write a tiny Qlib provider directory from in-memory bars, make it Qlib's current provider
+(``use_provider``), and script a strategy's orders (``scripted_strategy``).
 
-This is deliberately minimal and independent of :mod:`qlib_crypto.provider`: it writes exactly the format
-Qlib reads (calendar text file, ``instruments/all.txt``, little-endian float32 ``.bin`` files whose first
-value is the start index into the calendar). Daily bars are aggregated from the hourly ones on UTC days into a
+The writer is deliberately minimal and independent of :mod:`qlib_crypto.provider` (the code under test): it
+writes exactly the format Qlib reads (calendar text file, ``instruments/all.txt``, little-endian float32 ``.bin``
+files whose first value is the start index into the calendar). Daily bars are aggregated from the hourly ones on UTC days into a
 ``day`` directory beside it, for daily backtests and for Qlib's stock classes given a benchmark by name (the
 crypto runner needs only the bar frequency's directory).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from .._atomic import atomic_write_bytes, atomic_write_text
+from qlib_crypto._atomic import atomic_write_bytes, atomic_write_text
 
 FIELDS = ("open", "high", "low", "close", "volume", "amount", "vwap", "change", "factor")
 
@@ -93,7 +95,7 @@ def write_provider(root: str | Path, bars: Mapping[str, pd.DataFrame]) -> dict[s
 def random_walk_bars(
     instruments: list[str], n_bars: int, start: str = "2024-01-01", seed: int = 0, funding_every: int = 8
 ) -> dict[str, pd.DataFrame]:
-    """Synthetic hourly bars (geometric random walk) for benchmarks; swaps get a funding rate every 8 bars."""
+    """Synthetic hourly bars (geometric random walk); swaps get a funding rate every ``funding_every`` bars."""
     rng = np.random.default_rng(seed)
     idx = pd.date_range(start, periods=n_bars, freq="h")
     out = {}
@@ -143,9 +145,7 @@ def use_provider(name: str, bars: Mapping[str, pd.DataFrame], root: str | Path |
         _PROVIDERS[name] = uri
     current = C.get("provider_uri") if C.registered else None
     if not current or {k: str(v) for k, v in dict(current).items()} != uri:
-        qlib.init(
-            provider_uri=uri, region="us", trade_unit=None, limit_threshold=None, deal_price="close", kernels=1
-        )
+        qlib.init(provider_uri=uri, region="us", trade_unit=None, limit_threshold=None, deal_price="close", kernels=1)
     return uri
 
 

@@ -1,0 +1,181 @@
+"""Ctrl-C (SIGINT) or SIGTERM during `qrun` on our workflow, or during `qlib-crypto demo`, ends the MLflow run
+KILLED (not RUNNING forever, nor FINISHED), also when stdout is a pipe whose reader is gone
+(`qrun x.yaml | tee log`, then Ctrl-C kills tee too); a re-run afterwards works.
+
+Each test starts a real process on a small provider, waits until LightGBM prints its first evaluation line
+(training is under way), sends the signal and reads the run's final status from MLflow. Every process is
+bounded by timeouts and killed in the end.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_handlers import daily_bars, synthetic_bars, write_provider  # noqa: E402
+from test_workflow_e2e import CONFIG, INSTRUMENTS, QRUN, small_workflow  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MARKER = b"train's l2"  # LightGBM's evaluation log, printed every 20 rounds while it trains
+EXPERIMENT = "crypto_lightgbm_60min"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("interrupts")
+    bars = synthetic_bars(INSTRUMENTS, n_bars=60 * 24, seed=11)
+    write_provider(tmp / "qlib" / "60min", bars, "60min")
+    write_provider(tmp / "qlib" / "day", daily_bars(bars), "day")
+    with open(CONFIG) as fh:
+        conf = small_workflow(yaml.safe_load(fh))
+    conf["task"]["dataset"]["kwargs"]["handler"]["kwargs"]["windows"] = [3]
+    conf["task"]["record"] = [r for r in conf["task"]["record"] if r["class"] == "SignalRecord"]
+    short = yaml.safe_load(yaml.safe_dump(conf))
+    short["task"]["model"]["kwargs"].update(num_boost_round=5, early_stopping_rounds=5)
+    (tmp / "short.yaml").write_text(yaml.safe_dump(short, sort_keys=False))
+    # a model that trains for minutes: a tiny learning rate and no early stop
+    conf["task"]["model"]["kwargs"].update(
+        num_boost_round=1_000_000, early_stopping_rounds=1_000_000, learning_rate=1e-5
+    )
+    (tmp / "long.yaml").write_text(yaml.safe_dump(conf, sort_keys=False))
+    return tmp
+
+
+def statuses(mlruns: Path) -> dict[str, tuple[str, dict]]:
+    """run id -> (status, tags) of every run of the workflow's experiment."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"file:{mlruns}")
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    if exp is None:
+        return {}
+    return {r.info.run_id: (r.info.status, r.data.tags) for r in client.search_runs([exp.experiment_id])}
+
+
+def wait_for_marker(proc: subprocess.Popen, timeout: float = 400) -> bytes:
+    """Read the process's stdout until LightGBM's evaluation line appears (training under way)."""
+    fd, seen, deadline = proc.stdout.fileno(), b"", time.monotonic() + timeout
+    while MARKER not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no training output within {timeout} s: {seen[-2000:]!r}"
+        ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+        if ready:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"the process ended before training: {seen[-3000:]!r}"
+            seen += chunk
+    return seen
+
+
+def drain_until_exit(proc: subprocess.Popen, timeout: float = 120) -> int:
+    """Keep reading stdout (as a terminal would) until the process exits; its exit code."""
+    fd, deadline = proc.stdout.fileno(), time.monotonic() + timeout
+    while proc.poll() is None:
+        assert time.monotonic() < deadline, "the process did not exit after the signal"
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            os.read(fd, 65536)
+    return proc.wait()
+
+
+def interrupt_qrun(workdir: Path, sig: int, *, close_pipe: bool) -> tuple[int, str, dict]:
+    """Start qrun on long.yaml, signal it during training; (exit code, final status, tags) of the new run."""
+    before = set(statuses(workdir / "mlruns"))
+    proc = subprocess.Popen([str(QRUN), "long.yaml"], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_marker(proc)
+        if close_pipe:  # the pipe's reader (tee) is gone before the process sees the signal
+            proc.stdout.close()
+        proc.send_signal(sig)
+        code = proc.wait(timeout=120) if close_pipe else drain_until_exit(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    new = {k: v for k, v in statuses(workdir / "mlruns").items() if k not in before}
+    assert len(new) == 1, new
+    ((status, tags),) = new.values()
+    return code, status, tags
+
+
+def test_sigint_during_training_marks_the_run_killed(workdir):
+    code, status, tags = interrupt_qrun(workdir, signal.SIGINT, close_pipe=False)
+    assert status == "KILLED"
+    assert tags.get("qlib_crypto.stopped_by") == "SIGINT"
+    assert code == -signal.SIGINT  # Python's exit on an unhandled KeyboardInterrupt
+
+
+def test_sigint_with_a_dead_pipe_marks_the_run_killed(workdir):
+    """`qrun x.yaml | tee log` and Ctrl-C: tee dies too, so every print of qrun fails with a broken pipe."""
+    code, status, tags = interrupt_qrun(workdir, signal.SIGINT, close_pipe=True)
+    assert status == "KILLED"
+    assert tags.get("qlib_crypto.stopped_by") == "SIGINT"
+    assert code != 0
+
+
+def test_sigterm_during_training_marks_the_run_killed_and_a_rerun_works(workdir):
+    code, status, tags = interrupt_qrun(workdir, signal.SIGTERM, close_pipe=False)
+    assert status == "KILLED"
+    assert tags.get("qlib_crypto.stopped_by") == "SIGTERM"
+    assert code == 128 + signal.SIGTERM
+    # the same directory (./mlruns, Qlib's experiment lock inside it) runs a workflow to the end afterwards
+    before = set(statuses(workdir / "mlruns"))
+    proc = subprocess.run([str(QRUN), "short.yaml"], cwd=workdir, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    new = {k: v for k, v in statuses(workdir / "mlruns").items() if k not in before}
+    assert [s for s, _ in new.values()] == ["FINISHED"]
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads child processes from /proc (Linux)")
+@pytest.mark.parametrize("how", ["sigterm-to-demo", "ctrl-c-to-group"])
+def test_interrupting_the_demo_during_qrun_marks_the_run_killed(tmp_path, how):
+    """`qlib-crypto demo` runs qrun as a child. SIGTERM to the demo is passed on to qrun; a terminal's Ctrl-C
+    (SIGINT to the whole process group) reaches both. Either way qrun's run ends KILLED, and the demo exits
+    after it (143, or 130 as on any Ctrl-C) leaving no process behind."""
+    (tmp_path / "workflow_configs").mkdir()
+    for wf in (REPO / "workflow_configs").glob("*.yaml"):
+        (tmp_path / "workflow_configs" / wf.name).write_text(wf.read_text())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qlib_crypto", "demo", "--instruments", "3"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    children: list[int] = []
+    sig = signal.SIGTERM if how == "sigterm-to-demo" else signal.SIGINT
+    try:
+        wait_for_marker(proc, timeout=500)
+        children = _children(proc.pid)
+        assert children, "qrun should be running as the demo's child"
+        if how == "sigterm-to-demo":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)  # the demo leads its own process group here
+        code = drain_until_exit(proc, timeout=180)
+        alive = [pid for pid in children if Path(f"/proc/{pid}").exists()]  # before the clean-up below
+    finally:
+        for pid in [proc.pid, *children]:  # never leave a process behind
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+    assert code == (128 + signal.SIGTERM if sig == signal.SIGTERM else 130)
+    assert alive == []  # qrun ended and was reaped by the demo
+    runs = statuses(tmp_path / "mlruns")
+    assert [s for s, _ in runs.values()] == ["KILLED"], runs
+    assert [t.get("qlib_crypto.stopped_by") for _, t in runs.values()] == [sig.name]
