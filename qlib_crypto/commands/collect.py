@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from . import lock_timeout_option
+
 SOURCES = ("okx", "synthetic")
 MAX_SYNTHETIC_INSTRUMENTS = 10_000
 
@@ -98,14 +100,7 @@ MAX_SYNTHETIC_INSTRUMENTS = 10_000
     show_default=True,
     help="okx: retries per request (exponential backoff with jitter) before the range is reported.",
 )
-@click.option(
-    "--lock-timeout",
-    default=None,
-    type=float,
-    metavar="S",
-    help="Seconds to wait while another command writes the store (default 3600, env "
-    "QLIB_CRYPTO_LOCK_TIMEOUT; 0 = refuse at once, exit code 5).",
-)
+@lock_timeout_option()
 def command(
     source: str,
     instruments: str | None,

@@ -363,28 +363,10 @@ def command(
                 f"5/6 backtest: the signals with CryptoExchange + CryptoExecutor -> {run_dir / backtest_dir.name}",
                 quiet,
             )
-            out = _run(
-                [
-                    "backtest",
-                    "--signals",
-                    str(signals),
-                    "--provider-dir",
-                    str(qlib_60),
-                    "--freq",
-                    "60min",
-                    "--start",
-                    TEST_START,
-                    "--end",
-                    TEST_END,
-                    "--slippage-bps",
-                    "2",
-                    "--model-run",
-                    rid,
-                    "--out",
-                    str(backtest_dir),
-                ],
-                log,
-            )
+            # the backtest and the sweep read the same signals, provider and test period, for the same model run
+            same = ["--signals", str(signals), "--provider-dir", str(qlib_60), "--freq", "60min"]
+            same += ["--start", TEST_START, "--end", TEST_END, "--model-run", rid]
+            out = _run(["backtest", *same, "--slippage-bps", "2", "--out", str(backtest_dir)], log)
             _show(out, quiet, lambda line: line.startswith(("backtest ", "{")))
             times["backtest"] = time.perf_counter() - t0
             _done(t0, quiet)
@@ -394,28 +376,7 @@ def command(
                 f"6/6 sweep: the same backtest over fee and slippage levels -> {run_dir / sweep_dir.name}", quiet
             )
             out = _run(
-                [
-                    "sweep",
-                    "--signals",
-                    str(signals),
-                    "--provider-dir",
-                    str(qlib_60),
-                    "--freq",
-                    "60min",
-                    "--start",
-                    TEST_START,
-                    "--end",
-                    TEST_END,
-                    "--fee-multipliers",
-                    "0,0.5,1",
-                    "--slippage-bps",
-                    "0,2",
-                    "--model-run",
-                    rid,
-                    "--out",
-                    str(sweep_dir),
-                ],
-                log,
+                ["sweep", *same, "--fee-multipliers", "0,0.5,1", "--slippage-bps", "0,2", "--out", str(sweep_dir)], log
             )
             _show(out, quiet, lambda line: line.startswith("["))
             times["sweep"] = time.perf_counter() - t0

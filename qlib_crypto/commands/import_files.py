@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from . import lock_timeout_option
+
 
 @click.command("import")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
@@ -106,14 +108,7 @@ import click
     help="The files hold funding rates of perpetual swaps (columns funding_time or timestamp, "
     "funding_rate, optional realized_rate), not bars; --timeframe is not used.",
 )
-@click.option(
-    "--lock-timeout",
-    default=None,
-    type=float,
-    metavar="S",
-    help="Seconds to wait while another command writes the store (default 3600, env "
-    "QLIB_CRYPTO_LOCK_TIMEOUT; 0 = refuse at once, exit code 5).",
-)
+@lock_timeout_option()
 def command(
     files: tuple[str, ...],
     instrument: str | None,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from . import lock_timeout_option
+
 
 @click.command("validate")
 @click.option("--store", "store_dir", required=True, type=click.Path(file_okay=False), help="Store directory to check.")
@@ -23,13 +25,9 @@ import click
     "embedded in its Parquet file (rows are never changed), delete temporary files of interrupted "
     "writes, orphan manifests and unreadable coverage files. Holds the store's writer lock.",
 )
-@click.option(
-    "--lock-timeout",
-    default=None,
-    type=float,
-    metavar="S",
-    help="--repair: seconds to wait for another writer of the store (default 3600, "
-    "env QLIB_CRYPTO_LOCK_TIMEOUT; 0 = refuse at once).",
+@lock_timeout_option(
+    "--repair: seconds to wait for another writer of the store (default 3600, "
+    "env QLIB_CRYPTO_LOCK_TIMEOUT; 0 = refuse at once)."
 )
 def command(
     store_dir: str,
