@@ -33,7 +33,9 @@ SCRIPT = textwrap.dedent(
               "--benchmark", "BTC-USDT"]
     codes = {}
     codes["sweep"] = main(["sweep", *common, "--fee-multipliers", "0,2", "--slippage-bps", "0,10",
-                           "--out", root + "/sweep"])
+                           "--out", root + "/sweep"])  # default --jobs: forked processes, one per CPU
+    codes["sweep1"] = main(["sweep", *common, "--fee-multipliers", "0,2", "--slippage-bps", "0,10",
+                            "--jobs", "1", "--out", root + "/sweep1"])  # serial, in this process
     codes["backtest"] = main(["backtest", *common, "--slippage-bps", "5", "--fee-multiplier", "0.5",
                               "--out", root + "/bt"])
     codes["missing"] = main(["backtest", "--signals", root + "/nope.parquet", "--provider-dir", root + "/prov/60min"])
@@ -91,6 +93,14 @@ def test_sweep_table_shape_and_files(cli_run):
         assert run["fees_paid"] == pytest.approx(q * CLOSE[2] * (1 + s / 1e4) * TAKER * m, rel=1e-9, abs=1e-12)
     assert (root / "sweep" / "sweep.png").stat().st_size > 1000
     assert "data:image/png;base64," in (root / "sweep" / "sweep.html").read_text()
+
+
+def test_sweep_in_forked_processes_is_the_serial_table(cli_run):
+    root, codes, _ = cli_run
+    assert codes["sweep"] == codes["sweep1"] == 0
+    assert (root / "sweep" / "sweep.csv").read_bytes() == (root / "sweep1" / "sweep.csv").read_bytes()
+    runs = [json.loads((root / d / "sweep.json").read_text())["runs"] for d in ("sweep", "sweep1")]
+    assert runs[0] == runs[1]
 
 
 def test_sweep_more_cost_lower_net_return_by_hand(cli_run):

@@ -108,6 +108,14 @@ def sweep_figure_html(table: Any, out_dir: Path) -> tuple[Path, Path]:
     "(tcp://HOST:8786) or 'local' (a LocalCluster with this machine's cores). Same table as without.",
 )
 @click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Without --dask: run the cells in N processes forked from this one (default: one per CPU; 1 = serial). "
+    "Same table whatever N.",
+)
+@click.option(
     "--model-run",
     default=None,
     metavar="RUN_ID",
@@ -118,6 +126,7 @@ def command(
     slippage_grid: str,
     out_dir: str,
     dask_address: str | None = None,
+    jobs: int | None = None,
     model_run: str | None = None,
     **opts: Any,
 ) -> int:
@@ -171,6 +180,7 @@ def command(
         executor=inputs["executor"],
         progress=progress,
         dask=dask_spec,
+        jobs=jobs,
     )
     out = Path(out_dir)
     records = [

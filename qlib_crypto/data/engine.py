@@ -457,13 +457,20 @@ def evaluate(
     are evaluated group by group (same extended range), so intermediate arrays of one group are freed before
     the next one starts.
     """
+    from .threads import n_threads, run_all
+
     _kernels()
     cal_len = panel.g0 + panel.length
     groups: dict[tuple[int, int], list[int]] = {}
     for k, node in enumerate(nodes):
         qs, qe = extended_range([node], start_index, end_index, cal_len)
         groups.setdefault((qs, qe), []).append(k)
-    for (qs, qe), ks in sorted(groups.items()):
+        for name in sorted(node.fields()):  # added before any thread reads the panel
+            if name not in panel.values:
+                panel.add_missing(name)
+
+    def run(item: tuple[tuple[int, int], list[int]]) -> None:
+        (qs, qe), ks = item
         group = _Group(panel, qs, qe, [nodes[k] for k in ks])
         o0, o1 = start_index - qs, end_index - qs
         for k in ks:
@@ -474,6 +481,14 @@ def evaluate(
                     hint="use engine: qlib for this expression",
                 )
             sink(k, res[o0 : o1 + 1].astype(np.float32))
+
+    # groups are independent (each has its own cache); with several threads the largest start first and
+    # ``sink`` is called from the threads, one distinct ``k`` per call
+    items = sorted(groups.items())
+    threads = n_threads()
+    if threads > 1:
+        items.sort(key=lambda it: -len(it[1]))
+    run_all(run, items, threads)
 
 
 def empty_block(shape: tuple[int, int]) -> np.ndarray:

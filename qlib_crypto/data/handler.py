@@ -99,10 +99,10 @@ class _CryptoHandlerBase(DataHandlerLP):
 
         Qlib copies the raw frame before the inference processors, each of its normalising processors makes
         full-size temporaries, and the learn frame is copied again before ``DropnaLabel`` copies it once more.
-        Here the inference frame is one copy of the raw block processed in place (column chunk by column
-        chunk, the same float32 arithmetic), and the learn frame is the rows ``DropnaLabel`` keeps, copied
-        once, with the label processors applied to the label columns. With ``drop_raw=True`` the raw block
-        itself becomes the inference frame. Processors other than the crypto defaults (and Qlib's
+        Here the inference frame is the raw block processed in place (the same float32 arithmetic) when the
+        raw frame is not needed afterwards (``process_type="append"``, Qlib's default, or ``drop_raw=True``; the
+        raw frame is then re-loaded if anyone asks for it), else one copy of it; and the learn frame is the rows
+        ``DropnaLabel`` keeps, copied once, with the label processors applied to the label columns. Processors other than the crypto defaults (and Qlib's
         ``RobustZScoreNorm``, ``Fillna``, ``DropnaLabel``, ``CSRankNorm``) fall back to Qlib's method.
         """
         if not self._process_blocks(with_fit):
@@ -130,13 +130,21 @@ class _CryptoHandlerBase(DataHandlerLP):
                 raise TypeError("Only processors usable for inference can be used in `infer_processors` ")
         values = raw.to_numpy()  # (rows, columns); a view of the raw block when the frame is one block
         base = values.T
-        if self.drop_raw and np.may_share_memory(values, raw.to_numpy()):
-            arr = base  # the raw frame is dropped afterwards: process its block in place
+        in_place = self.drop_raw or self.process_type == DataHandlerLP.PTYPE_A
+        if in_place and np.may_share_memory(values, raw.to_numpy()):
+            # the raw frame is not needed after this (PTYPE_A: the learn frame comes from the inference frame;
+            # drop_raw: no raw frame at all) and is released below: process its block in place
+            arr = base
         else:
             arr = empty_block(base.shape)
             np.copyto(arr, base)
         infer = Block(arr, raw.index, raw.columns)
-        self._run_block(infer, infer_l, with_fit)
+        try:
+            self._run_block(infer, infer_l, with_fit)
+        except BaseException:
+            if arr is base:  # the raw block is half processed: never hand it out as raw data
+                self._release_raw()
+            raise
         self._infer = infer.frame()
 
         if self.process_type == DataHandlerLP.PTYPE_A:

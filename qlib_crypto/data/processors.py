@@ -24,12 +24,36 @@ def _names(cols: pd.Index) -> pd.Index:
     return cols.get_level_values(-1) if isinstance(cols, pd.MultiIndex) else cols
 
 
+def _bar_starts(index: pd.Index) -> np.ndarray | None:
+    """Row offsets at which each bar's rows start (plus the end), when ``index`` is a ``(datetime, ...)``
+    MultiIndex whose rows of one bar are contiguous (the handlers' sorted frames); else None."""
+    if not isinstance(index, pd.MultiIndex) or index.names[0] != "datetime" or len(index) == 0:
+        return None
+    codes = np.asarray(index.codes[0])
+    if (codes < 0).any():
+        return None
+    change = np.flatnonzero(codes[1:] != codes[:-1]) + 1
+    starts = np.concatenate(([0], change, [len(codes)])).astype(np.int64)
+    if len(np.unique(codes[starts[:-1]])) != len(starts) - 1:  # a bar's rows are split: use pandas' groupby
+        return None
+    return starts
+
+
 def cross_sectional_transform(frame: pd.DataFrame, operation: str) -> pd.DataFrame:
     """Transform every column across the instruments of each ``datetime``.
 
     ``demean``: value minus the bar's mean; ``rank``: percentile rank (0..1] minus 0.5; ``share``: value
     divided by the bar's sum; ``zscore``: (value - mean) / std (ddof 1). NaN stays NaN and is ignored.
     """
+    if operation == "rank":
+        starts = _bar_starts(frame.index)
+        if starts is not None and len(frame.columns) and all(dt == np.float32 for dt in frame.dtypes):
+            from .engine import _kernels
+
+            values = np.ascontiguousarray(frame.to_numpy(dtype=np.float32).T)
+            pct = _kernels().cs_rank_pct(values, starts)
+            pct -= 0.5
+            return pd.DataFrame(pct.T, index=frame.index, columns=frame.columns, copy=False)
     grouped = frame.groupby(level="datetime", sort=False)
     if operation == "demean":
         return frame - grouped.transform("mean")
@@ -257,10 +281,15 @@ def _fit_robust_zscore(proc: Processor, block: Block, pos: np.ndarray, fit_rows)
     ):
         # the same order statistics by a radix selection (numba), on the contiguous columns and rows
         from .engine import _kernels
+        from .threads import n_threads, run_all, split
 
         r0, r1, _ = rows.indices(n)
-        m, d = _kernels().robust_stats(block.values[pos[0] : pos[0] + len(pos)], r0, max(r0, r1))
-        means, stds = [m], [d]
+        cols = block.values[pos[0] : pos[0] + len(pos)]
+        parts = run_all(  # column ranges on the engine's threads (the kernel releases the GIL)
+            lambda ab: _kernels().robust_stats(cols[ab[0] : ab[1]], r0, max(r0, r1)),
+            list(split(len(pos), n_threads())),
+        )
+        means, stds = [m for m, _ in parts], [d for _, d in parts]
         pos_chunks = []
     else:
         pos_chunks = list(block.chunks(pos))

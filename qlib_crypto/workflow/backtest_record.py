@@ -286,6 +286,7 @@ def cost_sweep(
     executor: Mapping[str, Any] | None = None,
     progress: Any = None,
     dask: Any = None,
+    jobs: int | None = 1,
 ) -> pd.DataFrame:
     """Re-run one backtest for every (fee multiplier, slippage) pair; one row per run (:data:`SWEEP_COLUMNS`).
 
@@ -294,6 +295,9 @@ def cost_sweep(
     ``dask``: a Dask cluster spec (scheduler address or ``local``, :mod:`qlib_crypto.scale.cluster`): each cell
     is then a task on the cluster (:func:`sweep_cell` on a worker's own exchange) and the rows are put in grid
     order, so the table is the serial one, byte for byte. None: serial.
+    ``jobs``: without Dask, the cells run in up to ``jobs`` forked processes of this one (None: one per CPU,
+    :func:`qlib_crypto.data.threads.n_threads`), each with a copy of the exchange built here; rows in grid order,
+    the same table as ``jobs=1`` (serial, in this process). Where ``fork`` is not available the run is serial.
     """
     from qlib.utils import init_instance_by_config
 
@@ -335,26 +339,53 @@ def cost_sweep(
         return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
     ex = init_instance_by_config(conf, accept_types=CryptoExchange)
     base_fees = copy.deepcopy(ex.fees)
+    kwargs = {
+        "start_time": start,
+        "end_time": end,
+        "freq": freq,
+        "account": account,
+        "benchmark": benchmark,
+        "executor": executor,
+    }
     rows = []
-    for m, s in cells:
-        row = sweep_cell(
-            ex,
-            base_fees,
-            strategy,
-            m,
-            s,
-            start_time=start,
-            end_time=end,
-            freq=freq,
-            account=account,
-            benchmark=benchmark,
-            executor=executor,
-        )
+    for row in _sweep_rows(ex, base_fees, strategy, cells, kwargs, jobs):
         rows.append(row)
         if progress is not None:
             progress(row)
     ex.fees = base_fees
     return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+
+
+_FORKED: dict[str, Any] = {}  # what a forked sweep process inherits: exchange, fees, strategy, arguments
+
+
+def _forked_cell(cell: tuple[float, float]) -> dict[str, Any]:
+    f = _FORKED
+    return sweep_cell(f["ex"], f["base_fees"], f["strategy"], cell[0], cell[1], **f["kwargs"])
+
+
+def _sweep_rows(ex: Any, base_fees: Any, strategy: dict, cells: list, kwargs: dict, jobs: int | None):
+    """The rows of ``cells`` in grid order: in this process, or on forked processes (see :func:`cost_sweep`)."""
+    import multiprocessing
+
+    from ..data.threads import n_threads
+
+    jobs = n_threads() if jobs is None else int(jobs)
+    if jobs < 1:
+        raise ConfigError(f"jobs={jobs} is not a positive number of processes", hint="use 1 (serial), 2, ...")
+    jobs = min(jobs, len(cells))
+    if jobs <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        for m, s in cells:
+            yield sweep_cell(ex, base_fees, strategy, m, s, **kwargs)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    _FORKED.update(ex=ex, base_fees=base_fees, strategy=strategy, kwargs=kwargs)
+    try:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+            yield from pool.map(_forked_cell, cells)  # in grid order, as each is done
+    finally:
+        _FORKED.clear()
 
 
 def sweep_cell(
