@@ -168,6 +168,17 @@ SCRIPT = textwrap.dedent(
                 label = {"label": [["Ref($close, -2)/Ref($close, -1) - 1"], ["LABEL0"]]}
                 frames = [cls(config=label, freq=freq, engine=e, **kw).load("all", start, end) for e in ("qlib", "fast")]
                 result[(key, freq)] = tuple(frames)
+        import os
+        for n in ("1", "3"):  # the engine's thread count (expression groups, robust statistics) changes nothing
+            os.environ["QLIB_CRYPTO_THREADS"] = n
+            h = CryptoAlpha158(instruments="all", start_time="2023-01-02", end_time=END, freq="60min",
+                               fit_start_time="2023-01-02", fit_end_time="2023-01-12 23:00:00")
+            result[("threads", n)] = {
+                "loader": CryptoAlpha158DL(freq="60min").load("all", "2023-01-02", END),
+                "infer": h.fetch(col_set="__all", data_key="infer"),
+                "learn": h.fetch(col_set="__all", data_key="learn"),
+            }
+        del os.environ["QLIB_CRYPTO_THREADS"]
         from qlib.data.dataset import DatasetH
         from qlib.data.dataset.handler import DataHandlerLP
 
@@ -354,6 +365,24 @@ def test_handler_matches_qlib(results, variant):
         assert assert_same(ref[f32], ours[f32], f"handler {variant} {key}") == 0
         other = [c for c in ref.columns if c not in f32]
         pd.testing.assert_frame_equal(ref[other], ours[other], check_exact=True)
+
+
+def test_thread_count_changes_no_bit(results):
+    """One thread and three threads give the same frames, bit for bit (each piece of work writes its own part)."""
+    one, three = results["compare"][("threads", "1")], results["compare"][("threads", "3")]
+    for key in ("loader", "infer", "learn"):
+        a, b = one[key], three[key]
+        assert a.index.equals(b.index) and list(a.columns) == list(b.columns), key
+        assert a.to_numpy().tobytes() == b.to_numpy().tobytes(), key
+    # and the one-thread loader is Qlib's frame (the feature columns of the compared CryptoAlpha158 set)
+    ref = results["compare"][("158", "60min")][0]["feature"]
+    ours = one["loader"]["feature"]
+    assert (
+        assert_same(
+            ref.loc[ours.index.intersection(ref.index)], ours.loc[ours.index.intersection(ref.index)], "1 thread"
+        )
+        == 0
+    )
 
 
 def test_no_look_ahead_with_gaps_and_listings(results):
