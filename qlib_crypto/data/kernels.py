@@ -563,14 +563,54 @@ def _kth_key(keys, n, k, hist):
 
 
 @njit(**_JIT)
-def _median_keys(keys, n, hist):
+def _scan(hist, k):
+    # the first bucket b with (count of buckets <= b) > k, and the count below it
+    acc = 0
+    for b in range(hist.shape[0]):
+        if acc + hist[b] > k:
+            return b, acc
+        acc += hist[b]
+    return hist.shape[0] - 1, acc
+
+
+@njit(**_JIT)
+def _kth_key_pair(keys, n, k, hist, hist2):
+    # the k-th and (k+1)-th smallest keys (0-based) with one pass per radix digit for both
+    hist[:] = 0
+    for i in range(n):
+        hist[keys[i] >> 16] += 1
+    top0, acc0 = _scan(hist, k)
+    top1, acc1 = _scan(hist, k + 1)
+    r0 = k - acc0
+    r1 = k + 1 - acc1
+    hist[:] = 0
+    if top0 == top1:
+        for i in range(n):
+            if (keys[i] >> 16) == top0:
+                hist[keys[i] & 0xFFFF] += 1
+        low0, _ = _scan(hist, r0)
+        low1, _ = _scan(hist, r1)
+    else:
+        hist2[:] = 0
+        for i in range(n):
+            t = keys[i] >> 16
+            if t == top0:
+                hist[keys[i] & 0xFFFF] += 1
+            elif t == top1:
+                hist2[keys[i] & 0xFFFF] += 1
+        low0, _ = _scan(hist, r0)
+        low1, _ = _scan(hist2, r1)
+    return np.uint32((top0 << 16) | low0), np.uint32((top1 << 16) | low1)
+
+
+@njit(**_JIT)
+def _median_keys(keys, n, hist, hist2):
     # numpy's median of n float32 values: the middle one, or the float32 mean of the two middle ones
     h = n // 2
-    hi = _unkey(_kth_key(keys, n, h, hist))
     if n % 2 == 1:
-        return hi
-    lo = _unkey(_kth_key(keys, n, h - 1, hist))
-    return (lo + hi) / np.float32(2.0)
+        return _unkey(_kth_key(keys, n, h, hist))
+    a, b = _kth_key_pair(keys, n, h - 1, hist, hist2)
+    return (_unkey(a) + _unkey(b)) / np.float32(2.0)
 
 
 @njit(**_JIT)
@@ -583,6 +623,7 @@ def robust_stats(x, r0, r1):
     mad = np.empty(k, dtype=np.float32)
     keys = np.empty(max(r1 - r0, 1), dtype=np.uint32)
     hist = np.empty(65536, dtype=np.int64)
+    hist2 = np.empty(65536, dtype=np.int64)
     for c in range(k):
         n = 0
         for i in range(r0, r1):
@@ -594,7 +635,7 @@ def robust_stats(x, r0, r1):
             med[c] = np.nan
             mad[c] = np.nan
             continue
-        m = _median_keys(keys, n, hist)
+        m = _median_keys(keys, n, hist, hist2)
         med[c] = m
         n = 0
         for i in range(r0, r1):
@@ -602,7 +643,7 @@ def robust_stats(x, r0, r1):
             if d == d:  # nanmedian skips NaN results too (inf - inf)
                 keys[n] = _key(d)
                 n += 1
-        mad[c] = _median_keys(keys, n, hist) if n > 0 else np.nan
+        mad[c] = _median_keys(keys, n, hist, hist2) if n > 0 else np.nan
     return med, mad
 
 
