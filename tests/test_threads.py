@@ -17,6 +17,10 @@ def test_thread_count_from_the_environment(monkeypatch):
     assert n_threads() == len(os.sched_getaffinity(0))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what Dask sets in its workers
     assert n_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "4,2")  # OpenMP's nested form: the outer level
+    assert n_threads() == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "auto")  # not ours to judge: ignored
+    assert n_threads() == len(os.sched_getaffinity(0))
     monkeypatch.setenv("QLIB_CRYPTO_THREADS", "3")  # ours wins
     assert n_threads() == 3
     for bad in ("0", "-2", "two"):

@@ -21,17 +21,20 @@ R = TypeVar("R")
 
 def n_threads() -> int:
     """The engine's thread count (see the module doc)."""
-    for var in ("QLIB_CRYPTO_THREADS", "OMP_NUM_THREADS"):
-        raw = os.environ.get(var, "").strip()
-        if not raw:
-            continue
+    raw = os.environ.get("QLIB_CRYPTO_THREADS", "").strip()
+    if raw:
         try:
             n = int(raw)
         except ValueError:
             n = 0
         if n < 1:
-            raise ConfigError(f"{var}={raw!r} is not a positive integer", hint=f"set {var} to 1, 2, ... or unset it")
+            raise ConfigError(
+                f"QLIB_CRYPTO_THREADS={raw!r} is not a positive integer", hint="set it to 1, 2, ... or unset it"
+            )
         return n
+    omp = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()  # OpenMP allows "4,2" (nested levels)
+    if omp.isdigit() and int(omp) >= 1:
+        return int(omp)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
