@@ -23,6 +23,13 @@ Walk-forward: ``run_walk_forward`` of the 60min workflow (``LGBModel`` with ``nu
 ``SignalRecord``, no analysis records) on ``--wf-instruments`` instruments with ``--windows`` test windows,
 serial (``TrainerR`` in one process) vs ``--workers`` Dask workers (one window per task); the merged
 predictions are compared byte for byte. Goals printed: every worker under 8 GiB, walk-forward >= 1.7x.
+
+Every arm also reports its CPU time (user + system, the arm's process and its worker processes) and the load
+average before and after it; the Dask walk-forward arm reports each worker's CPU time and share of a core
+during the run. Wall-clock speed-ups need free cores: on a machine shared with other jobs the workers get
+less than a core each (Linux's autogroup scheduling gives all processes of one session, here the benchmark
+and its workers, one session's share of the CPUs, so two workers may get what one process gets), and the
+report says so when a worker got less than 80% of a core.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import copy
 import json
 import os
 import pickle
+import resource
 import subprocess
 import sys
 import tempfile
@@ -41,6 +49,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "workflow_configs" / "workflow_config_lightgbm_crypto_60min.yaml"
 GIB = 2**30
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process so far."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def loadavg() -> float:
+    with open("/proc/loadavg") as fh:
+        return float(fh.read().split()[0])
 
 
 def vm_hwm(pid: int | str = "self") -> int:
@@ -210,20 +229,29 @@ def arm_walk_forward(args, mode: str) -> dict:
     path = work / "wf.yaml"
     path.write_text(yaml.safe_dump(conf))
     spec = {"n_workers": args.workers, "threads_per_worker": 1} if mode == "dask" else None
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     res = run_walk_forward(path, step, experiment_name=f"wf_{mode}", analyse=False, dask=spec)
     wall = time.perf_counter() - t0
+    out = {"arm": f"wf-{mode}", "wall_s": wall, "n_windows": res["n_windows"], "step": step}
+    out["client_cpu_s"] = cpu_seconds() - c0
+    if spec is not None:  # the workers were started by run_walk_forward: their CPU time is all walk-forward
+        from qlib_crypto.scale.cluster import get_client, task_spec
+
+        out["worker_cpu_s"] = sorted(get_client(task_spec(spec)).run(cpu_seconds).values())
     from qlib.workflow import R
 
     rec = R.get_recorder(experiment_name=res["experiment"], recorder_id=res["recorder_id"])
     pred = rec.load_object("pred.pkl")
     (work / f"wf_pred_{mode}.pkl").write_bytes(pickle.dumps(pred))
-    return {"arm": f"wf-{mode}", "wall_s": wall, "n_windows": res["n_windows"], "step": step, "rows": len(pred)}
+    out["rows"] = len(pred)
+    return out
 
 
 def run_arm(args, arm: str) -> dict | None:
     cmd = [sys.executable, __file__, "--arm", arm, *sys.argv[1:]]
+    load0, ru0 = loadavg(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, capture_output=True, text=True)
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the arm's process and its (reaped) worker processes
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         killed = proc.returncode in (-9, 137)
@@ -234,6 +262,9 @@ def run_arm(args, arm: str) -> dict | None:
         )
         return {"arm": arm, "failed": True, "exit": proc.returncode}
     res = json.loads(lines[-1][7:])
+    res["arm_cpu_s"] = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    res["arm_sys_s"] = ru1.ru_stime - ru0.ru_stime
+    res["load"] = [load0, loadavg()]
     print(f"  {arm}: {json.dumps(res)}", flush=True)
     return res
 
@@ -331,6 +362,21 @@ def report(results: dict, args, work: Path) -> None:
             f"serial {s['wall_s']:.0f} s, {args.workers} workers {p['wall_s']:.0f} s = {speed:.2f}x "
             f"(goal >= 1.7x: {'met' if speed >= 1.7 else 'NOT met'}); merged predictions byte-identical: {same}"
         )
+        shares = [c / p["wall_s"] for c in p["worker_cpu_s"]]
+        print(
+            f"  CPU time: serial {s['arm_cpu_s']:.0f} s (system {s['arm_sys_s']:.0f} s), {args.workers} workers "
+            f"{p['arm_cpu_s']:.0f} s (system {p['arm_sys_s']:.0f} s; workers "
+            + ", ".join(f"{c:.0f} s" for c in p["worker_cpu_s"])
+            + f", client {p['client_cpu_s']:.0f} s); each worker had "
+            + ", ".join(f"{x:.0%}" for x in shares)
+            + f" of a core; load average {s['load'][0]:.1f} -> {s['load'][1]:.1f} (serial), "
+            f"{p['load'][0]:.1f} -> {p['load'][1]:.1f} (workers)"
+        )
+        if min(shares) < 0.8:
+            print(
+                "  note: a worker got less than 80% of a core (other load on the machine): the wall-clock "
+                "speed-up understates what free cores give"
+            )
 
 
 if __name__ == "__main__":

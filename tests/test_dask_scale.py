@@ -414,6 +414,57 @@ def test_sweep_cells_on_workers_byte_identical(cluster, market):
     assert r[(0.0, 0.0)] > r[(3.0, 0.0)] > r[(3.0, 7.0)] and r[(0.0, 0.0)] > r[(0.0, 7.0)] > r[(3.0, 7.0)]
 
 
+def test_walk_forward_local_cluster_workers_allocate_like_one_process():
+    """The walk-forward's LocalCluster (``task_spec``): its workers get Dask's thread settings but not Dask's
+    MALLOC_TRIM_THRESHOLD_ (they inherit this process's value, normally none) nor its statistical profiler,
+    this process's environment is left as it was (the nannies run here and write their variables into
+    os.environ), and ``warm_workers`` imports the named modules on the worker."""
+    from qlib_crypto.errors import ConfigError
+    from qlib_crypto.scale.cluster import close_clients, get_client, task_modules, task_spec, warm_workers
+
+    keys = ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "PYTHONHASHSEED")
+    here = {k: os.environ.get(k) for k in keys}
+    task = {
+        "model": {"class": "LGBModel", "module_path": "qlib.contrib.model.gbdt", "kwargs": {}},
+        "dataset": {
+            "class": "DatasetH",
+            "module_path": "qlib.data.dataset",
+            "kwargs": {"handler": {"class": "CryptoAlpha158", "module_path": "qlib_crypto.data.handler"}},
+        },
+        "record": [{"class": "SignalRecord", "module_path": "qlib.workflow.record_temp"}, {"class": "SigAnaRecord"}],
+    }
+    modules = task_modules(task)
+    assert modules == [
+        "qlib.contrib.model.gbdt",
+        "qlib.data.dataset",
+        "qlib_crypto.data.handler",
+        "qlib.workflow.record_temp",
+    ]
+    assert task_spec("local") == {"address": None, "malloc_trim": False}
+    assert task_spec({"malloc_trim": True}) == {"address": None, "malloc_trim": True}
+    assert task_spec("127.0.0.1:8786") == {"address": "tcp://127.0.0.1:8786"} and task_spec(None) is None
+    with pytest.raises(ConfigError, match="malloc_trim 'no'"):
+        task_spec({"malloc_trim": "no"})
+    spec = task_spec({"n_workers": 1, "threads_per_worker": 1, "memory_limit": "2GiB"})
+    try:
+        client = get_client(spec)
+        env = next(iter(client.run(lambda: {k: os.environ.get(k) for k in keys}).values()))
+        assert env["MALLOC_TRIM_THRESHOLD_"] == here["MALLOC_TRIM_THRESHOLD_"]
+        assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "1"
+        assert {k: os.environ.get(k) for k in keys} == here
+        profiling = client.run(lambda: __import__("dask").config.get("distributed.worker.profile.enabled"))
+        profiling = next(iter(profiling.values()))
+        assert profiling is False  # no dashboard to show the statistical profile
+        warm = warm_workers(spec, ["qlib_crypto.data.handler", "no_such_module_xyz"])
+        assert len(warm) == 1
+        # a module that cannot be imported is left to the real task: the warm-up itself succeeds
+        assert client.gather(warm) == [None] and [f.status for f in warm] == ["finished"]
+        loaded = next(iter(client.run(lambda: "qlib_crypto.data.handler" in sys.modules).values()))
+        assert loaded
+    finally:
+        close_clients()
+
+
 def test_bad_dask_settings_are_config_errors():
     from qlib_crypto.errors import ConfigError
     from qlib_crypto.scale.cluster import normalize_spec

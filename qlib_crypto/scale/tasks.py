@@ -14,23 +14,26 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any, Callable, Sequence
 
 from qlib.model.trainer import TrainerR, task_train
 
-from .cluster import get_client, iter_results, qlib_config, run_locked
+from .cluster import get_client, iter_results, qlib_config, run_locked, task_spec
 
 logger = logging.getLogger(__name__)
 
 
 def _train_window(
     conf: dict, train_func: Callable, task: dict, experiment_name: str, recorder_name: Any, kwargs: dict
-) -> str:
-    """On a worker: train one task into a recorder of ``experiment_name``; its recorder id."""
+) -> tuple[str, float, float]:
+    """On a worker: train one task into a recorder of ``experiment_name``; its recorder id, the wall time and
+    the worker process's CPU time (seconds) spent on it."""
 
-    def run() -> str:
+    def run() -> tuple[str, float, float]:
+        t0, c0 = time.perf_counter(), time.process_time()
         rec = train_func(task, experiment_name, recorder_name=recorder_name, **kwargs)
-        return str(rec.info["id"])
+        return str(rec.info["id"]), time.perf_counter() - t0, time.process_time() - c0
 
     return run_locked(conf, run)
 
@@ -38,8 +41,15 @@ def _train_window(
 class DaskTrainerR(TrainerR):
     """``TrainerR`` with one Dask task per Qlib task (see the module doc).
 
-    ``dask``: a cluster spec (:mod:`qlib_crypto.scale.cluster`); ``qlib_init``: the ``qlib.init`` kwargs for
-    the workers (default: this process's settings, :func:`qlib_crypto.scale.cluster.qlib_config`)."""
+    ``dask``: a cluster spec (:mod:`qlib_crypto.scale.cluster`; a LocalCluster's workers allocate memory as
+    one process does unless it says ``malloc_trim: true``, :func:`qlib_crypto.scale.cluster.task_spec`);
+    ``qlib_init``: the ``qlib.init`` kwargs for the workers (default: this process's settings,
+    :func:`qlib_crypto.scale.cluster.qlib_config`).
+
+    Windows are submitted latest first: in an expanding walk-forward those are the largest, so the last
+    windows running on the workers are the small ones. ``run_walk_forward`` also starts the cluster and has
+    the workers import Qlib and the task's modules (:func:`qlib_crypto.scale.cluster.warm_workers`) before it
+    initialises Qlib itself, so that the workers' start-up overlaps its own."""
 
     def __init__(
         self,
@@ -55,7 +65,7 @@ class DaskTrainerR(TrainerR):
             call_in_subproc=False,
             default_rec_name=default_rec_name,
         )
-        self.dask = dask
+        self.dask = task_spec(dask)
         self.qlib_init = qlib_init
 
     def train(self, tasks: list, train_func: Callable | None = None, experiment_name: str | None = None, **kwargs):
@@ -70,16 +80,31 @@ class DaskTrainerR(TrainerR):
         conf = self.qlib_init or qlib_config()
         R.get_exp(experiment_name=experiment_name, create=True)  # created once, before the workers write to it
         client = get_client(self.dask)
-        futures = [
+        futures = [  # priority: the latest (in an expanding walk-forward the largest) window first
             client.submit(
-                _train_window, conf, train_func, task, experiment_name, self.default_rec_name, kwargs, pure=False
+                _train_window,
+                conf,
+                train_func,
+                task,
+                experiment_name,
+                self.default_rec_name,
+                kwargs,
+                pure=False,
+                priority=i,
             )
-            for task in tasks
+            for i, task in enumerate(tasks)
         ]
         ids: list[str | None] = [None] * len(tasks)
-        for pos, rid in iter_results(client, futures):
+        for pos, (rid, wall, cpu) in iter_results(client, futures):
             ids[pos] = rid
-            logger.info("walk-forward window %d/%d trained (recorder %s)", pos + 1, len(tasks), rid)
+            logger.info(
+                "walk-forward window %d/%d trained in %.1f s (worker CPU %.1f s; recorder %s)",
+                pos + 1,
+                len(tasks),
+                wall,
+                cpu,
+                rid,
+            )
         recs = []
         for rid in ids:  # task order, as TrainerR returns them
             rec = R.get_recorder(recorder_id=rid, experiment_name=experiment_name)

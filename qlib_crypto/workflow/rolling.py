@@ -201,17 +201,26 @@ def run_walk_forward(
     Each window's model is in its own recorder of
     ``rolling_experiment`` (default ``<experiment_name>_models_<timestamp>``).
     """
-    from qlib.model.ens.ensemble import RollingEnsemble
-    from qlib.model.trainer import TrainerR
-    from qlib.utils import init_instance_by_config
-    from qlib.workflow import R
-    from qlib.workflow.task.collect import RecorderCollector
     from ruamel.yaml import YAML
 
     path = Path(config_path)
     if not path.is_file():
         raise ConfigError(f"workflow file {str(path)!r} not found", hint="pass a qrun YAML, e.g. workflow_configs/...")
     conf = YAML(typ="safe", pure=True).load(path.read_text())
+    if dask is FROM_CONFIG:
+        dask = conf.get("dask")
+    warm = None
+    if dask is not None and dask is not False:  # the workers start and import while this process imports Qlib
+        from ..scale.cluster import task_modules, task_spec, warm_workers
+
+        dask = task_spec(dask)
+        warm = warm_workers(dask, ["qlib.model.trainer", *task_modules(conf.get("task"))])
+    from qlib.model.ens.ensemble import RollingEnsemble
+    from qlib.model.trainer import TrainerR
+    from qlib.utils import init_instance_by_config
+    from qlib.workflow import R
+    from qlib.workflow.task.collect import RecorderCollector
+
     _qlib_init(conf)
     handler_kwargs = _handler_kwargs(conf["task"])
     freq = str(handler_kwargs.get("freq", "day"))
@@ -221,9 +230,7 @@ def run_walk_forward(
 
     tasks = rolling_tasks(conf["task"], step, freq, horizon, rtype)
     logger.info("walk-forward: %d tasks, step %d bars of %s (%s)", len(tasks), step, freq, rtype)
-    if dask is FROM_CONFIG:
-        dask = conf.get("dask")
-    if dask is None or dask is False:
+    if warm is None:
         TrainerR(experiment_name=rolling_experiment)(tasks)
     else:
         from ..scale.cluster import qlib_config
@@ -231,6 +238,7 @@ def run_walk_forward(
 
         extra = {k: v for k, v in (conf.get("qlib_init") or {}).items() if k not in ("provider_uri", "exp_manager")}
         DaskTrainerR(experiment_name=rolling_experiment, dask=dask, qlib_init=qlib_config(extra))(tasks)
+        del warm
 
     collected = RecorderCollector(
         experiment=rolling_experiment,
