@@ -105,6 +105,10 @@ def _qrun(workflow: Path, stamp: str, log: TextIO | None, quiet: bool) -> None:
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env[STAMP_PARAM] = stamp
+    # LightGBM's OpenMP threads sleep when idle instead of spinning: on a 2-core machine with other load,
+    # spinning threads made training many times slower; the wait policy changes no result (a user's own
+    # setting is kept)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     def tee(stream: Any) -> None:
         for line in stream:
