@@ -95,7 +95,8 @@ def same_data(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame]) -> tuple[b
     for key, frame in b.items():
         if key.startswith("bars/") and not key.endswith(".yaml"):
             have = a.get(key)
-            lost += len(frame) if have is None else len(set(frame["datetime"]) - set(have["datetime"]))
+            # distinct bar times of ``b`` that ``a`` lacks (an index difference: no Timestamp objects per row)
+            lost += len(frame) if have is None else len(pd.Index(frame["datetime"]).difference(have["datetime"]))
     equal = sorted(a) == sorted(b) and all(a[k].equals(b[k]) for k in b)
     return equal, lost
 
@@ -122,6 +123,74 @@ def cli_subprocess(args: list[str], env: dict | None = None) -> subprocess.Popen
         text=True,
         env={**os.environ, **(env or {})},
     )
+
+
+@dataclass
+class ForkedCli:
+    """The CLI running in a child forked from this process (see :func:`cli_forked`)."""
+
+    pid: int
+    fd: int  # read end of the pipe carrying the child's output
+
+    def communicate(self, timeout: float = 600) -> tuple[int, str]:
+        """Wait for the child; (exit code, output). The child is killed if it outlives ``timeout``."""
+        import select
+
+        chunks, deadline = [], time.monotonic() + timeout
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    os.kill(self.pid, signal.SIGKILL)
+                    os.waitpid(self.pid, 0)
+                    raise TimeoutError(f"forked CLI (pid {self.pid}) still running after {timeout} s")
+                if select.select([self.fd], [], [], left)[0]:
+                    data = os.read(self.fd, 65536)
+                    if not data:
+                        break
+                    chunks.append(data)
+        finally:
+            os.close(self.fd)
+        _, status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(status), b"".join(chunks).decode("utf-8", "replace")
+
+
+def cli_forked(args: list[str]) -> ForkedCli:
+    """Start the CLI (``qlib_crypto.cli.main``, as :func:`cli`) in a child process forked from this one.
+
+    A process of its own, like :func:`cli_subprocess` (the store lock is taken and waited for across
+    processes), that starts at once with this process's imports instead of a new Python importing them: two
+    children started one after the other reach the store within milliseconds of each other."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(rfd)
+        code = 99
+        try:
+            code, out = cli(args)
+            data = out.encode("utf-8", "replace")
+        except BaseException as exc:  # noqa: BLE001
+            data = f"child crashed: {type(exc).__name__}: {exc}".encode()
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(wfd, view) :]
+            os.close(wfd)
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    return ForkedCli(pid, rfd)
+
+
+def _run_writers(argvs: list[list[str]], fork: bool) -> tuple[list[int], str]:
+    """Start one CLI process per argv at once (forked, or new Pythons); (exit codes, their output)."""
+    if fork:
+        children = [cli_forked(a) for a in argvs]
+        results = [c.communicate(timeout=600) for c in children]
+        return [code for code, _ in results], "\n".join(out for _, out in results)
+    procs = [cli_subprocess(a) for a in argvs]
+    outs = [p.communicate(timeout=600) for p in procs]
+    return [p.returncode for p in procs], "\n".join(o[0] + o[1] for o in outs)
 
 
 @dataclass
@@ -353,8 +422,11 @@ def _rm(path: Path) -> None:
 # --- concurrent writers -------------------------------------------------------------------------------
 
 
-def concurrent_collect(work: Path, trial: int, n_inst: int = 12) -> tuple[list[int], dict, dict, str]:
-    """Two synthetic collects (Jan-Jun, Jul-Dec of the same instruments) into one store at once."""
+def concurrent_collect(
+    work: Path, trial: int, n_inst: int = 12, fork: bool = False
+) -> tuple[list[int], dict, dict, str]:
+    """Two synthetic collects (Jan-Jun, Jul-Dec of the same instruments) into one store at once, in two new
+    Pythons (``fork=True``: two children forked from this process, see :func:`cli_forked`)."""
     store = work / f"cc-{trial}"
     _rm(store)
     base = [
@@ -373,20 +445,20 @@ def concurrent_collect(work: Path, trial: int, n_inst: int = 12) -> tuple[list[i
         str(store),
     ]
     halves = [["--start", "2023-01-01", "--end", "2023-07-01"], ["--start", "2023-07-01", "--end", "2024-01-01"]]
-    procs = [cli_subprocess(base + h) for h in halves]
-    outs = [p.communicate(timeout=600) for p in procs]
-    codes = [p.returncode for p in procs]
+    codes, text = _run_writers([base + h for h in halves], fork)
     ref = work / "cc-ref"
     if not ref.exists():
         for h in halves:
             code, out = cli(base[:-1] + [str(ref)] + h)
             assert code == 0, out
-    text = "\n".join(o[0] + o[1] for o in outs)
     return codes, store_data(store), store_data(ref), text
 
 
-def concurrent_import(work: Path, trial: int, n_inst: int = 6) -> tuple[list[int], dict, dict[str, pd.DataFrame], str]:
-    """Two ``qlib-crypto import`` runs of disjoint halves (one file each, all instruments) into one store at once."""
+def concurrent_import(
+    work: Path, trial: int, n_inst: int = 6, fork: bool = False
+) -> tuple[list[int], dict, dict[str, pd.DataFrame], str]:
+    """Two ``qlib-crypto import`` runs of disjoint halves (one file each, all instruments) into one store at once,
+    in two new Pythons (``fork=True``: two children forked from this process, see :func:`cli_forked`)."""
     inputs = work / "ci-inputs"
     if not inputs.exists():
         inputs.mkdir(parents=True)
@@ -402,24 +474,12 @@ def concurrent_import(work: Path, trial: int, n_inst: int = 6) -> tuple[list[int
     expected = {f"SYN{i}-USDT": pd.read_parquet(inputs / f"SYN{i}-USDT.parquet") for i in range(n_inst)}
     store = work / f"ci-{trial}"
     _rm(store)
-    procs = [
-        cli_subprocess(
-            [
-                "import",
-                str(inputs / f"{h}.csv"),
-                "--symbol-column",
-                "symbol",
-                "--timeframe",
-                "1h",
-                "--store",
-                str(store),
-            ]
-        )
+    argvs = [
+        ["import", str(inputs / f"{h}.csv"), "--symbol-column", "symbol", "--timeframe", "1h", "--store", str(store)]
         for h in ("h1", "h2")
     ]
-    outs = [p.communicate(timeout=600) for p in procs]
-    codes = [p.returncode for p in procs]
-    return codes, store_data(store), expected, "\n".join(o[0] + o[1] for o in outs)
+    codes, text = _run_writers(argvs, fork)
+    return codes, store_data(store), expected, text
 
 
 def bars_equal(stored: pd.DataFrame | None, expected: pd.DataFrame) -> bool:

@@ -30,21 +30,32 @@ TRIALS = 10
 # --- 1. one writer at a time -----------------------------------------------------------------------------
 
 
+# The two writers of a trial are two processes forked from this one (chaos.cli_forked): they start within
+# milliseconds of each other, without a new Python importing the package each (test_second_writer_waits_with_a_message
+# runs a writer as `python -m qlib_crypto`). "waiting" is the message of a writer that found the store locked.
+
+
 def test_concurrent_collects_store_the_union(tmp_path):
     """Two collects of Jan-Jun and Jul-Dec into one store at once: every trial stores the union exactly."""
+    waited = 0
     for trial in range(TRIALS):
-        codes, got, ref, text = chaos.concurrent_collect(tmp_path, trial, n_inst=16)
+        codes, got, ref, text = chaos.concurrent_collect(tmp_path, trial, n_inst=16, fork=True)
         equal, lost = chaos.same_data(got, ref)
         assert codes == [0, 0], text
         assert lost == 0 and equal, f"trial {trial}: {lost} bars lost"
+        waited += "waiting" in text
+    assert waited > 0  # the writers did overlap
 
 
 def test_concurrent_imports_store_the_union(tmp_path):
+    waited = 0
     for trial in range(TRIALS):
-        codes, got, expected, text = chaos.concurrent_import(tmp_path, trial, n_inst=16)
+        codes, got, expected, text = chaos.concurrent_import(tmp_path, trial, n_inst=16, fork=True)
         assert codes == [0, 0], text
         for name, bars in expected.items():
             assert chaos.bars_equal(chaos.stored_bars(got, name), bars), f"trial {trial}: {name} differs"
+        waited += "waiting" in text
+    assert waited > 0  # the writers did overlap
 
 
 def _hold_lock(store: Path) -> subprocess.Popen:

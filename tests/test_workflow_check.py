@@ -39,9 +39,27 @@ def root(tmp_path_factory) -> Path:
 
 
 def cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m qlib_crypto check ARGS` in a new process started in ``cwd``."""
     return subprocess.run(
         [sys.executable, "-m", "qlib_crypto", "check", *args], cwd=cwd, capture_output=True, text=True, timeout=300
     )
+
+
+@pytest.fixture
+def cli_here(monkeypatch, capsys):
+    """`qlib-crypto check ARGS` through the console script's entry point (``qlib_crypto.cli:main``) in this
+    process, from ``cwd``: the same command, exit code and output as :func:`cli` without a new Python importing
+    Qlib, MLflow and LightGBM again (test_every_problem_printed_and_exit_code_2 runs a real process)."""
+    from qlib_crypto.cli import main
+
+    def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        code = main(["check", *args])
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["qlib-crypto", "check", *args], code, out, err)
+
+    return run
 
 
 def mutate(root: Path, source: Path, old: str, new: str, name: str = "wf.yaml") -> tuple[Path, int]:
@@ -65,8 +83,8 @@ def only_problem(report, yaml_path: str) -> str:
 # the shipped workflows, through the command line
 # ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("workflow", [WF_60, WF_DAY], ids=["60min", "day"])
-def test_shipped_workflows_are_clean(root, workflow):
-    proc = cli([str(workflow)], root)
+def test_shipped_workflows_are_clean(root, workflow, cli_here):
+    proc = cli_here([str(workflow)], root)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ok (" in proc.stdout
     freq = "60min" if "60min" in workflow.name else "day"
@@ -92,12 +110,12 @@ def test_every_problem_printed_and_exit_code_2(root):
     assert "2 problems" in proc.stderr
 
 
-def test_yaml_syntax_error_names_file_and_line(root):
+def test_yaml_syntax_error_names_file_and_line(root, cli_here):
     good = WF_60.read_text().splitlines()
     i = next(i for i, ln in enumerate(good) if ln.startswith("experiment_name:"))
     bad = good[:i] + ["  experiment_name: [oops"] + good[i + 1 :]
     (root / "syntax.yaml").write_text("\n".join(bad) + "\n")
-    proc = cli(["syntax.yaml"], root)
+    proc = cli_here(["syntax.yaml"], root)
     assert proc.returncode == 2
     first = proc.stdout.splitlines()[0]
     assert first.startswith("syntax.yaml:") and "YAML syntax error" in first
@@ -105,10 +123,10 @@ def test_yaml_syntax_error_names_file_and_line(root):
     assert i + 1 <= line <= i + 3  # the broken line or where the parser notices it
 
 
-def test_relative_provider_from_another_directory(root):
+def test_relative_provider_from_another_directory(root, cli_here):
     sub = root / "elsewhere"
     sub.mkdir(exist_ok=True)
-    proc = cli([str(WF_60)], sub)
+    proc = cli_here([str(WF_60)], sub)
     assert proc.returncode == 2
     (line,) = proc.stdout.splitlines()
     assert ": qlib_init.provider_uri.60min: provider directory 'data/qlib/synthetic/60min' not found" in line
