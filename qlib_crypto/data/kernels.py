@@ -43,61 +43,9 @@ _JIT = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
 
 
 @njit(**_JIT)
-def roll_sum(x, w):
-    T, N = x.shape
-    out = np.empty((T, N))
-    nobs_a = np.zeros(N, dtype=np.int64)
-    sum_a = np.zeros(N)
-    cadd_a = np.zeros(N)
-    crem_a = np.zeros(N)
-    same_a = np.zeros(N, dtype=np.int64)
-    prev_a = x[0].copy() if T > 0 else np.zeros(N)
-    for i in range(T):
-        for j in range(N):
-            nobs = nobs_a[j]
-            sum_x = sum_a[j]
-            comp_add = cadd_a[j]
-            comp_rem = crem_a[j]
-            same = same_a[j]
-            prev = prev_a[j]
-            if i >= w:
-                v = x[i - w, j]
-                if v == v:
-                    nobs -= 1
-                    y = -v - comp_rem
-                    t = sum_x + y
-                    comp_rem = t - sum_x - y
-                    sum_x = t
-            v = x[i, j]
-            if v == v:
-                nobs += 1
-                if v == prev:
-                    same += 1
-                else:
-                    same = 1
-                prev = v
-                y = v - comp_add
-                t = sum_x + y
-                comp_add = t - sum_x - y
-                sum_x = t
-            if nobs >= 1:
-                if same >= nobs:
-                    out[i, j] = prev * nobs
-                else:
-                    out[i, j] = sum_x
-            else:
-                out[i, j] = np.nan
-            nobs_a[j] = nobs
-            sum_a[j] = sum_x
-            cadd_a[j] = comp_add
-            crem_a[j] = comp_rem
-            same_a[j] = same
-            prev_a[j] = prev
-    return out
-
-
-@njit(**_JIT)
-def roll_mean(x, w):
+def _roll_kahan(x, w, mean):
+    # pandas' rolling sum (mean=False) or mean (True): the same Kahan-compensated add/remove and constant-window
+    # count; the mean also counts negative values for its sign clamp
     T, N = x.shape
     out = np.empty((T, N))
     nobs_a = np.zeros(N, dtype=np.int64)
@@ -140,7 +88,12 @@ def roll_mean(x, w):
                 sum_x = t
                 if math.copysign(1.0, v) < 0:
                     neg += 1
-            if nobs >= 1:
+            if nobs >= 1 and not mean:
+                if same >= nobs:
+                    out[i, j] = prev * nobs
+                else:
+                    out[i, j] = sum_x
+            elif nobs >= 1:
                 r = sum_x / nobs
                 if same >= nobs:
                     r = prev
@@ -159,6 +112,16 @@ def roll_mean(x, w):
             same_a[j] = same
             prev_a[j] = prev
     return out
+
+
+@njit(**_JIT)
+def roll_sum(x, w):
+    return _roll_kahan(x, w, False)
+
+
+@njit(**_JIT)
+def roll_mean(x, w):
+    return _roll_kahan(x, w, True)
 
 
 @njit(**_JIT)
