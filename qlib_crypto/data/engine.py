@@ -482,13 +482,9 @@ def evaluate(
                 )
             sink(k, res[o0 : o1 + 1].astype(np.float32))
 
-    # groups are independent (each has its own cache); with several threads the largest start first and
+    # groups are independent (each has its own cache): the largest start first, and with several threads
     # ``sink`` is called from the threads, one distinct ``k`` per call
-    items = sorted(groups.items())
-    threads = n_threads()
-    if threads > 1:
-        items.sort(key=lambda it: -len(it[1]))
-    run_all(run, items, threads)
+    run_all(run, sorted(groups.items(), key=lambda it: -len(it[1])), n_threads())
 
 
 def empty_block(shape: tuple[int, int]) -> np.ndarray:
