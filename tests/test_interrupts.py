@@ -86,16 +86,36 @@ def drain_until_exit(proc: subprocess.Popen, timeout: float = 120) -> int:
     return proc.wait()
 
 
+def signal_state(pid: int) -> str:
+    """The signal masks of a process and of each of its threads (/proc), for failure messages: a signal the
+    process ignores (SigIgn) or blocks in every thread (SigBlk) never reaches its handler."""
+    lines = []
+    for status in [Path(f"/proc/{pid}/status"), *sorted(Path(f"/proc/{pid}/task").glob("*/status"))]:
+        try:
+            fields = dict(ln.split(":", 1) for ln in status.read_text().splitlines() if ln.startswith("Sig"))
+        except OSError:
+            continue
+        lines.append(f"{status.parent.name}: " + " ".join(f"{k}={v.strip()}" for k, v in sorted(fields.items())))
+    return "\n".join(lines)
+
+
 def interrupt_qrun(workdir: Path, sig: int, *, close_pipe: bool) -> tuple[int, str, dict]:
     """Start qrun on long.yaml, signal it during training; (exit code, final status, tags) of the new run."""
     before = set(statuses(workdir / "mlruns"))
-    proc = subprocess.Popen([str(QRUN), "long.yaml"], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    err = workdir / f"qrun-{sig.name}-{'dead-pipe' if close_pipe else 'pipe'}.stderr"
+    with open(err, "wb") as fh:
+        proc = subprocess.Popen([str(QRUN), "long.yaml"], cwd=workdir, stdout=subprocess.PIPE, stderr=fh)
+    state = ""
     try:
         wait_for_marker(proc)
         if close_pipe:  # the pipe's reader (tee) is gone before the process sees the signal
             proc.stdout.close()
+        state = signal_state(proc.pid)
         proc.send_signal(sig)
-        code = proc.wait(timeout=120) if close_pipe else drain_until_exit(proc)
+        try:
+            code = proc.wait(timeout=120) if close_pipe else drain_until_exit(proc)
+        except (AssertionError, subprocess.TimeoutExpired) as exc:
+            raise AssertionError(f"{exc}\nsignal masks before the signal:\n{state}\n{tail(err)}") from None
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -103,7 +123,16 @@ def interrupt_qrun(workdir: Path, sig: int, *, close_pipe: bool) -> tuple[int, s
     new = {k: v for k, v in statuses(workdir / "mlruns").items() if k not in before}
     assert len(new) == 1, new
     ((status, tags),) = new.values()
+    if status != "KILLED":  # what the process did instead, for the failure message
+        print(f"signal masks before the signal:\n{state}\n{tail(err)}")
     return code, status, tags
+
+
+def tail(path: Path, n: int = 4000) -> str:
+    try:
+        return f"{path.name} (tail):\n" + path.read_bytes()[-n:].decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def test_sigint_during_training_marks_the_run_killed(workdir):
@@ -152,7 +181,7 @@ def test_interrupting_the_demo_during_qrun_marks_the_run_killed(tmp_path, how):
         [sys.executable, "-m", "qlib_crypto", "demo", "--instruments", "3"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=open(tmp_path / "demo.stderr", "wb"),  # noqa: SIM115 (the child holds it; closed with the test)
         start_new_session=True,
     )
     children: list[int] = []
@@ -161,11 +190,17 @@ def test_interrupting_the_demo_during_qrun_marks_the_run_killed(tmp_path, how):
         wait_for_marker(proc, timeout=500)
         children = _children(proc.pid)
         assert children, "qrun should be running as the demo's child"
+        state = "\n".join(signal_state(pid) for pid in [proc.pid, *children])
         if how == "sigterm-to-demo":
             proc.send_signal(signal.SIGTERM)
         else:
             os.killpg(proc.pid, signal.SIGINT)  # the demo leads its own process group here
-        code = drain_until_exit(proc, timeout=180)
+        try:
+            code = drain_until_exit(proc, timeout=180)
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}\nsignal masks before the signal:\n{state}\n{tail(tmp_path / 'demo.stderr')}"
+            ) from None
         alive = [pid for pid in children if Path(f"/proc/{pid}").exists()]  # before the clean-up below
     finally:
         for pid in [proc.pid, *children]:  # never leave a process behind
