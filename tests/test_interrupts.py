@@ -25,6 +25,15 @@ from test_handlers import daily_bars, synthetic_bars, write_provider  # noqa: E4
 from test_workflow_e2e import CONFIG, INSTRUMENTS, QRUN, small_workflow  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+#: Run the command with SIGINT at its default, as a terminal starts it. A process started in the background of
+#: a non-interactive shell (`bash .ci/run &`, `nohup`-style CI runners) ignores SIGINT, and an ignored signal
+#: stays ignored across fork and exec: without this, pytest's children here would ignore the Ctrl-C under test.
+AS_FROM_A_TERMINAL = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])",
+]
 MARKER = b"train's l2"  # LightGBM's evaluation log, printed every 20 rounds while it trains
 EXPERIMENT = "crypto_lightgbm_60min"
 
@@ -104,7 +113,9 @@ def interrupt_qrun(workdir: Path, sig: int, *, close_pipe: bool) -> tuple[int, s
     before = set(statuses(workdir / "mlruns"))
     err = workdir / f"qrun-{sig.name}-{'dead-pipe' if close_pipe else 'pipe'}.stderr"
     with open(err, "wb") as fh:
-        proc = subprocess.Popen([str(QRUN), "long.yaml"], cwd=workdir, stdout=subprocess.PIPE, stderr=fh)
+        proc = subprocess.Popen(
+            [*AS_FROM_A_TERMINAL, str(QRUN), "long.yaml"], cwd=workdir, stdout=subprocess.PIPE, stderr=fh
+        )
     state = ""
     try:
         wait_for_marker(proc)
@@ -178,7 +189,7 @@ def test_interrupting_the_demo_during_qrun_marks_the_run_killed(tmp_path, how):
     for wf in (REPO / "workflow_configs").glob("*.yaml"):
         (tmp_path / "workflow_configs" / wf.name).write_text(wf.read_text())
     proc = subprocess.Popen(
-        [sys.executable, "-m", "qlib_crypto", "demo", "--instruments", "3"],
+        [*AS_FROM_A_TERMINAL, sys.executable, "-m", "qlib_crypto", "demo", "--instruments", "3"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=open(tmp_path / "demo.stderr", "wb"),  # noqa: SIM115 (the child holds it; closed with the test)
