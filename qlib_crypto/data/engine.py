@@ -449,11 +449,13 @@ def evaluate(
     nodes: Sequence[Node],
     start_index: int,
     end_index: int,
-    sink: Callable[[int, np.ndarray], None],
+    sink: Callable[[int, np.ndarray, int], None],
 ) -> None:
-    """Evaluate ``nodes`` over calendar rows ``start_index .. end_index``; call ``sink(k, values)`` for each.
+    """Evaluate ``nodes`` over calendar rows ``start_index .. end_index``; call ``sink(k, values, o0)`` for each.
 
-    ``values`` is the ``(end - start + 1, N)`` float32 result of expression ``k`` (Qlib's dtype). Expressions
+    ``values`` is the result of expression ``k`` over its group's extended range, ``(rows, N)`` in whatever
+    dtype the operators gave; rows ``o0 .. o0 + end - start`` are the requested bars, which the sink casts to
+    float32 (Qlib's dtype). Expressions
     are evaluated group by group (same extended range), so intermediate arrays of one group are freed before
     the next one starts.
     """
@@ -472,7 +474,7 @@ def evaluate(
     def run(item: tuple[tuple[int, int], list[int]]) -> None:
         (qs, qe), ks = item
         group = _Group(panel, qs, qe, [nodes[k] for k in ks])
-        o0, o1 = start_index - qs, end_index - qs
+        o0 = start_index - qs
         for k in ks:
             res = group.value(nodes[k])
             if not isinstance(res, np.ndarray) or res.shape != (qe - qs + 1, panel.n):
@@ -480,7 +482,7 @@ def evaluate(
                     f"expression {nodes[k].key} did not give one value per bar and instrument",
                     hint="use engine: qlib for this expression",
                 )
-            sink(k, res[o0 : o1 + 1].astype(np.float32))
+            sink(k, res, o0)
 
     # groups are independent (each has its own cache): the largest start first, and with several threads
     # ``sink`` is called from the threads, one distinct ``k`` per call

@@ -353,14 +353,20 @@ def _remove(buf, n, v):
 @njit(**_JIT)
 def roll_order_stats(x, w, qs, with_rank):
     """pandas' rolling quantiles ``qs`` (linear interpolation) and, with ``with_rank``, ``rank(pct=True)``,
-    from one sorted copy of each window: ``out[k]`` is quantile ``qs[k]``, ``out[len(qs)]`` the rank."""
+    from one sorted copy of each window: ``out[k]`` is quantile ``qs[k]``, ``out[len(qs)]`` the rank.
+
+    Row-major (``for bar: for instrument:``, one sorted buffer per instrument): reads and writes run along
+    memory; each instrument's buffer sees the same inserts and removals in the same order as a column-wise
+    loop, so the values are the same bits."""
     T, N = x.shape
     nq = len(qs)
     out = np.empty((nq + (1 if with_rank else 0), T, N))
-    buf = np.empty(max(min(w, T), 1))
-    for j in range(N):
-        n = 0
-        for i in range(T):
+    bufs = np.empty((N, max(min(w, T), 1)))
+    counts = np.zeros(N, dtype=np.int64)
+    for i in range(T):
+        for j in range(N):
+            buf = bufs[j]
+            n = counts[j]
             if i >= w:
                 v = x[i - w, j]
                 if v == v:
@@ -375,6 +381,7 @@ def roll_order_stats(x, w, qs, with_rank):
                     hi = float(k + 1)  # rank of the inserted value (after its equals)
                     lo = float(_bisect_left(buf, n, v) + 1)  # lowest rank among its equals
                     rank = ((hi * (hi + 1) / 2) - ((lo - 1) * lo / 2)) / (hi - lo + 1)
+            counts[j] = n
             for m in range(nq):
                 if n == 0:
                     out[m, i, j] = np.nan
@@ -650,6 +657,31 @@ def block_zscore(v, pos, mean, std, clip):
                 elif x > hi:
                     x = hi
             row[i] = x
+
+
+# ---- the loader's sink: one expression's (T, N) float64 values into one row of the float32 frame block ----
+@njit(**_JIT)
+def sink_rows(values, o0, rows, invalid, time_major, dst):
+    """The frame's column of one expression: ``float32(values[o0 + t, n])`` for every bar ``t`` and instrument
+    ``n`` with ``rows[t, n]`` (the frame's rows), in the frame's row order (bar-major when ``time_major``, else
+    instrument-major), into ``dst``; NaN where ``invalid[t, n]`` (the expression's fields not stored at that bar;
+    an ``invalid`` of shape (0, 0): none). The float64 -> float32 rounding of ``ndarray.astype``, in one pass
+    instead of a cast, a masked assignment and a gather."""
+    t_out, n_inst = rows.shape
+    masked = invalid.shape[0] > 0
+    r = 0
+    if time_major:
+        for t in range(t_out):
+            for n in range(n_inst):
+                if rows[t, n]:
+                    dst[r] = np.nan if masked and invalid[t, n] else np.float32(values[o0 + t, n])
+                    r += 1
+    else:
+        for n in range(n_inst):
+            for t in range(t_out):
+                if rows[t, n]:
+                    dst[r] = np.nan if masked and invalid[t, n] else np.float32(values[o0 + t, n])
+                    r += 1
 
 
 # ---- cross-sectional operations on a (columns x rows) float32 block, rows grouped by bar -----------------

@@ -23,7 +23,7 @@ import pandas as pd
 from qlib.data.dataset.loader import QlibDataLoader
 
 from ..errors import ConfigError
-from .engine import Panel, compile_exprs, empty_block, evaluate, extended_range
+from .engine import Panel, _kernels, compile_exprs, empty_block, evaluate, extended_range
 from .features import get_feature_config, get_raw_window_config, normalize_freq
 
 logger = logging.getLogger(__name__)
@@ -275,12 +275,19 @@ def load_expressions(
     out = empty_block((len(nodes), n_rows))  # one block, column-major for pandas
     masks: dict[frozenset, np.ndarray | None] = {}
 
-    def sink(k: int, values: np.ndarray) -> None:
+    kernels = _kernels()
+    no_mask = np.zeros((0, 0), dtype=bool)
+
+    def sink(k: int, res: np.ndarray, o0: int) -> None:
         fset = frozenset(nodes[k].fields())
         if fset not in masks:
             valid = exist(fset)
             masks[fset] = None if not (rows & ~valid).any() else ~valid
         invalid = masks[fset]
+        if res.dtype == np.float64 and res.flags.c_contiguous:  # what the kernels give: cast, mask, gather at once
+            kernels.sink_rows(res, o0, rows, no_mask if invalid is None else invalid, swap_level, out[k])
+            return
+        values = res[o0 : o0 + t_out].astype(np.float32)
         if invalid is not None:
             values[invalid] = np.nan
         if swap_level:
