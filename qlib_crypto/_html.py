@@ -90,6 +90,29 @@ def style_figure(fig: Any, *, title: str | None = None, height: int | None = Non
     return fig
 
 
+def graph_figure(kind: str, df: Any, layout: dict | None = None, graph_kwargs: dict | None = None) -> Any:
+    """The figure ``qlib.contrib.report.graph``'s ``ScatterGraph`` / ``BarGraph`` / ``HeatmapGraph`` (``kind``:
+    ``Scatter``, ``Bar``, ``Heatmap``) draws of ``df``: one trace per column over the index (a heatmap: one
+    trace of the whole frame), ``layout`` as ``go.Layout`` kwargs, no template.
+
+    Same figure as Qlib's classes (``tests/test_training_report.py`` compares them), without importing that
+    module: its ``plotly.figure_factory`` import loads plotly's widget, nbformat and jsonschema (with its
+    IRI grammars), about 3 s in every process that draws a report."""
+    import plotly.graph_objects as go
+
+    if df.empty:
+        raise ValueError("df is empty.")
+    kwargs = dict(graph_kwargs or {})
+    trace = getattr(go, kind)
+    if kind == "Heatmap":
+        data = [trace(x=df.columns, y=df.index, z=df.values.tolist(), **kwargs)]
+    else:
+        data = [trace(x=df.index, y=df[col], name=col, **kwargs) for col in df.columns]
+    fig = go.Figure(data=data, layout=go.Layout(**(layout or {})))
+    fig["layout"].update(template=None)
+    return fig
+
+
 def plotly_div(fig: Any, div_id: str, *, height: int | None = None) -> str:
     """A plotly figure as an HTML fragment (a ``div`` with class ``plotly-graph-div`` and its script); needs
     the page to load plotly.js (:func:`page` embeds it when a section holds a figure)."""

@@ -4,9 +4,9 @@ frequency (24/7 hourly bars included).
 
 Qlib's ``model_performance_graph`` computes the same numbers inside and returns only plotly figures; a report
 whose JSON holds every number it draws cannot use those figures without computing everything twice (and its
-Q-Q plot needs statsmodels). So this module computes the numbers, and :func:`figures` draws them with Qlib's
-own graph classes (``qlib.contrib.report.graph``: ``ScatterGraph``, ``BarGraph``, ``HeatmapGraph``) and
-layouts. ``tests/test_model_analysis.py`` checks that the numbers equal the data inside
+Q-Q plot needs statsmodels). So this module computes the numbers, and :func:`figures` draws them as Qlib's
+own graph classes (``qlib.contrib.report.graph``: ``ScatterGraph``, ``BarGraph``, ``HeatmapGraph``) do, with
+their layouts (:func:`qlib_crypto._html.graph_figure`: the same figures, without that module's 3 s import). ``tests/test_model_analysis.py`` checks that the numbers equal the data inside
 ``model_performance_graph``'s figures on hourly bars.
 
 Definitions (``s`` = score, ``y`` = label, per bar ``t`` across instruments):
@@ -283,9 +283,8 @@ MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", 
 def _figures(ma: ModelAnalysis) -> list[tuple[str, str, Any]]:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
-    from qlib.contrib.report.graph import BarGraph, HeatmapGraph, ScatterGraph
 
-    from .._html import style_figure
+    from .._html import graph_figure, style_figure
 
     out: list[tuple[str, str, Any]] = []
     table = ma.ic_monthly_table
@@ -294,7 +293,8 @@ def _figures(ma: ModelAnalysis) -> list[tuple[str, str, Any]]:
         text = [[f"{v:.3f}" if np.isfinite(v) else "" for v in row] for row in z]
         lim = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 0.01
         frame = pd.DataFrame(np.where(np.isfinite(z), z, None), index=list(table.index), columns=list(MONTHS))
-        fig = HeatmapGraph(
+        fig = graph_figure(
+            "Heatmap",
             frame,
             layout={"title": "Monthly IC"},
             graph_kwargs={
@@ -310,7 +310,7 @@ def _figures(ma: ModelAnalysis) -> list[tuple[str, str, Any]]:
                 "ygap": 2,
                 "hovertemplate": "%{y} %{x}: IC %{z:.4f}<extra></extra>",
             },
-        ).figure
+        )
         style_figure(fig, title="Monthly IC (mean of the bar ICs of each month)", height=max(220, 90 + 60 * len(table)))
         fig.update_layout(hovermode="closest")
         fig.update_yaxes(type="category", autorange="reversed", showgrid=False, zeroline=False)
@@ -322,14 +322,17 @@ def _figures(ma: ModelAnalysis) -> list[tuple[str, str, Any]]:
         edges = np.asarray(d["histogram"]["edges"])
         centers = (edges[:-1] + edges[1:]) / 2
         fig = make_subplots(rows=1, cols=2, subplot_titles=("IC histogram", "IC normal Q-Q"))
-        hist = BarGraph(
+        hist = graph_figure(
+            "Bar",
             pd.DataFrame({"bars": d["histogram"]["counts"]}, index=centers),
             graph_kwargs={"marker": {"color": "#1f77b4"}, "hovertemplate": "IC %{x:.3f}: %{y} bars"},
         ).data
         for trace in hist:
             fig.add_trace(trace, row=1, col=1)
         qq = pd.DataFrame({"sample": d["qq"]["sample"]}, index=d["qq"]["theoretical"])
-        for trace in ScatterGraph(qq, graph_kwargs={"mode": "markers", "marker": {"color": "#19d3f3", "size": 4}}).data:
+        for trace in graph_figure(
+            "Scatter", qq, graph_kwargs={"mode": "markers", "marker": {"color": "#19d3f3", "size": 4}}
+        ).data:
             fig.add_trace(trace, row=1, col=2)
         lo, hi = float(min(qq.index.min(), qq["sample"].min())), float(max(qq.index.max(), qq["sample"].max()))
         fig.add_trace(
@@ -344,11 +347,12 @@ def _figures(ma: ModelAnalysis) -> list[tuple[str, str, Any]]:
         out.append(("fig-ic-dist", "IC distribution", fig))
 
     if len(ma.groups):
-        fig = ScatterGraph(
+        fig = graph_figure(
+            "Scatter",
             ma.group_cumulative,
             layout={"title": "Cumulative Return"},
             graph_kwargs={"mode": "lines", "hovertemplate": "%{y:.2%}"},
-        ).figure
+        )
         style_figure(
             fig,
             title=f"Cumulative return by score group ({ma.n_groups} groups; sum of per-bar mean labels)",
@@ -359,11 +363,12 @@ def _figures(ma: ModelAnalysis) -> list[tuple[str, str, Any]]:
 
     if len(ma.autocorrelation):
         ac = ma.autocorrelation.to_frame("value")
-        fig = ScatterGraph(
+        fig = graph_figure(
+            "Scatter",
             ac,
             layout={"title": "Auto Correlation"},
             graph_kwargs={"mode": "lines", "line": {"width": 1}, "hovertemplate": "%{y:.3f}"},
-        ).figure
+        )
         style_figure(fig, title=f"Score autocorrelation (rank correlation with {ma.lag} bar(s) before)", height=320)
         fig.update_layout(showlegend=False)
         out.append(("fig-autocorr", "Score autocorrelation", fig))

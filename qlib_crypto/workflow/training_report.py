@@ -158,21 +158,22 @@ def _plots(
     """(heading, HTML, anchor) of each figure section; every plotted number is in ``report`` (the JSON), computed
     once by :func:`training_report` (``series``: ``ic rank_ic ic_rolling_mean cumulative_ic cumulative_rank_ic``)."""
     import plotly.graph_objects as go
-    from qlib.contrib.report.graph import BarGraph, ScatterGraph
 
-    from .._html import grid_table, plotly_div, style_figure
+    from .._html import graph_figure, grid_table, plotly_div, style_figure
 
     sections: list[tuple[str, str, str]] = []
     window = report["ic_rolling_window"]
     frame = pd.DataFrame({"IC": series["ic"], "Rank IC": series["rank_ic"]})
     if series.get("ic_rolling_mean") is not None:
         frame[f"IC, {window}-bar mean"] = series["ic_rolling_mean"]
-    fig = ScatterGraph(frame, graph_kwargs={"mode": "lines", "line": {"width": 1}, "hovertemplate": "%{y:.4f}"}).figure
+    fig = graph_figure(
+        "Scatter", frame, graph_kwargs={"mode": "lines", "line": {"width": 1}, "hovertemplate": "%{y:.4f}"}
+    )
     style_figure(fig, title="IC and rank IC per bar", height=360)
     sections.append(("IC and rank IC over time", plotly_div(fig, "fig-ic"), "ic"))
 
     cum = pd.DataFrame({"cumulative IC": series["cumulative_ic"], "cumulative rank IC": series["cumulative_rank_ic"]})
-    fig = ScatterGraph(cum, graph_kwargs={"mode": "lines", "hovertemplate": "%{y:.3f}"}).figure
+    fig = graph_figure("Scatter", cum, graph_kwargs={"mode": "lines", "hovertemplate": "%{y:.3f}"})
     style_figure(fig, title="Cumulative IC (sum of bar ICs)", height=340)
     sections.append(("Cumulative IC", plotly_div(fig, "fig-cum-ic"), "cum-ic"))
 
@@ -247,10 +248,11 @@ def _plots(
     hist = report["prediction_histogram"]
     if hist["counts"]:
         edges = np.asarray(hist["edges"])
-        fig = BarGraph(
+        fig = graph_figure(
+            "Bar",
             pd.DataFrame({"predictions": hist["counts"]}, index=(edges[:-1] + edges[1:]) / 2),
             graph_kwargs={"marker": {"color": "#1f77b4"}, "hovertemplate": "score %{x:.4f}: %{y}"},
-        ).figure
+        )
         style_figure(fig, title="Prediction distribution", height=320)
         fig.update_layout(bargap=0.02, showlegend=False, hovermode="closest")
         fig.update_xaxes(title_text="score")
