@@ -214,3 +214,86 @@ def test_qrun_prints_the_backtest_summary_then_the_risk_table(capsys):
     assert f"{report['summary']['final_equity']:,.2f} USDT" in summary
     # the report of the record has the run's funding events, order reports and positions
     assert report["orders"]["n_orders"] > 0 and any(v is not None for v in report["timeseries"]["long_exposure"])
+
+
+# ---------------------------------------------------------------------------------------- signal analysis
+def _signal(seed: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Scores and labels on hourly bars with what makes the per-bar statistics tricky: bars of 1 to 25
+    instruments (k = int(n * 0.2) from 0 to 5), NaN scores and labels, tied scores, a bar with no score."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for t, time in enumerate(pd.date_range("2024-01-01", periods=240, freq="h")):
+        n = 1 + t % 25
+        for i in range(n):
+            rows.append((time, f"I{i:02d}"))
+    index = pd.MultiIndex.from_tuples(rows, names=["datetime", "instrument"])
+    score = rng.normal(size=len(index))
+    score[rng.random(len(index)) < 0.2] = np.round(score[rng.random(len(index)) < 0.2][:1], 1)[0]  # ties
+    score = np.where(rng.random(len(index)) < 0.3, np.round(score, 1), score)  # more ties
+    score[rng.random(len(index)) < 0.05] = np.nan
+    label = rng.normal(scale=0.01, size=len(index))
+    label[rng.random(len(index)) < 0.05] = np.nan
+    times = index.get_level_values("datetime")
+    score[times == times[-1]] = np.nan  # a bar without any score
+    return (
+        pd.DataFrame({"score": score}, index=index),
+        pd.DataFrame({"LABEL0": label}, index=index),
+    )
+
+
+def test_long_short_returns_are_qlibs():
+    from qlib.contrib.eva.alpha import calc_long_short_return
+
+    from qlib_crypto.workflow.records import long_short_returns
+
+    pred, label = _signal()
+    ours = long_short_returns(pred["score"], label["LABEL0"])
+    theirs = calc_long_short_return(pred["score"], label["LABEL0"])
+    for a, b in zip(ours, theirs):
+        assert a.index.equals(b.index)
+        assert a.notna().sum() > 150  # most bars have a value; the 1-4 instrument bars (k = 0) do not
+        pd.testing.assert_series_equal(a, b, check_names=False, check_exact=False, rtol=1e-12, atol=1e-16)
+    # constant scores: every row ties, so the first k rows are both the long and the short side
+    flat = pd.Series(0.5, index=pred.index)
+    ls, _ = long_short_returns(flat, label["LABEL0"])
+    q_ls, _ = calc_long_short_return(flat, label["LABEL0"])
+    pd.testing.assert_series_equal(ls, q_ls, check_names=False, check_exact=False, rtol=1e-12, atol=1e-16)
+
+
+class SigRecorder(FakeRecorder):
+    """FakeRecorder listing the top-level artifacts as MLflow does (``list_artifacts("")``)."""
+
+    def list_artifacts(self, path=None):
+        if not path:
+            return [k for k in self.artifacts if "/" not in k]
+        return super().list_artifacts(path)
+
+    def load_object(self, path):
+        from qlib.utils.exceptions import LoadObjectError
+
+        if path not in self.artifacts:
+            raise LoadObjectError(path)
+        return self.artifacts[path]
+
+
+def test_sig_ana_record_gives_qlibs_metrics_and_artifacts():
+    from qlib.workflow.record_temp import SigAnaRecord as QlibSigAnaRecord
+
+    from qlib_crypto.workflow.records import SigAnaRecord
+
+    pred, label = _signal(seed=9)
+    runs = {}
+    for name, cls in (("ours", SigAnaRecord), ("qlib", QlibSigAnaRecord)):
+        rec = SigRecorder({"pred.pkl": pred, "label.pkl": label})
+        cls(rec, ana_long_short=True, ann_scaler=8760).generate()
+        runs[name] = rec
+    ours, qlib = runs["ours"], runs["qlib"]
+    assert sorted(ours.metrics) == sorted(qlib.metrics) and len(ours.metrics) == 8
+    for key, value in qlib.metrics.items():
+        assert ours.metrics[key] == pytest.approx(value, rel=1e-10, abs=1e-14), key
+    arts = sorted(k for k in qlib.artifacts if k.startswith("sig_analysis/"))
+    assert arts == sorted(k for k in ours.artifacts if k.startswith("sig_analysis/")) and len(arts) == 4
+    for key in arts:
+        pd.testing.assert_series_equal(
+            ours.artifacts[key], qlib.artifacts[key], check_names=False, check_exact=False, rtol=1e-10, atol=1e-14
+        )

@@ -9,6 +9,8 @@ crypto figures. The records here log, next to Qlib's own metrics, the same stati
 - :class:`CryptoPortAnaRecord`: Qlib's ``PortAnaRecord`` plus the 24/7 metrics.
 - :class:`CryptoRiskRecord`: a companion record that reads the ``report_normal_<freq>.pkl`` artifacts any
   portfolio record wrote (Qlib's or our own backtest's) and logs the 24/7 metrics.
+- :class:`SigAnaRecord`: Qlib's ``SigAnaRecord`` (same metrics, artifacts and arguments) with the per-bar IC,
+  rank IC and long-short returns computed in one vectorised pass instead of Python calls per bar.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import math
 import re
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 from qlib.workflow.record_temp import PortAnaRecord, RecordTemp
+from qlib.workflow.record_temp import SigAnaRecord as QlibSigAnaRecord
 
 from ..errors import ConfigError
 from .metrics import return_stats
@@ -235,3 +239,96 @@ class CryptoRiskRecord(RecordTemp):
 
     def list(self) -> list[str]:
         return [f"crypto_port_analysis_{f}.pkl" for f in (self.freq or [])]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# signal analysis
+# ---------------------------------------------------------------------------------------------------------
+def long_short_returns(pred: pd.Series, label: pd.Series, quantile: float = 0.2) -> tuple[pd.Series, pd.Series]:
+    """Qlib's ``calc_long_short_return(pred, label, quantile=quantile)`` (``dropna=False``) in one vectorised
+    pass: per datetime with ``n`` rows, ``k = int(n * quantile)``; the long return is the mean label of the ``k``
+    highest scores, the short return that of the ``k`` lowest (among equal scores the earlier row, and rows
+    without a score after all others, as ``nlargest``/``nsmallest`` with ``keep="first"`` choose them), and
+    the result is ``(long - short) / 2``
+    with the mean label of all rows beside it. Equal to Qlib's within float rounding of the means
+    (tests/test_records.py); Qlib's version calls pandas twice per bar (10 s for a quarter of hourly bars)."""
+    df = pd.DataFrame({"pred": pred, "label": label})
+    group = df.groupby(level="datetime", group_keys=False)
+    r_avg = group.label.mean()  # Qlib's own expression
+    times = df.index.get_level_values("datetime")
+    codes, uniques = pd.factorize(times, sort=True)
+    p = df["pred"].to_numpy(dtype="float64")
+    y = df["label"].to_numpy(dtype="float64")
+    sizes = np.bincount(codes, minlength=len(uniques))
+    k = (sizes * quantile).astype(np.int64)  # int(len(x) * quantile), per bar
+    rows = np.arange(len(df))
+    valid = ~np.isnan(p)
+
+    def chosen(descending: bool) -> np.ndarray:
+        # stable order by (bar, score): ties keep their row order; NaN scores after the others, in row order
+        # (pandas' nlargest/nsmallest fill up with them when a bar has fewer than k scores)
+        key = np.where(valid, -p if descending else p, np.inf)
+        order = np.lexsort((rows, key, ~valid, codes))
+        bar = codes[order]
+        starts = np.searchsorted(bar, np.arange(len(uniques)))
+        rank = np.arange(len(order)) - starts[bar]
+        take = np.zeros(len(df), dtype=bool)
+        take[order] = rank < k[bar]
+        return take
+
+    index = pd.Index(uniques, name="datetime")
+
+    def mean_label(take: np.ndarray) -> pd.Series:
+        sel = take & ~np.isnan(y)
+        total = np.bincount(codes[sel], weights=y[sel], minlength=len(uniques))
+        count = np.bincount(codes[sel], minlength=len(uniques))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return pd.Series(np.where(count > 0, total / np.maximum(count, 1), np.nan), index=index)
+
+    r_long, r_short = mean_label(chosen(True)), mean_label(chosen(False))
+    return (r_long - r_short) / 2, r_avg
+
+
+class SigAnaRecord(QlibSigAnaRecord):
+    """Qlib's ``SigAnaRecord``: the same arguments (``ana_long_short``, ``ann_scaler``, ``label_col``), metrics
+    (``IC``, ``ICIR``, ``Rank IC``, ``Rank ICIR``, ``Long-Short Ann Return``...) and ``sig_analysis/``
+    artifacts (``ic.pkl``, ``ric.pkl``, ``long_short_r.pkl``, ``long_avg_r.pkl``), with the per-bar
+    statistics computed vectorised (:func:`qlib_crypto.workflow.training_report.ic_series`,
+    :func:`long_short_returns`): on hourly bars Qlib's per-bar Python calls take seconds per thousand bars. The
+    values equal Qlib's within float rounding (tests/test_records.py). Use it in a workflow as
+    ``class: SigAnaRecord`` with ``module_path: qlib_crypto.workflow.records``."""
+
+    def _generate(self, label: pd.DataFrame | None = None, **kwargs: Any) -> dict[str, Any] | None:
+        from pprint import pprint
+
+        from .training_report import ic_series
+
+        pred = self.load("pred.pkl")
+        if label is None:
+            label = self.load("label.pkl")
+        if label is None or not isinstance(label, pd.DataFrame) or label.empty:
+            logger.warning("Empty label.")
+            return None
+        score, target = pred.iloc[:, 0], label.iloc[:, self.label_col]
+        ic, ric = ic_series(score, target)
+        metrics = {
+            "IC": ic.mean(),
+            "ICIR": ic.mean() / ic.std(),
+            "Rank IC": ric.mean(),
+            "Rank ICIR": ric.mean() / ric.std(),
+        }
+        objects: dict[str, Any] = {"ic.pkl": ic, "ric.pkl": ric}
+        if self.ana_long_short:
+            long_short_r, long_avg_r = long_short_returns(score, target)
+            metrics.update(
+                {
+                    "Long-Short Ann Return": long_short_r.mean() * self.ann_scaler,
+                    "Long-Short Ann Sharpe": long_short_r.mean() / long_short_r.std() * self.ann_scaler**0.5,
+                    "Long-Avg Ann Return": long_avg_r.mean() * self.ann_scaler,
+                    "Long-Avg Ann Sharpe": long_avg_r.mean() / long_avg_r.std() * self.ann_scaler**0.5,
+                }
+            )
+            objects.update({"long_short_r.pkl": long_short_r, "long_avg_r.pkl": long_avg_r})
+        self.recorder.log_metrics(**metrics)
+        pprint(metrics)  # as Qlib's record prints them
+        return objects
