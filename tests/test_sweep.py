@@ -156,3 +156,36 @@ def test_parse_grid_and_scale_fees():
         "spot": {"taker": 0.002},
         "swap": {"maker": 0.0004},
     }
+
+
+def test_sweep_warns_once_about_the_data_not_once_per_cell(tmp_path):
+    """A bar without a price is met by every cell of a sweep: its warnings (the exchange's missing deal price,
+    the strategy's pending target) are printed once, not once per cell, serially or in forked processes."""
+    from tiny_provider import write_provider
+
+    close = CLOSE.copy()
+    close[2] = np.nan  # the BUY's execution bar
+    bars = pd.DataFrame({"open": close, "high": close + 1, "low": close - 1, "close": close, "volume": 1e6}, index=IDX)
+    write_provider(tmp_path / "prov", {"BTC-USDT": bars})
+    pd.DataFrame(
+        {"datetime": [IDX[1]], "instrument": ["BTC-USDT"], "signal": ["BUY"], "position_size": [SIZE]}
+    ).to_parquet(tmp_path / "signals.parquet")
+    common = [
+        "--signals", str(tmp_path / "signals.parquet"), "--provider-dir", str(tmp_path / "prov" / "60min"),
+        "--freq", "60min", "--start", str(IDX[0]), "--end", str(IDX[8]), "--account", "100000",
+        "--fees", "spot.taker=0.001", "--benchmark", "BTC-USDT", "--fee-multipliers", "0,1,2", "--slippage-bps", "0,10",
+    ]  # fmt: skip
+    for jobs in ("1", "2"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "qlib_crypto", "sweep", *common, "--jobs", jobs, "--out", str(tmp_path / jobs)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert len(pd.read_csv(tmp_path / jobs / "sweep.csv")) == 6
+        price = [ln for ln in proc.stderr.splitlines() if "no usable deal price" in ln]
+        pending = [ln for ln in proc.stderr.splitlines() if "stays pending" in ln]
+        # serially once; with 2 forked processes at most once in each
+        assert 1 <= len(price) <= int(jobs) and 1 <= len(pending) <= int(jobs), proc.stderr[-3000:]

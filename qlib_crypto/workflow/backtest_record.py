@@ -19,9 +19,10 @@ import copy
 import logging
 import math
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import pandas as pd
 from qlib.workflow.record_temp import RecordTemp
@@ -348,12 +349,48 @@ def cost_sweep(
         "executor": executor,
     }
     rows = []
-    for row in _sweep_rows(ex, base_fees, strategy, cells, kwargs, jobs):
-        rows.append(row)
-        if progress is not None:
-            progress(row)
+    with _each_message_once():  # every cell trades the same data: its data warnings are the same in each
+        for row in _sweep_rows(ex, base_fees, strategy, cells, kwargs, jobs):
+            rows.append(row)
+            if progress is not None:
+                progress(row)
     ex.fees = base_fees
     return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+
+
+class _FirstTimeOnly(logging.Filter):
+    """Passes each distinct (logger, level, message) once; later copies are dropped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[tuple[str, int, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.levelno, record.getMessage())
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        return True
+
+
+@contextmanager
+def _each_message_once(prefix: str = "qlib_crypto") -> Iterator[None]:
+    """Within the block, each distinct message of our loggers is logged once (per process: a forked sweep
+    process starts from what this one had seen), e.g. a missing price met again by every cell of a sweep."""
+    once = _FirstTimeOnly()
+    names = sorted(
+        name
+        for name, lg in logging.Logger.manager.loggerDict.items()
+        if isinstance(lg, logging.Logger) and (name == prefix or name.startswith(prefix + "."))
+    )
+    loggers = [logging.getLogger(name) for name in names]
+    for lg in loggers:
+        lg.addFilter(once)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(once)
 
 
 _FORKED: dict[str, Any] = {}  # what a forked sweep process inherits: exchange, fees, strategy, arguments
