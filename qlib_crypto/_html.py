@@ -102,7 +102,7 @@ def graph_figure(kind: str, df: Any, layout: dict | None = None, graph_kwargs: d
 
     if df.empty:
         raise ValueError("df is empty.")
-    kwargs = dict(graph_kwargs or {})
+    kwargs = graph_kwargs or {}
     trace = getattr(go, kind)
     if kind == "Heatmap":
         data = [trace(x=df.columns, y=df.index, z=df.values.tolist(), **kwargs)]

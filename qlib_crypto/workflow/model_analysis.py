@@ -6,8 +6,9 @@ Qlib's ``model_performance_graph`` computes the same numbers inside and returns 
 whose JSON holds every number it draws cannot use those figures without computing everything twice (and its
 Q-Q plot needs statsmodels). So this module computes the numbers, and :func:`figures` draws them as Qlib's
 own graph classes (``qlib.contrib.report.graph``: ``ScatterGraph``, ``BarGraph``, ``HeatmapGraph``) do, with
-their layouts (:func:`qlib_crypto._html.graph_figure`: the same figures, without that module's 3 s import). ``tests/test_model_analysis.py`` checks that the numbers equal the data inside
-``model_performance_graph``'s figures on hourly bars.
+their layouts (:func:`qlib_crypto._html.graph_figure`: the same figures, without that module's 3 s import).
+``tests/test_model_analysis.py`` checks that the numbers equal the data inside ``model_performance_graph``'s
+figures on hourly bars.
 
 Definitions (``s`` = score, ``y`` = label, per bar ``t`` across instruments):
 

@@ -249,8 +249,8 @@ def long_short_returns(pred: pd.Series, label: pd.Series, quantile: float = 0.2)
     pass: per datetime with ``n`` rows, ``k = int(n * quantile)``; the long return is the mean label of the ``k``
     highest scores, the short return that of the ``k`` lowest (among equal scores the earlier row, and rows
     without a score after all others, as ``nlargest``/``nsmallest`` with ``keep="first"`` choose them), and
-    the result is ``(long - short) / 2``
-    with the mean label of all rows beside it. Equal to Qlib's within float rounding of the means
+    the result is ``(long - short) / 2`` with the mean label of all rows beside it. Equal to Qlib's within float
+    rounding of the means
     (tests/test_records.py); Qlib's version calls pandas twice per bar (10 s for a quarter of hourly bars)."""
     df = pd.DataFrame({"pred": pred, "label": label})
     group = df.groupby(level="datetime", group_keys=False)
@@ -282,8 +282,7 @@ def long_short_returns(pred: pd.Series, label: pd.Series, quantile: float = 0.2)
         sel = take & ~np.isnan(y)
         total = np.bincount(codes[sel], weights=y[sel], minlength=len(uniques))
         count = np.bincount(codes[sel], minlength=len(uniques))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return pd.Series(np.where(count > 0, total / np.maximum(count, 1), np.nan), index=index)
+        return pd.Series(np.where(count > 0, total / np.maximum(count, 1), np.nan), index=index)
 
     r_long, r_short = mean_label(chosen(True)), mean_label(chosen(False))
     return (r_long - r_short) / 2, r_avg
