@@ -278,7 +278,12 @@ def call_forwarding_signals(argv: Sequence[str], *, grace: float = 5.0, wait: fl
     the child, in the same process group) is passed on after ``grace`` seconds if the child still runs. The
     child then gets up to ``wait`` seconds to finish its cleanup before it is killed; afterwards this process
     raises ``KeyboardInterrupt`` (SIGINT) or ``SystemExit(143)`` (SIGTERM)."""
-    proc = subprocess.Popen(list(argv), **popen)
+    return wait_forwarding_signals(subprocess.Popen(list(argv), **popen), grace=grace, wait=wait)
+
+
+def wait_forwarding_signals(proc: subprocess.Popen, *, grace: float = 5.0, wait: float = 120.0) -> int:
+    """Wait for a started child as :func:`call_forwarding_signals` does (signals passed on; the child killed if
+    this process fails or the child outlives its grace), and return its exit code."""
     received: list[int] = []
     previous: dict[int, Any] = {}
 
@@ -334,6 +339,7 @@ def call_forwarding_signals(argv: Sequence[str], *, grace: float = 5.0, wait: fl
 
 __all__ = [
     "call_forwarding_signals",
+    "wait_forwarding_signals",
     "guard_active_run",
     "guard_recorder",
     "install_signal_handlers",

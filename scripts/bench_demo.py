@@ -8,8 +8,13 @@ one), and `qlib-crypto demo` runs in a child process with its output piped. Prin
 processes from `resource.getrusage(RUSAGE_CHILDREN)`, which is less sensitive to other load on the machine
 than wall time. `--repeat N` runs N fresh demos (data made from scratch each time).
 
+`--cold` measures the first demo after an install: numba's cache of compiled feature kernels (written beside
+the package's sources on first use, then reused by every later run) is pointed at an empty directory
+(``NUMBA_CACHE_DIR``), so the kernels are compiled during the run, as on a fresh machine.
+
     .venv/bin/python scripts/bench_demo.py                 # the README's demo (20 instruments)
     .venv/bin/python scripts/bench_demo.py --instruments 5 --repeat 2
+    .venv/bin/python scripts/bench_demo.py --cold         # the first run after the install
 """
 
 from __future__ import annotations
@@ -30,8 +35,11 @@ STEP = re.compile(r"^== (\d)/6 (\w+)")
 DONE = re.compile(r"^\s+done in ([\d.]+) s")
 
 
-def run_once(instruments: int | None, keep: bool) -> dict:
+def run_once(instruments: int | None, keep: bool, cold: bool = False) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench_demo_"))
+    env = dict(os.environ)
+    if cold:
+        env["NUMBA_CACHE_DIR"] = str(work / "numba_cache_empty")
     try:
         shutil.copytree(REPO / "workflow_configs", work / "workflow_configs")
         subprocess.run(["git", "init", "-q", str(work)], check=True)
@@ -40,7 +48,7 @@ def run_once(instruments: int | None, keep: bool) -> dict:
             cmd += ["--instruments", str(instruments)]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, env=dict(os.environ), check=False)
+        proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, env=env, check=False)
         wall = time.perf_counter() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if proc.returncode != 0:
@@ -75,13 +83,15 @@ def main() -> int:
     ap.add_argument("--instruments", type=int, default=None, help="demo --instruments (default: the demo's 20)")
     ap.add_argument("--repeat", type=int, default=1, help="fresh demos to run (default 1)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch working copies")
+    ap.add_argument("--cold", action="store_true", help="an empty numba cache: the first run after an install")
     args = ap.parse_args()
     print(
-        f"qlib-crypto demo{'' if args.instruments is None else f' --instruments {args.instruments}'}: "
+        f"qlib-crypto demo{'' if args.instruments is None else f' --instruments {args.instruments}'}"
+        f"{' (cold: empty numba cache)' if args.cold else ''}: "
         f"{os.cpu_count()} CPUs, load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
     for i in range(args.repeat):
-        r = run_once(args.instruments, args.keep)
+        r = run_once(args.instruments, args.keep, args.cold)
         steps = ", ".join(f"{k} {v:.1f} s" for k, v in r["steps"].items())
         print(
             f"run {i + 1}: total {r['wall']:.1f} s wall; CPU of the child processes {r['user'] + r['sys']:.1f} s "

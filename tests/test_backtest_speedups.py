@@ -149,3 +149,85 @@ def test_nan_reductions_equal_numpy():
                 want, got = np.nanmean(values), _nanmean(values)
             assert type(got) is type(want)
             assert got == want or (np.isnan(got) and np.isnan(want))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"ffr_config": {"weight_method": "amount_weighted"}, "pa_config": {"weight_method": "value_weighted"}}],
+)
+def test_empty_bar_indicators_equal_qlibs_on_every_bar(config):
+    """Bars without orders reuse the values Qlib's path gave the first one: every bar's trade indicators, the
+    recorded history and its DataFrame are Qlib's, through a run mixing empty bars and bars with orders."""
+    rng = np.random.default_rng(7)
+    bars = [0, 0, 3, 0, 1, 0, 0, 2, 0]  # orders per bar
+    qlib_ind = Indicator()
+    fast_ind = FastIndicator(order_indicator_cls=FastOrderIndicator)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # empty bars: mean of an empty slice
+        for t, n in zip(TIMES, bars):
+            trade_info = _trade_info(rng, n)
+            for ind in (qlib_ind, fast_ind):
+                ind.reset()
+                ind.update_order_indicators(trade_info)
+                ind.cal_trade_indicators(t, "60min", config)
+                ind.record(t)
+            want, got = qlib_ind.get_trade_indicator(), fast_ind.get_trade_indicator()
+            assert list(got) == list(want)
+            for name in want:
+                assert type(got[name]) is type(want[name]), (t, name)
+                assert got[name] == want[name] or (np.isnan(got[name]) and np.isnan(want[name])), (t, name)
+            assert got is not fast_ind.empty_bar_indicators.get(("mean", "mean"))  # a fresh dict per bar
+    assert len(fast_ind.empty_bar_indicators) == 1
+    pd.testing.assert_frame_equal(
+        fast_ind.generate_trade_indicators_dataframe(), qlib_ind.generate_trade_indicators_dataframe()
+    )
+    assert list(fast_ind.order_indicator_his) == list(qlib_ind.order_indicator_his)
+    for t in qlib_ind.order_indicator_his:
+        f, q = fast_ind.order_indicator_his[t].data, qlib_ind.order_indicator_his[t].data
+        assert list(f) == list(q)
+        for name in q:
+            assert list(f[name].index) == list(q[name].index), (t, name)
+            assert f[name].index.idx_list.dtype == q[name].index.idx_list.dtype, (t, name)
+            assert f[name].index.is_sorted() == q[name].index.is_sorted(), (t, name)
+            assert f[name].data.dtype == q[name].data.dtype, (t, name)
+            np.testing.assert_array_equal(f[name].data, q[name].data, err_msg=f"{t} {name}")
+    # the bars without orders took the shared-empty path (one empty metric object, one cached ffr)
+    empty_bars = [t for t, n in zip(TIMES, bars) if n == 0]
+    for t in empty_bars:
+        f = fast_ind.order_indicator_his[t].data
+        assert f["amount"] is FastOrderIndicator.empty_metric and f["pa"] is FastOrderIndicator.empty_metric
+        assert f["ffr"] is fast_ind.order_indicator_his[empty_bars[0]].data["ffr"]
+    # ... and the shared empty metric is still what Qlib builds for an empty dict
+    fresh = idd.SingleData({})
+    shared = FastOrderIndicator.empty_metric
+    assert shared.data.dtype == fresh.data.dtype and shared.data.shape == fresh.data.shape
+    assert shared.index.idx_list.dtype == fresh.index.idx_list.dtype and list(shared.index) == list(fresh.index)
+
+
+def test_empty_metric_transfer_caches_only_qlibs_pure_functions():
+    """A function outside Qlib's ``report`` module (or a closure) on the shared empty metrics runs every time."""
+    calls = []
+
+    def user_func(amount, deal_amount):
+        calls.append(1)
+        return amount / deal_amount
+
+    for _ in range(3):
+        order_indicator = FastOrderIndicator()
+        order_indicator.assign("amount", {})
+        order_indicator.assign("deal_amount", {})
+        order_indicator.transfer(user_func, "ratio")
+        assert order_indicator.data["ratio"] is not FastOrderIndicator.empty_metric
+    assert len(calls) == 3
+
+
+def test_empty_bar_with_show_indicator_takes_qlibs_path(capsys):
+    fast_ind = FastIndicator(order_indicator_cls=FastOrderIndicator)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for t in TIMES[:2]:
+            fast_ind.reset()
+            fast_ind.update_order_indicators([])
+            fast_ind.cal_trade_indicators(t, "60min", {"show_indicator": True})
+    assert capsys.readouterr().out.count("[Indicator(60min)") == 2
+    assert fast_ind.empty_bar_indicators == {}

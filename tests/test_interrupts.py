@@ -225,3 +225,58 @@ def test_interrupting_the_demo_during_qrun_marks_the_run_killed(tmp_path, how):
     runs = statuses(tmp_path / "mlruns")
     assert [s for s, _ in runs.values()] == ["KILLED"], runs
     assert [t.get("qlib_crypto.stopped_by") for _, t in runs.values()] == [sig.name]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads child processes from /proc (Linux)")
+@pytest.mark.parametrize("how", ["sigterm-to-demo", "ctrl-c-to-group"])
+def test_interrupting_the_demo_before_training_leaves_nothing_behind(tmp_path, how):
+    """The demo starts its qrun child before the data steps (the child imports meanwhile, then waits to be told
+    to go). Interrupted while it collects, the demo exits (130 on Ctrl-C; SIGTERM's default ends it at once) and
+    its waiting child ends too: no process is left and no MLflow run was started."""
+    (tmp_path / "workflow_configs").mkdir()
+    for wf in (REPO / "workflow_configs").glob("*.yaml"):
+        (tmp_path / "workflow_configs" / wf.name).write_text(wf.read_text())
+    proc = subprocess.Popen(  # 200 instruments: a collect step of several seconds
+        [*AS_FROM_A_TERMINAL, sys.executable, "-m", "qlib_crypto", "demo", "--instruments", "200"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=open(tmp_path / "demo.stderr", "wb"),  # noqa: SIM115 (the child holds it; closed with the test)
+        start_new_session=True,
+    )
+    children: list[int] = []
+    try:
+        fd, seen, deadline = proc.stdout.fileno(), b"", time.monotonic() + 120
+        while b"== 1/6 collect" not in seen or not children:
+            assert time.monotonic() < deadline, f"the demo did not start collecting: {seen[-2000:]!r}"
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                chunk = os.read(fd, 65536)
+                assert chunk, f"the demo ended early: {seen[-2000:]!r}{tail(tmp_path / 'demo.stderr')}"
+                seen += chunk
+            children = _children(proc.pid)
+        if how == "sigterm-to-demo":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)  # the demo leads its own process group here
+        code = drain_until_exit(proc, timeout=60)
+        deadline = time.monotonic() + 60  # the child may be finishing an import before it reads its stdin
+        while any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in children):
+            assert time.monotonic() < deadline, f"the demo's qrun child outlived it: {children}"
+            time.sleep(0.2)
+    finally:
+        for pid in [proc.pid, *children]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+    assert code == (-signal.SIGTERM if how == "sigterm-to-demo" else 130), tail(tmp_path / "demo.stderr")
+    assert not (tmp_path / "mlruns").exists()
+    assert "Traceback" not in (tmp_path / "demo.stderr").read_text()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0].lower()
+    except (OSError, IndexError):
+        return "gone"

@@ -407,3 +407,83 @@ def test_bar_benchmark_equals_qlibs_sampling(dtype):
     assert ours.bar_benchmark(IDX[3], IDX[4] - pd.Timedelta(seconds=1)) == 0.0  # no value on the bar
     with_nan = CryptoPortfolioMetrics("60min", {"benchmark": bench.where(bench.index != IDX[1])})
     assert with_nan.bar_benchmark(IDX[1], IDX[2] - pd.Timedelta(seconds=1)) is None  # NaN: Qlib's own path
+
+
+def test_qlibs_order_loop_floors_the_calendars_step_start_to_the_day():
+    """``order_loop_day_cache`` relies on Qlib's order loop reading the day as
+    ``self.trade_calendar.get_step_time()[0].floor(freq="D")`` and comparing it with ``self.deal_day``."""
+    import inspect
+
+    source = inspect.getsource(SimulatorExecutor._collect_data)
+    assert 'self.trade_calendar.get_step_time()[0].floor(freq="D")' in source
+    assert "now_deal_day > self.deal_day" in source
+
+
+@pytest.mark.parametrize("unit", ["ns", "us", "s"])
+def test_order_loop_step_start_days_are_pandas_floors(unit):
+    rng = np.random.default_rng(3)
+    stamps = pd.Timestamp("2023-12-30") + pd.to_timedelta(np.sort(rng.integers(0, 5 * 86_400, 200)), unit="s")
+    days: dict = {}
+    for ts in [t.as_unit(unit) for t in stamps] + [pd.Timestamp("1969-12-31 23:00").as_unit(unit)]:
+        start = compat.step_start_for_order_loop(ts, days)
+        want = ts.floor(freq="D")
+        got = start.floor(freq="D")
+        assert type(got) is pd.Timestamp and got == want and got.unit == want.unit, ts
+        assert start.floor("D") == want and start.floor(freq="h") == ts.floor(freq="h")
+        assert start == ts and hash(start) == hash(ts) and not start < ts and start <= ts and start >= ts
+        assert format(start, "%Y-%m-%d %H:%M:%S") == format(ts, "%Y-%m-%d %H:%M:%S") and str(start) == str(ts)
+        assert start.value == ts.value
+    assert len(days) <= 7  # one pandas floor per day
+    aware = pd.Timestamp("2024-01-01 05:00", tz="Asia/Tokyo")
+    assert compat.step_start_for_order_loop(aware, days) is aware
+
+
+def test_order_loop_day_cache_gives_qlibs_deal_days(monkeypatch):
+    """Through a backtest over a day boundary, Qlib's order loop gets pandas' day of each step (a real
+    ``Timestamp``) and resets ``dealt_order_amount`` on the new day; outside the loop the calendar's times are
+    the plain timestamps."""
+    from qlib.backtest import backtest
+
+    idx = pd.date_range("2024-01-01 21:00", periods=6, freq="h")
+    bars = {name: frame.set_axis(idx) for name, frame in BARS.items()}
+    use_provider("compat_days", bars)
+    seen = []
+    original = SimulatorExecutor._collect_data
+
+    def recording(self, trade_decision, level=0):
+        start, _ = self.trade_calendar.get_step_time()
+        seen.append((start.floor(freq="D"), start.timestamp))
+        result = original(self, trade_decision, level=level)
+        seen.append((self.deal_day, dict(self.dealt_order_amount)))
+        assert type(self.trade_calendar.get_step_time()[0]) is compat.OrderLoopStepStart
+        return result
+
+    monkeypatch.setattr(SimulatorExecutor, "_collect_data", recording)
+    ex = CryptoExecutor(time_per_step="60min", generate_portfolio_metrics=True, max_leverage=None)
+    script = {t: [("AAA-USDT", "buy", 1.0)] for t in idx[1:5]}
+    backtest(
+        idx[1],
+        idx[4],
+        strategy=scripted_strategy(script),
+        executor=ex,
+        benchmark=pd.Series(0.0, index=idx),
+        account=1000.0,
+        exchange_kwargs={
+            "exchange": {
+                "class": "CryptoExchange",
+                "module_path": "qlib_crypto.backtest",
+                "kwargs": {"freq": "60min", "codes": list(bars), "start_time": idx[1], "end_time": idx[4]},
+            }
+        },
+        pos_type="qlib_crypto.backtest.CryptoPosition",
+    )
+    steps = [seen[i : i + 2] for i in range(0, len(seen), 2)]
+    assert len(steps) == 4
+    per_day: dict = {}
+    for (day, start), (deal_day, dealt) in steps:
+        assert type(day) is pd.Timestamp and day == start.floor(freq="D") == deal_day
+        per_day[start.date()] = per_day.get(start.date(), 0.0) + 1.0  # one filled 1.0 buy per step
+        assert dealt == {"AAA-USDT": per_day[start.date()]}, start
+    assert list(per_day.values()) == [2.0, 2.0]  # 22:00, 23:00 | 00:00, 01:00: reset on the new day
+    assert ex.trade_calendar.order_loop_days is None
+    assert type(ex.trade_calendar.get_step_time(0)[0]) is pd.Timestamp

@@ -38,6 +38,8 @@ SCRIPT = textwrap.dedent(
                             "--jobs", "1", "--out", root + "/sweep1"])  # serial, in this process
     codes["backtest"] = main(["backtest", *common, "--slippage-bps", "5", "--fee-multiplier", "0.5",
                               "--out", root + "/bt"])
+    codes["same"] = main(["sweep", *common, "--fee-multipliers", "0.5", "--slippage-bps", "5",
+                          "--out", root + "/same"])  # the one cell of the backtest above
     codes["missing"] = main(["backtest", "--signals", root + "/nope.parquet", "--provider-dir", root + "/prov/60min"])
     codes["both"] = main(["backtest", "--signals", root + "/signals.parquet", "--pred", root + "/p.pkl",
                           "--provider-dir", root + "/prov/60min"])
@@ -101,6 +103,21 @@ def test_sweep_in_forked_processes_is_the_serial_table(cli_run):
     assert (root / "sweep" / "sweep.csv").read_bytes() == (root / "sweep1" / "sweep.csv").read_bytes()
     runs = [json.loads((root / d / "sweep.json").read_text())["runs"] for d in ("sweep", "sweep1")]
     assert runs[0] == runs[1]
+
+
+def test_sweep_row_is_the_full_backtest_reports_metrics(cli_run):
+    """A sweep row computes only the headline metrics (no report): the same numbers as the full report of the
+    same backtest (`qlib-crypto backtest`, its metrics.json and equity)."""
+    root, codes, _ = cli_run
+    assert codes["same"] == 0 and codes["backtest"] == 0
+    row = pd.read_csv(root / "same" / "sweep.csv").iloc[0]
+    metrics = json.loads((root / "bt" / "metrics.json").read_text())
+    compared = [k for k in SWEEP_COLUMNS if k in metrics]
+    assert len(compared) >= 7
+    for k in compared:
+        assert row[k] == pytest.approx(metrics[k], rel=1e-6, abs=1e-9), k  # metrics.json is rounded to 6 digits
+    equity = pd.read_csv(root / "bt" / "equity.csv")
+    assert row["final_equity"] == pytest.approx(float(equity["equity"].iloc[-1]), rel=1e-12)
 
 
 def test_sweep_more_cost_lower_net_return_by_hand(cli_run):

@@ -323,3 +323,25 @@ def test_delayed_reversal_is_stronger_after_low_volume_moves():
 
     assert reversal(df[~busy]) > 0.012
     assert reversal(df[~busy]) > reversal(df[busy]) + 0.01
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 5000])
+@pytest.mark.parametrize("phi", [0.0, 0.5, 0.9999, -0.3, 1.0])
+@pytest.mark.parametrize("b0", [1.0, 0.37, 1e-300, -2.5])
+def test_ar1_filter_is_scipy_lfilter_bit_for_bit(n, phi, b0):
+    """The synthetic market's AR(1) filter (no scipy.signal import) gives lfilter's exact bits."""
+    from scipy.signal import lfilter
+
+    from qlib_crypto.sources._filters import ar1_filter
+
+    rng = np.random.default_rng(n * 7 + 1)
+    x = rng.standard_normal(n) * 3.0
+    if n >= 7:
+        x[2], x[3], x[4], x[5], x[6] = np.nan, 0.0, -0.0, np.inf, 1e308
+    want = lfilter([b0], [1.0, -phi], x)
+    got = ar1_filter(b0, phi, x)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    assert np.array_equal(
+        np.where(np.isnan(want), 0.0, want).view(np.int64), np.where(np.isnan(got), 0.0, got).view(np.int64)
+    )

@@ -384,3 +384,54 @@ def test_kwargs_analysis_follows_super_and_methods():
     assert kw.accepted(Open) is None
     assert kw.accepted(Ignores) == {"n"}
     assert kw.accepted(Builder) == {"a", "b", "d", "e"}
+
+
+def test_demo_stops_its_waiting_qrun_child_when_a_data_step_fails(tmp_path):
+    """The demo starts its qrun child before collecting (the child imports meanwhile). A failing data step
+    ends the demo with the step's error; the child, never told to go, ends without an MLflow run and without
+    being left behind."""
+    (tmp_path / "workflow_configs").mkdir()
+    (tmp_path / "workflow_configs" / WF_60.name).write_text(WF_60.read_text())
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qlib_crypto",
+            "demo",
+            "--instruments",
+            "2",
+            "--start",
+            "2024-07-01",
+            "--end",
+            "2024-01-01",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "2024-07-01" in proc.stderr  # the collect step's message names the bad date
+    assert not (tmp_path / "mlruns").exists()
+    left = []
+    for cwd in Path("/proc").glob("[0-9]*/cwd"):
+        try:
+            if cwd.resolve() == tmp_path.resolve():
+                left.append(cwd.parent.name)
+        except OSError:
+            continue
+    assert left == [], f"processes left running in the demo's directory: {left}"
+
+
+def test_demo_child_preimports_every_module_path_of_the_workflow(tmp_path):
+    from qlib_crypto.commands.demo_qrun import _module_paths
+
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(
+        "a: {class: X, module_path: pkg.b}\n"
+        "b: [{class: Y, module_path: pkg.a}, {module_path: pkg.b}, {module_path: ./local_file.py}]\n"
+        "c: {d: {e: {module_path: pkg.c}}}\n"
+    )
+    assert _module_paths(str(wf)) == ["pkg.a", "pkg.b", "pkg.c"]  # sorted, once each; file paths left to qrun
+    (tmp_path / "bad.yaml").write_text("a: [unclosed\n")
+    assert _module_paths(str(tmp_path / "bad.yaml")) == []  # the check reports the syntax error

@@ -18,6 +18,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
+import pandas as pd
 from qlib.backtest.position import Position
 
 #: the Qlib version these hooks were written and tested against
@@ -113,3 +114,89 @@ def install_account_parts(account: Any, *, portfolio_metrics: Any = None, indica
 def replace_account_position(account: Any, position: Any) -> None:
     """Make ``position`` the account's current position (the object every level of the backtest shares)."""
     account.current_position = position
+
+
+# ---------------------------------------------------------------------------------------------------- Executor
+#: nanoseconds per day: a tz-naive timestamp's ``floor(freq="D")`` depends only on ``value // DAY_NS`` and its unit
+DAY_NS = 86_400_000_000_000
+
+
+@contextmanager
+def order_loop_day_cache(calendar: Any, days: dict) -> Iterator[None]:
+    """Within the block, Qlib's order loop finds the step's trading day without pandas' ``floor(freq="D")``.
+
+    Qlib 0.9.7's ``SimulatorExecutor._collect_data`` computes, for every order,
+    ``self.trade_calendar.get_step_time()[0].floor(freq="D")`` (the day of ``dealt_order_amount``); pandas
+    parses the ``"D"`` frequency on each call, ~75 us, more than the rest of an order. Inside the block
+    ``calendar.get_step_time()`` (a ``CryptoTradeCalendar``, which calls :func:`step_start_for_order_loop`) answers
+    the start as a :class:`OrderLoopStepStart`, whose ``floor(freq="D")`` is pandas' own result computed once per
+    day and kept in ``days``. Assumes: inside the order loop the start is only floored to the day and (when
+    ``verbose``) formatted; nothing else Qlib calls there (``Exchange.deal_order``, ``Account.update_order``) reads
+    the calendar. Not reentrant; one thread.
+    """
+    calendar.order_loop_days = days
+    try:
+        yield
+    finally:
+        calendar.order_loop_days = None
+
+
+def step_start_for_order_loop(start: Any, days: dict) -> Any:
+    """``start`` as Qlib's order loop reads it inside :func:`order_loop_day_cache` (``start`` itself when it is
+    tz-aware: its day depends on the zone, pandas floors it)."""
+    if not isinstance(start, pd.Timestamp) or start.tz is not None:
+        return start
+    key = (start.value // DAY_NS, start.unit)
+    day = days.get(key)
+    if day is None:
+        day = days[key] = start.floor(freq="D")
+    return OrderLoopStepStart(start, day)
+
+
+class OrderLoopStepStart:
+    """A step's start inside Qlib's order loop: ``floor(freq="D")`` is the cached day (pandas' value), every other
+    attribute, ``format`` and ``str`` are the timestamp's."""
+
+    __slots__ = ("timestamp", "day")
+
+    def __init__(self, timestamp: pd.Timestamp, day: pd.Timestamp) -> None:
+        self.timestamp = timestamp
+        self.day = day
+
+    def floor(self, *args: Any, **kwargs: Any) -> pd.Timestamp:
+        if not args and kwargs == {"freq": "D"} or args == ("D",) and not kwargs:
+            return self.day
+        return self.timestamp.floor(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.timestamp, name)
+
+    def __format__(self, spec: str) -> str:
+        return format(self.timestamp, spec)
+
+    def __str__(self) -> str:
+        return str(self.timestamp)
+
+    def __repr__(self) -> str:
+        return repr(self.timestamp)
+
+    def __hash__(self) -> int:
+        return hash(self.timestamp)
+
+    def __eq__(self, other: Any) -> bool:
+        return self.timestamp == other
+
+    def __ne__(self, other: Any) -> bool:
+        return self.timestamp != other
+
+    def __lt__(self, other: Any) -> bool:
+        return self.timestamp < other
+
+    def __le__(self, other: Any) -> bool:
+        return self.timestamp <= other
+
+    def __gt__(self, other: Any) -> bool:
+        return self.timestamp > other
+
+    def __ge__(self, other: Any) -> bool:
+        return self.timestamp >= other

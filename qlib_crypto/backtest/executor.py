@@ -13,6 +13,7 @@ Per step (bar ``t``, ``[cal[t], cal[t+1])``), in this order:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
@@ -46,11 +47,18 @@ class CryptoTradeCalendar(TradeCalendarManager):
     Qlib computes a step's closed end (``next bar - 1 s``) on every ``get_step_time`` call, and a step asks for it
     a dozen times (the strategy, then Qlib's order loop once per order); the answers are the same objects each
     time. ``CryptoExecutor`` gives its level this calendar, which the strategy of that level shares.
+
+    Inside Qlib's order loop (``compat.order_loop_day_cache``, set by ``CryptoExecutor._collect_data``) the start
+    comes as ``compat.OrderLoopStepStart``, whose day (``floor(freq="D")``, read once per order) is cached.
     """
+
+    #: the day cache while Qlib's order loop runs (``compat.order_loop_day_cache``), else None
+    order_loop_days: Optional[dict] = None
 
     def reset(self, freq: str, start_time: Any = None, end_time: Any = None) -> None:  # noqa: D102
         super().reset(freq, start_time=start_time, end_time=end_time)
         self._step_times: Dict[int, Tuple[pd.Timestamp, pd.Timestamp]] = {}
+        self.order_loop_days = None
 
     def get_step_time(self, trade_step: Optional[int] = None, shift: int = 0) -> Tuple[pd.Timestamp, pd.Timestamp]:
         if trade_step is None:
@@ -59,6 +67,9 @@ class CryptoTradeCalendar(TradeCalendarManager):
         times = self._step_times.get(key)
         if times is None:
             times = self._step_times[key] = super().get_step_time(key, 0)
+        days = self.order_loop_days
+        if days is not None:
+            return compat.step_start_for_order_loop(times[0], days), times[1]
         return times
 
 
@@ -80,17 +91,35 @@ class FastOrderIndicator(NumpyOrderIndicator):
     Qlib calls ``inspect.signature`` on every metric function every bar; the names (and so the results) are the
     same, read from ``func.__code__`` and cached. ``assign`` builds the instrument index once for the metrics of
     a bar that share the same instruments (Qlib's read-only index sharing) instead of once per metric.
+
+    A bar without orders assigns eight empty metrics and derives ``ffr`` from two of them. The first empty metric
+    is Qlib's ``SingleData({})``; later ones reuse that object (the same empty float64 data and index), and a
+    function of Qlib's ``report`` module (pure, no closure) applied to such shared empty metrics only gives its
+    first (empty ``SingleData``) result, reused too. Nothing changes these objects in place: Qlib replaces a
+    metric in ``data`` rather than mutating it, and an empty array has no element to write.
     """
 
     _param_cache: Dict[Any, Tuple[str, ...]] = {}
+    #: Qlib's ``SingleData({})``, built by the first empty ``assign`` of the process and shared after it
+    empty_metric: Optional[idd.SingleData] = None
+    #: code object of a Qlib ``report`` function -> its (empty ``SingleData``) result on ``empty_metric`` inputs
+    _empty_results: Dict[Any, idd.SingleData] = {}
 
     def __init__(self) -> None:
         super().__init__()
         self._index_cache: Optional[Tuple[tuple, idd.Index]] = None
 
     def assign(self, col: str, metric: dict) -> None:  # noqa: D102 (BaseOrderIndicator's contract)
-        if type(metric) is not dict or not metric:
+        if type(metric) is not dict:
             return super().assign(col, metric)
+        if not metric:
+            empty = FastOrderIndicator.empty_metric
+            if empty is None:
+                super().assign(col, metric)
+                FastOrderIndicator.empty_metric = self.data[col]
+            else:
+                self.data[col] = empty
+            return None
         keys = tuple(metric)
         cached = self._index_cache
         if cached is None or cached[0] != keys:
@@ -106,7 +135,22 @@ class FastOrderIndicator(NumpyOrderIndicator):
             names = code.co_varnames[: code.co_argcount]
             self._param_cache[code] = names
         data = self.data
-        metric = func(**{name: data[name] for name in names})
+        kwargs = {name: data[name] for name in names}
+        empty = FastOrderIndicator.empty_metric
+        if (
+            empty is not None
+            and names
+            and func.__closure__ is None
+            and func.__module__ == "qlib.backtest.report"
+            and all(value is empty for value in kwargs.values())
+        ):
+            metric = self._empty_results.get(code)
+            if metric is None:
+                metric = func(**kwargs)
+                if type(metric) is idd.SingleData and not len(metric.data):
+                    self._empty_results[code] = metric
+        else:
+            metric = func(**kwargs)
         if new_col is not None:
             data[new_col] = metric
             return None
@@ -118,9 +162,20 @@ class FastIndicator(Indicator):
 
     Same values as Qlib's (same numpy reductions on the same float64 arrays): ``ffr = deal_amount / amount``,
     ``pa`` and ``pos`` from the (zero) price advantages, ``deal_amount``/``value`` = sums of absolute values,
-    ``count`` = number of orders. Bars without orders, non-default ``indicator_config`` or an order indicator
-    other than ``FastOrderIndicator`` take Qlib's own path.
+    ``count`` = number of orders. Non-default ``indicator_config`` or an order indicator other than
+    ``FastOrderIndicator`` take Qlib's own path.
+
+    A bar without orders (every metric empty) has the same trade indicators every time: the first such bar takes
+    Qlib's path and its values (numpy scalars: NaN ffr/pa/pos, zero deal_amount/value, count 0) are copied into
+    the later ones (Qlib's path on empty arrays costs numpy's empty-slice warnings each bar).
     """
+
+    #: the trade metrics ``cal_trade_indicators`` reads
+    TRADE_METRICS = ("ffr", "pa", "deal_amount", "trade_value", "amount")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.empty_bar_indicators: Dict[Tuple[str, str], dict] = {}  # (ffr method, pa method) -> Qlib's values
 
     def _fast_data(self) -> Optional[dict]:
         order_indicator = self.order_indicator
@@ -132,7 +187,31 @@ class FastIndicator(Indicator):
             return None
         return data
 
+    def _empty_bar(self) -> bool:
+        """True when the bar's order metrics that the trade indicators read are all there and all empty."""
+        order_indicator = self.order_indicator
+        if type(order_indicator) is not FastOrderIndicator:
+            return False
+        data = order_indicator.data
+        for name in self.TRADE_METRICS:
+            metric = data.get(name)
+            if metric is None or len(metric.data):
+                return False
+        return True
+
     def cal_trade_indicators(self, trade_start_time: Any, freq: str, indicator_config: dict = {}) -> None:  # noqa: D102
+        if not indicator_config.get("show_indicator", False) and self._empty_bar():
+            key = (
+                indicator_config.get("ffr_config", {}).get("weight_method", "mean"),
+                indicator_config.get("pa_config", {}).get("weight_method", "mean"),
+            )
+            values = self.empty_bar_indicators.get(key)
+            if values is None:
+                super().cal_trade_indicators(trade_start_time, freq, indicator_config)
+                self.empty_bar_indicators[key] = dict(self.trade_indicator)
+            else:
+                self.trade_indicator.update(values)
+            return None
         data = self._fast_data()
         if (
             data is None
@@ -295,6 +374,7 @@ class CryptoExecutor(SimulatorExecutor):
         self._funding: List[dict] = []
         self._liquidations: List[dict] = []
         self._bar_columns: Dict[str, Dict[pd.Timestamp, float]] = {name: {} for name in EXTRA_COLUMNS}
+        self._order_days: dict = {}  # the trading days of Qlib's order loop (compat.order_loop_day_cache)
         self.totals: Dict[str, float] = {"fees_paid": 0.0, "slippage_paid": 0.0, "funding_paid": 0.0}
 
     @property
@@ -397,7 +477,13 @@ class CryptoExecutor(SimulatorExecutor):
         if self.settle_funding and isinstance(position, CryptoPosition):
             funding = self._settle_funding(exchange, position, start, end)
 
-        with exchange.record_executions() as executions:
+        calendar = self.trade_calendar
+        day_cache = (
+            compat.order_loop_day_cache(calendar, self._order_days)
+            if type(calendar) is CryptoTradeCalendar
+            else contextlib.nullcontext()
+        )
+        with exchange.record_executions() as executions, day_cache:
             execute_result, kwargs = super()._collect_data(trade_decision, level=level)
         fees = slippage = 0.0
         for execution in executions:

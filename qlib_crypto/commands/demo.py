@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,14 +53,24 @@ def _run(argv: list[str], log: TextIO | None = None) -> str:
     """Run one qlib-crypto command in-process; its stdout goes to ``log`` (the run's demo.log) and is returned
     (the step prints a digest). A non-zero exit stops the demo, with the command's output shown."""
     from ..cli import main
-    from ..errors import QlibCryptoError
 
-    root = click.get_current_context(silent=True)
-    verbose = bool(root is not None and (root.find_root().obj or {}).get("verbose"))
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        code = main(["--verbose", *argv] if verbose else argv)
-    text = buf.getvalue()
+        code = main(_with_verbose(argv))
+    return _finish_run(argv, code, buf.getvalue(), log)
+
+
+def _with_verbose(argv: list[str]) -> list[str]:
+    """``argv`` with ``--verbose`` in front when the demo itself was started with it."""
+    root = click.get_current_context(silent=True)
+    verbose = bool(root is not None and (root.find_root().obj or {}).get("verbose"))
+    return ["--verbose", *argv] if verbose else list(argv)
+
+
+def _finish_run(argv: list[str], code: int, text: str, log: TextIO | None) -> str:
+    """Log a finished command's output; raise (the output shown) when it failed; else return the output."""
+    from ..errors import QlibCryptoError
+
     if log is not None:
         log.write(f"$ qlib-crypto {' '.join(argv)}\n{text}\n")
         log.flush()
@@ -70,6 +81,91 @@ def _run(argv: list[str], log: TextIO | None = None) -> str:
             hint="see the message above; re-run the demo once fixed: finished steps are skipped or repeated cheaply",
         )
     return text
+
+
+class _Forked:
+    """One qlib-crypto command in a forked copy of this process (modules, Qlib's state and data caches are
+    shared copy-on-write, so it starts at once), run alongside this process's next step. :meth:`wait` returns
+    its exit code and stdout; :meth:`stop` ends it if it still runs (the demo was interrupted or failed). The
+    child dies with this process (Linux: ``PR_SET_PDEATHSIG``); where ``fork`` is missing the command runs at
+    :meth:`wait`, in this process."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = _with_verbose(argv)
+        self.pid = 0
+        self.fd = -1
+        if not hasattr(os, "fork"):
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        read_fd, write_fd = os.pipe()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            os.close(read_fd)
+            _die_with_parent(parent)
+            code = 1
+            try:
+                from ..cli import main
+
+                buf = io.StringIO()
+                with contextlib.redirect_stdout(buf):
+                    code = main(self.argv)
+                with os.fdopen(write_fd, "wb") as fh:
+                    fh.write(buf.getvalue().encode("utf-8"))
+            except KeyboardInterrupt:
+                code = 130
+            except BaseException:  # noqa: BLE001 (reported; the parent sees the exit code)
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        os.close(write_fd)
+        self.pid, self.fd = pid, read_fd
+
+    def wait(self) -> tuple[int, str]:
+        """Its exit code and its stdout, once it has finished."""
+        if not self.pid:  # no fork here: run it now
+            from ..cli import main
+
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                code = main(self.argv)
+            return code, buf.getvalue()
+        with os.fdopen(self.fd, "rb") as fh:
+            self.fd = -1
+            data = fh.read()
+        _, status = os.waitpid(self.pid, 0)
+        self.pid = 0
+        return os.waitstatus_to_exitcode(status), data.decode("utf-8", errors="replace")
+
+    def stop(self) -> None:
+        """End the child if it still runs (after an error or an interrupt of this process) and reap it."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.pid:
+            import signal
+
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+            os.waitpid(self.pid, 0)
+            self.pid = 0
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a forked child: be sent SIGTERM when the parent dies (Linux), and end now if it already has."""
+    import signal
+
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(143)
 
 
 def _tracking_uri(workflow: Path) -> str:
@@ -86,56 +182,169 @@ def _tracking_uri(workflow: Path) -> str:
 
 #: qrun's own lines the demo shows while it trains (LightGBM's evaluation every 20 rounds, early stopping)
 QRUN_SHOWN = re.compile(r"^(\[\d+\]\s|Training until |Early stopping|Did not meet early stopping)")
-#: the child: qrun (Qlib's qlib.cli.run), with our quiet console installed before Qlib's first import
+#: the child (qlib_crypto/commands/demo_qrun.py): our quiet console installed before Qlib's first import, then
+#: Qlib's qrun entry point once the demo says go
 QRUN_CHILD = (
-    "import sys; from qlib_crypto._quiet import install; install(); "
-    "from qlib.cli.run import run; sys.argv[0] = 'qrun'; run()"
+    "import sys\n"
+    "try:\n"
+    "    from qlib_crypto._quiet import install; install()\n"
+    "    from qlib_crypto.commands.demo_qrun import main\n"
+    "except KeyboardInterrupt:\n"
+    "    raise SystemExit(130)\n"
+    "sys.argv[0] = 'qrun'; raise SystemExit(main(sys.argv[1:]))"
 )
 
 
-def _qrun(workflow: Path, stamp: str, log: TextIO | None, quiet: bool) -> None:
-    """``qrun WORKFLOW`` as a child process (Qlib's own entry point), its stdout copied to ``log`` and, unless
-    quiet, its training progress lines to the console; stderr (warnings) passes through. The demo's stamp goes
-    to the child's environment, where Qlib's recorder logs it as a run parameter. SIGINT/SIGTERM are passed on
-    to the child, which ends its MLflow run KILLED before the demo exits (qlib_crypto/_run_guard.py)."""
-    import threading
+class _QrunChild:
+    """``qrun WORKFLOW`` as a child process (Qlib's own entry point; qlib_crypto/commands/demo_qrun.py).
 
-    from .._run_guard import call_forwarding_signals
-    from ..errors import QlibCryptoError
+    Started before the data steps, so that its imports (Qlib, MLflow, LightGBM: several seconds) run on the
+    other core while this process collects; it waits for :meth:`go`, then checks the workflow and trains. Its
+    stdout is copied to ``log`` and, unless quiet, its training progress lines to the console; the check's
+    lines are kept and shown if the check fails; stderr (warnings) passes through. The demo's stamp goes to the
+    child's environment, where Qlib's recorder logs it as a run parameter. After :meth:`go`, SIGINT/SIGTERM are
+    passed on to the child, which ends its MLflow run KILLED before the demo exits (qlib_crypto/_run_guard.py).
+    """
 
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env[STAMP_PARAM] = stamp
-    # LightGBM's OpenMP threads sleep when idle instead of spinning: on a 2-core machine with other load,
-    # spinning threads made training many times slower; the wait policy changes no result (a user's own
-    # setting is kept)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    def __init__(self, workflow: Path, stamp: str, log: TextIO | None, quiet: bool) -> None:
+        import subprocess
+        import threading
 
-    def tee(stream: Any) -> None:
+        self.workflow, self.log, self.quiet = workflow, log, quiet
+        self.checked = threading.Event()  # the child printed demo_qrun.CHECK_OK
+        self.started = threading.Event()  # go was sent: from then on the child's lines go to the log at once
+        self.held: list[str] = []  # the child's lines before go, and the check's (shown when the check fails)
+        self._lock = threading.Lock()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env[STAMP_PARAM] = stamp
+        # LightGBM's OpenMP threads sleep when idle instead of spinning: on a 2-core machine with other load,
+        # spinning threads made training many times slower; the wait policy changes no result (a user's own
+        # setting is kept)
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        read_fd, write_fd = os.pipe()  # the child's stdout; drained by a thread while it runs (no pipe stall)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", QRUN_CHILD, str(workflow)], stdin=subprocess.PIPE, stdout=write_fd, env=env
+            )
+        finally:
+            os.close(write_fd)  # the child holds its end: end of file when it exits
+        self.reader = threading.Thread(
+            target=self._tee, args=(os.fdopen(read_fd, encoding="utf-8", errors="replace"),), daemon=True
+        )
+        self.reader.start()
+
+    def _tee(self, stream: Any) -> None:
+        from .demo_qrun import CHECK_OK
+
         for line in stream:
-            if log is not None:
-                log.write(line)
-            if not quiet and QRUN_SHOWN.match(line):
+            with self._lock:
+                if not self.started.is_set() or not self.checked.is_set():
+                    self.held.append(line)
+                if line.rstrip("\n") == CHECK_OK:
+                    self.checked.set()
+                    continue
+                if self.started.is_set() and self.log is not None:
+                    self.log.write(line)
+            if self.checked.is_set() and not self.quiet and QRUN_SHOWN.match(line):
                 click.echo("   " + line.rstrip("\n"))
         stream.close()
 
-    if log is not None:
-        log.write(f"$ qrun {workflow}\n")
-        log.flush()
-    read_fd, write_fd = os.pipe()  # the child's stdout; drained by a thread while it runs (no pipe stall)
-    reader = threading.Thread(target=tee, args=(os.fdopen(read_fd, encoding="utf-8", errors="replace"),), daemon=True)
-    reader.start()
-    try:
-        code = call_forwarding_signals([sys.executable, "-c", QRUN_CHILD, str(workflow)], stdout=write_fd, env=env)
-    finally:
-        os.close(write_fd)  # the child has exited: end of its output
-        reader.join(timeout=30)
-        if log is not None:
-            log.flush()
-    if code != 0:
+    def go(self) -> int:
+        """Let the child check the workflow and run it; wait for it (signals passed on). Its exit code."""
+        from .._run_guard import wait_forwarding_signals
+        from .demo_qrun import GO
+
+        with self._lock:
+            if self.log is not None:
+                self.log.write(f"$ qlib-crypto check {self.workflow} --quiet && qrun {self.workflow}\n")
+                self.log.writelines(self.held)
+                self.log.flush()
+            self.started.set()
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(f"{GO}\n".encode())
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass  # the child has already ended: its exit code says why
+        code = wait_forwarding_signals(self.proc)
+        self.reader.join(timeout=30)
+        if self.log is not None:
+            self.log.flush()
+        return code
+
+    def close(self) -> None:
+        """Never leave the child behind: without go it ends on end of file; if it lingers, it is killed."""
+        import subprocess
+
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.reader.join(timeout=5)
+
+
+def _qrun(child: _QrunChild) -> None:
+    """Check and train (``qlib-crypto check WORKFLOW && qrun WORKFLOW``) in the waiting child."""
+    from ..errors import QlibCryptoError
+
+    code = child.go()
+    if code == 0:
+        return
+    workflow = child.workflow
+    if not child.checked.is_set():  # the check failed (or the child could not start): show what it printed
+        click.echo("".join(child.held), nl=False)
         raise QlibCryptoError(
-            f"qrun {workflow} exited with code {code}",
-            hint="its output is in the run's demo.log; or run it by hand: .venv/bin/qrun " + str(workflow),
+            f"demo step 'qlib-crypto check {workflow} --quiet' exited with code {code}",
+            hint="see the message above; re-run the demo once fixed: finished steps are skipped or repeated cheaply",
         )
+    raise QlibCryptoError(
+        f"qrun {workflow} exited with code {code}",
+        hint="its output is in the run's demo.log; or run it by hand: .venv/bin/qrun " + str(workflow),
+    )
+
+
+#: what steps 4-6 import (mostly inside functions): imported while qrun trains, in a thread of this process
+LATER_MODULES = (
+    "mlflow.tracking",
+    "qlib.data",
+    "qlib.workflow",
+    "qlib.backtest",
+    "qlib.contrib.model.gbdt",
+    "qlib_crypto.data.handler",
+    "qlib_crypto.workflow.predict",
+    "qlib_crypto.workflow.backtest_record",
+    "qlib_crypto.workflow.backtest_report",
+    "qlib_crypto.strategy",
+    "qlib_crypto.backtest",
+    "qlib_crypto.commands.predict",
+    "qlib_crypto.commands.backtest",
+    "qlib_crypto.commands.sweep",
+)
+
+
+def _preimport_later_steps() -> None:
+    """Import the modules of steps 4-6 (predict, backtest, sweep) ahead of them; nothing else."""
+    import importlib
+
+    for name in LATER_MODULES:
+        with contextlib.suppress(Exception):  # a real problem shows when the step itself imports it
+            importlib.import_module(name)
+
+
+def _as_if_imported_here() -> None:
+    """What importing Qlib does to the importing thread, for this one after the preload thread imported it.
+
+    ``qlib.data.ops`` calls ``np.seterr(invalid="ignore")`` at import, and numpy's error state is per thread:
+    imported in the preload thread, Qlib's setting would not reach this thread, where steps 4-6 run (and
+    Qlib's indicators would print "invalid value encountered" warnings they never print otherwise)."""
+    if "qlib.data.ops" in sys.modules:
+        import numpy as np
+
+        np.seterr(invalid="ignore")
 
 
 def _find_run(uri: str, experiment: str, stamp: str) -> Any:
@@ -274,7 +483,10 @@ def command(
             )
         partial.mkdir(parents=True)
         log = open(partial / "demo.log", "w", encoding="utf-8")  # noqa: SIM115  # closed in the finally below
+    child: _QrunChild | None = None
     try:
+        if not skip_research:
+            child = _QrunChild(WORKFLOW_60MIN, stamp, log, quiet)  # imports while the data steps run; waits for go
         t0 = _step(f"1/6 collect: {instruments} synthetic instruments, 1h bars, {start} .. {end} -> {store}", quiet)
         out = _run(
             [
@@ -312,10 +524,15 @@ def command(
         _done(t0, quiet)
 
         if not skip_research:
-            _run(["check", str(WORKFLOW_60MIN), "--quiet"], log)  # paths, dates, classes and arguments, before training
             t0 = _step(f"3/6 qrun {WORKFLOW_60MIN} (features, LightGBM, IC, backtest; recorded in ./mlruns)", quiet)
             uri = _tracking_uri(WORKFLOW_60MIN)
-            _qrun(WORKFLOW_60MIN, stamp, log, quiet)
+            # while the child trains, this process imports what steps 4-6 need (MLflow, Qlib, LightGBM)
+            preload = threading.Thread(target=_preimport_later_steps, daemon=True)
+            preload.start()
+            assert child is not None
+            _qrun(child)  # the check (paths, dates, classes and arguments) before training, then qrun
+            preload.join()
+            _as_if_imported_here()
             run = _find_run(uri, EXPERIMENT_60MIN, stamp)
             rid = run.info.run_id
             m = run.data.metrics
@@ -363,28 +580,37 @@ def command(
             _done(t0, quiet)
 
             backtest_dir = partial / "backtest_60min"
-            t0 = _step(
-                f"5/6 backtest: the signals with CryptoExchange + CryptoExecutor -> {run_dir / backtest_dir.name}",
-                quiet,
-            )
+            sweep_dir = partial / "sweep_60min"
             # the backtest and the sweep read the same signals, provider and test period, for the same model run
             same = ["--signals", str(signals), "--provider-dir", str(qlib_60), "--freq", "60min"]
             same += ["--start", TEST_START, "--end", TEST_END, "--model-run", rid]
-            out = _run(["backtest", *same, "--slippage-bps", "2", "--out", str(backtest_dir)], log)
-            _show(out, quiet, lambda line: line.startswith(("backtest ", "{")))
-            times["backtest"] = time.perf_counter() - t0
-            _done(t0, quiet)
+            sweep_argv = ["sweep", *same, "--fee-multipliers", "0,0.5,1", "--slippage-bps", "0,2"]
+            sweep_argv += ["--out", str(sweep_dir)]
+            # the sweep runs in a forked copy of this process alongside the backtest (independent steps on the
+            # same inputs); its output is shown, and logged, after the backtest's
+            t_sweep = time.perf_counter()
+            sweep = _Forked(sweep_argv)
+            try:
+                t0 = _step(
+                    f"5/6 backtest: the signals with CryptoExchange + CryptoExecutor -> {run_dir / backtest_dir.name}",
+                    quiet,
+                )
+                out = _run(["backtest", *same, "--slippage-bps", "2", "--out", str(backtest_dir)], log)
+                _show(out, quiet, lambda line: line.startswith(("backtest ", "{")))
+                times["backtest"] = time.perf_counter() - t0
+                _done(t0, quiet)
 
-            sweep_dir = partial / "sweep_60min"
-            t0 = _step(
-                f"6/6 sweep: the same backtest over fee and slippage levels -> {run_dir / sweep_dir.name}", quiet
-            )
-            out = _run(
-                ["sweep", *same, "--fee-multipliers", "0,0.5,1", "--slippage-bps", "0,2", "--out", str(sweep_dir)], log
-            )
+                _step(
+                    f"6/6 sweep: the same backtest over fee and slippage levels -> {run_dir / sweep_dir.name} "
+                    "(started with step 5)",
+                    quiet,
+                )
+                out = _finish_run(sweep_argv, *sweep.wait(), log)
+            finally:
+                sweep.stop()
             _show(out, quiet, lambda line: line.startswith("["))
-            times["sweep"] = time.perf_counter() - t0
-            _done(t0, quiet)
+            times["sweep"] = time.perf_counter() - t_sweep
+            _done(t_sweep, quiet)
 
             from .._atomic import atomic_write_text
 
@@ -403,6 +629,8 @@ def command(
             }
             atomic_write_text(partial / "run.json", json.dumps(manifest, indent=2) + "\n")
     finally:
+        if child is not None:
+            child.close()
         if log is not None:
             log.close()
     latest = None

@@ -35,10 +35,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.signal import lfilter
 
 from ..errors import ConfigError
 from ..timeframes import Timeframe, get_timeframe
+from ._filters import ar1_filter
 from .base import BAR_COLUMNS, BarSource
 
 logger = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ def _phi(halflife_ms: float, bar_ms: int) -> float:
 
 def _ar1(innov: np.ndarray, phi: float, std: float) -> np.ndarray:
     """AR(1) with stationary std ``std`` driven by unit-variance innovations, zero initial state."""
-    return lfilter([std * math.sqrt(1.0 - phi * phi)], [1.0, -phi], innov)
+    return ar1_filter(std * math.sqrt(1.0 - phi * phi), phi, innov)
 
 
 def _lag(x: np.ndarray) -> np.ndarray:
@@ -592,7 +592,7 @@ class SyntheticSource(BarSource):
             vn = np.concatenate([r.standard_normal(n) for r in rngs])
             u = _ar1(vn, _phi(p.volume_noise_halflife_h * HOUR_MS, tf.ms), 1.0)
             weight = 2.0 / (1.0 + np.exp(p.reversal_volume_slope * u))  # low volume -> up to 2, high -> 0
-            memory = lfilter([1.0], [1.0, -p.reversal_decay], e * weight)
+            memory = ar1_filter(1.0, p.reversal_decay, e * weight)
             mu = -p.reversal_strength * sigma * _lag(memory)[n:]
             e, u = e[n:], u[n:]
             r = bspec.beta * mkt["m"] + sigma * e + mu
@@ -691,7 +691,7 @@ class SyntheticSource(BarSource):
             noise = np.concatenate(
                 [_rng(self.seed, "funding", spec.inst_id, c).standard_normal(_FUNDING_CHUNK) for c in range(chunks)]
             )
-            x = lfilter([1.0], [1.0, -p.funding_persistence], p.funding_return_loading * ret8 + p.funding_noise * noise)
+            x = ar1_filter(1.0, p.funding_persistence, p.funding_return_loading * ret8 + p.funding_noise * noise)
             return np.round(np.clip(p.funding_mean + x, -p.funding_cap, p.funding_cap), 8)
 
         return self._funding_cache.get_or((spec.inst_id, chunks), make)

@@ -48,6 +48,10 @@ def is_swap(instrument: str, instrument_meta: Mapping[str, Any] | None = None) -
     return str(instrument).upper().endswith("-SWAP")
 
 
+#: the normalised signal values (what ``normalize_signal`` returns; returned as they are)
+_CANONICAL = frozenset((BUY, SELL, HOLD))
+
+
 def normalize_signal(value: Any) -> str:
     """``BUY``/``SELL``/``HOLD`` from a signal value (strings in any case, or +1/-1/0)."""
     key = str(value).strip().upper()
@@ -68,7 +72,7 @@ def signal_target(signal: str, position_size: float, swap: bool, current_target:
     BUY -> ``+|position_size|``; SELL -> ``-|position_size|`` on a swap, ``0`` (flat) on spot;
     HOLD -> ``current_target`` (nothing changes).
     """
-    sig = normalize_signal(signal)
+    sig = signal if signal in _CANONICAL else normalize_signal(signal)
     size = abs(float(position_size)) if position_size is not None and np.isfinite(position_size) else 0.0
     if sig == BUY:
         return size
@@ -84,8 +88,12 @@ def apply_signals(
 ) -> dict[str, float]:
     """Apply ``(instrument, signal, position_size)`` in order to a copy of ``targets`` (missing = 0)."""
     out = dict(targets)
+    swaps: dict[str, bool] = {}  # is_swap per instrument, once per call
     for inst, sig, size in signals:
-        out[inst] = signal_target(sig, size, is_swap(inst, instrument_meta), out.get(inst, 0.0))
+        swap = swaps.get(inst)
+        if swap is None:
+            swap = swaps[inst] = is_swap(inst, instrument_meta)
+        out[inst] = signal_target(sig, size, swap, out.get(inst, 0.0))
     return out
 
 

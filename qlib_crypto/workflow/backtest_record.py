@@ -28,7 +28,7 @@ import pandas as pd
 from qlib.workflow.record_temp import RecordTemp
 
 from ..errors import BacktestError, ConfigError
-from .backtest_report import BacktestReport, build_report, iter_metric_items
+from .backtest_report import BacktestReport, build_report, iter_metric_items, report_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,17 @@ class BacktestRun:
         out["orders_unfilled"] = int(not_full.sum())
         out["unfilled_notional"] = float((unfilled * price)[not_full].sum())
         return out
+
+    def metrics(self) -> dict[str, Any]:
+        """``report().metrics`` without building the rest of the report (a cost sweep's row)."""
+        events = self.funding_events
+        return report_metrics(
+            self.report_df,
+            self.fills,
+            freq=self.freq,
+            initial_equity=self.initial_equity,
+            funding=events if events is not None and len(events) else self.funding_received,
+        ).metrics
 
     def report(self, info: Mapping[str, Any] | None = None) -> BacktestReport:
         """The :class:`~qlib_crypto.workflow.backtest_report.BacktestReport` of this run."""
@@ -453,10 +464,10 @@ def sweep_cell(
         exchange=ex,
         executor=executor,
     )
-    rep = run.report()
+    metrics = run.metrics()
     row = {"fee_multiplier": float(fee_multiplier), "slippage_bps": float(slippage_bps)}
-    row.update({k: rep.metrics[k] for k in SWEEP_COLUMNS if k in rep.metrics})
-    row["final_equity"] = float(rep.equity.iloc[-1])
+    row.update({k: metrics[k] for k in SWEEP_COLUMNS if k in metrics})
+    row["final_equity"] = float(run.report_df["account"].astype("float64").iloc[-1])
     return row
 
 

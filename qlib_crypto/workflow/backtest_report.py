@@ -813,6 +813,81 @@ def _quote_currency(fills: pd.DataFrame, benchmark: str | None) -> str:
     return quotes[0] if len(quotes) == 1 else ("/".join(quotes) if quotes else "")
 
 
+@dataclass
+class ReportMetrics:
+    """:func:`report_metrics`' result: the headline metrics and what :func:`build_report` goes on from."""
+
+    metrics: dict[str, Any]
+    equity: pd.Series
+    init: float
+    fills: pd.DataFrame
+    trades: pd.DataFrame
+    closed: pd.DataFrame
+    notional: np.ndarray
+    traded: float
+    fund_events: pd.DataFrame
+    funding_paid: float
+    fees_paid: float
+    slippage_paid: float
+
+
+def report_metrics(
+    report_df: pd.DataFrame,
+    fills: pd.DataFrame | None = None,
+    *,
+    freq: str,
+    initial_equity: float | None = None,
+    funding: pd.DataFrame | float | None = None,
+) -> ReportMetrics:
+    """The headline metrics of :func:`build_report` (``BacktestReport.metrics``), without the rest of the
+    report (per-bar series, tables, drawdown periods, calendar): what a cost sweep's row needs. Same code as
+    the report's, so the same numbers; arguments as :func:`build_report`'s."""
+    if report_df is None or len(report_df) == 0 or "account" not in report_df:
+        raise BacktestError(
+            "the portfolio report is empty or has no 'account' column",
+            hint="run the backtest with generate_portfolio_metrics=True",
+        )
+    equity = report_df["account"].astype("float64")
+    equity.index = pd.DatetimeIndex(equity.index)
+    equity.name = "equity"
+    times = pd.DatetimeIndex(equity.index)
+    init = float(initial_equity) if initial_equity is not None else initial_equity_from_report(report_df)
+    fills_n = normalize_fills(fills)
+    bpy = bars_per_year(freq)
+    trades = round_trips(fills_n)
+    closed = trades[trades["closed"]] if len(trades) else trades
+    notional = (fills_n["amount"] * fills_n["price"]).to_numpy(dtype="float64") if len(fills_n) else np.zeros(0)
+    traded = float(notional.sum())
+    fund_events, funding_paid = _funding_frame(funding)
+    fees_paid = float(fills_n["fee"].sum())
+    slippage_paid = float(fills_n["slippage"].sum())
+    metrics = compute_metrics(
+        equity.to_numpy(),
+        init,
+        bpy,
+        trade_pnls=closed["pnl"].to_numpy() if len(closed) else [],
+        traded_notional=traded,
+        in_market=in_market_by_bar(fills_n, times),
+        fees_paid=fees_paid,
+        slippage_paid=slippage_paid,
+        funding_paid=funding_paid,
+    )
+    return ReportMetrics(
+        metrics=metrics,
+        equity=equity,
+        init=init,
+        fills=fills_n,
+        trades=trades,
+        closed=closed,
+        notional=notional,
+        traded=traded,
+        fund_events=fund_events,
+        funding_paid=funding_paid,
+        fees_paid=fees_paid,
+        slippage_paid=slippage_paid,
+    )
+
+
 def build_report(
     report_df: pd.DataFrame,
     fills: pd.DataFrame | None = None,
@@ -834,39 +909,13 @@ def build_report(
     net amount *paid*. ``benchmark_returns`` (per bar) defaults to ``report_df["bench"]``. ``quote_currency``
     defaults to the instruments' quote (``-USDT``). ``rolling_window`` (bars) defaults to 30 days of bars.
     """
-    if report_df is None or len(report_df) == 0 or "account" not in report_df:
-        raise BacktestError(
-            "the portfolio report is empty or has no 'account' column",
-            hint="run the backtest with generate_portfolio_metrics=True",
-        )
-    equity = report_df["account"].astype("float64")
-    equity.index = pd.DatetimeIndex(equity.index)
-    equity.name = "equity"
+    m = report_metrics(report_df, fills, freq=freq, initial_equity=initial_equity, funding=funding)
+    equity, init, fills_n, trades, closed, metrics = m.equity, m.init, m.fills, m.trades, m.closed, m.metrics
     times = pd.DatetimeIndex(equity.index)
-    init = float(initial_equity) if initial_equity is not None else initial_equity_from_report(report_df)
-    fills_n = normalize_fills(fills)
-    bpy = bars_per_year(freq)
-    hpb = bar_hours(freq)
-    n = len(equity)
+    bpy, hpb, n = bars_per_year(freq), bar_hours(freq), len(equity)
     days = n * hpb / 24.0
-    trades = round_trips(fills_n)
-    closed = trades[trades["closed"]] if len(trades) else trades
-    notional = (fills_n["amount"] * fills_n["price"]).to_numpy(dtype="float64") if len(fills_n) else np.zeros(0)
-    traded = float(notional.sum())
-    fund_events, funding_paid = _funding_frame(funding)
-    fees_paid = float(fills_n["fee"].sum())
-    slippage_paid = float(fills_n["slippage"].sum())
-    metrics = compute_metrics(
-        equity.to_numpy(),
-        init,
-        bpy,
-        trade_pnls=closed["pnl"].to_numpy() if len(closed) else [],
-        traded_notional=traded,
-        in_market=in_market_by_bar(fills_n, times),
-        fees_paid=fees_paid,
-        slippage_paid=slippage_paid,
-        funding_paid=funding_paid,
-    )
+    notional, traded = m.notional, m.traded
+    fund_events, funding_paid, fees_paid, slippage_paid = m.fund_events, m.funding_paid, m.fees_paid, m.slippage_paid
     eq = equity.to_numpy(dtype="float64")
     dd = pd.Series(drawdown_curve(eq, init), index=times, name="drawdown")
     benchmark = (info or {}).get("benchmark")
