@@ -75,7 +75,7 @@ def test_two_tiny_demos_keep_their_own_reports(tmp_path):
         assert json.loads((run_dir / "training_60min/training_report.json").read_text())["info"]["run_id"] == rid
         log = (run_dir / "demo.log").read_text()
         assert f"qlib-crypto predict --experiment crypto_lightgbm_60min --run-id {rid} " in log
-        assert len(pd.read_csv(run_dir / "sweep_60min/sweep.csv")) == 6
+        assert len(pd.read_csv(run_dir / "sweep_60min/sweep.csv")) == 4
         # the signals are the scores of that run's model on the test quarter (its pred.pkl)
         sig = pd.read_parquet(run_dir / "signals_60min.parquet")
         pred = pd.read_pickle(runs[rid] / "artifacts" / "pred.pkl").iloc[:, 0]

@@ -182,6 +182,8 @@ def _tracking_uri(workflow: Path) -> str:
 
 #: qrun's own lines the demo shows while it trains (LightGBM's evaluation every 20 rounds, early stopping)
 QRUN_SHOWN = re.compile(r"^(\[\d+\]\s|Training until |Early stopping|Did not meet early stopping)")
+#: LightGBM's last training line: what follows in qrun (the records) runs on one core
+TRAINED = re.compile(r"^(Early stopping|Did not meet early stopping)")
 #: the child (qlib_crypto/commands/demo_qrun.py): our quiet console installed before Qlib's first import, then
 #: Qlib's qrun entry point once the demo says go
 QRUN_CHILD = (
@@ -212,6 +214,7 @@ class _QrunChild:
 
         self.workflow, self.log, self.quiet = workflow, log, quiet
         self.checked = threading.Event()  # the child printed demo_qrun.CHECK_OK
+        self.trained = threading.Event()  # LightGBM said it stopped (the records follow), or the child ended
         self.started = threading.Event()  # go was sent: from then on the child's lines go to the log at once
         self.held: list[str] = []  # the child's lines before go, and the check's (shown when the check fails)
         self._lock = threading.Lock()
@@ -247,7 +250,10 @@ class _QrunChild:
                     self.log.write(line)
             if self.checked.is_set() and not self.quiet and QRUN_SHOWN.match(line):
                 click.echo("   " + line.rstrip("\n"))
+            if TRAINED.match(line):
+                self.trained.set()
         stream.close()
+        self.trained.set()
 
     def go(self) -> int:
         """Let the child check the workflow and run it; wait for it (signals passed on). Its exit code."""
@@ -326,9 +332,12 @@ LATER_MODULES = (
 )
 
 
-def _preimport_later_steps() -> None:
-    """Import the modules of steps 4-6 (predict, backtest, sweep) ahead of them; nothing else."""
+def _preimport_later_steps(start: threading.Event) -> None:
+    """Import the modules of steps 4-6 (predict, backtest, sweep) ahead of them; nothing else. Waits for
+    ``start``: LightGBM's training uses both cores, qrun's records after it one."""
     import importlib
+
+    start.wait()
 
     for name in LATER_MODULES:
         with contextlib.suppress(Exception):  # a real problem shows when the step itself imports it
@@ -448,7 +457,8 @@ def command(
     4. predict   signals for the test period from the model that step 3 trained (its MLflow run, found by the
                  run stamp) -> REPORTS/<stamp>/signals_60min.parquet
     5. backtest  those signals with CryptoExchange + CryptoExecutor -> REPORTS/<stamp>/backtest_60min/report.html
-    6. sweep     the same backtest at fee multipliers 0, 0.5, 1 and slippage 0, 2 bps -> REPORTS/<stamp>/sweep_60min
+    6. sweep     the same backtest without and with fees (x0, x1) and slippage (0, 2 bps): what each cost
+                 takes from the gross return -> REPORTS/<stamp>/sweep_60min (run alongside step 5)
 
     Each run writes its reports under REPORTS/<stamp>/ (<stamp> = UTC start time and process id): the three
     above, training_60min/ (the run's training report), demo.log (every step's full output) and run.json
@@ -526,8 +536,8 @@ def command(
         if not skip_research:
             t0 = _step(f"3/6 qrun {WORKFLOW_60MIN} (features, LightGBM, IC, backtest; recorded in ./mlruns)", quiet)
             uri = _tracking_uri(WORKFLOW_60MIN)
-            # while the child trains, this process imports what steps 4-6 need (MLflow, Qlib, LightGBM)
-            preload = threading.Thread(target=_preimport_later_steps, daemon=True)
+            # while the child writes its records, this process imports what steps 4-6 need (MLflow, Qlib...)
+            preload = threading.Thread(target=_preimport_later_steps, args=(child.trained,), daemon=True)
             preload.start()
             assert child is not None
             _qrun(child)  # the check (paths, dates, classes and arguments) before training, then qrun
@@ -584,7 +594,7 @@ def command(
             # the backtest and the sweep read the same signals, provider and test period, for the same model run
             same = ["--signals", str(signals), "--provider-dir", str(qlib_60), "--freq", "60min"]
             same += ["--start", TEST_START, "--end", TEST_END, "--model-run", rid]
-            sweep_argv = ["sweep", *same, "--fee-multipliers", "0,0.5,1", "--slippage-bps", "0,2"]
+            sweep_argv = ["sweep", *same, "--fee-multipliers", "0,1", "--slippage-bps", "0,2"]
             sweep_argv += ["--out", str(sweep_dir)]
             # the sweep runs in a forked copy of this process alongside the backtest (independent steps on the
             # same inputs); its output is shown, and logged, after the backtest's
