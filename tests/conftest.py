@@ -26,8 +26,8 @@ from okx_sim import OkxSimulator  # noqa: E402
 #: Files not listed run after these, in collection order. Re-measure and update when a file grows.
 LONGEST_FIRST = [
     "test_demo.py",
-    "test_demo_two_runs.py",
     "test_store_integrity.py",
+    "test_warmup.py",
     "test_interrupts.py",
     "test_determinism.py",
     "test_console.py",

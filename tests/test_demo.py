@@ -1,5 +1,5 @@
-"""The README's main job, `qlib-crypto demo`, end to end in a scratch directory (as a newcomer runs it).
-Two demos in one directory: tests/test_demo_two_runs.py."""
+"""The README's main job, `qlib-crypto demo`, end to end in a scratch directory (as a newcomer runs it), then a
+second time in the same directory with --quiet: each run keeps its own reports."""
 
 from __future__ import annotations
 
@@ -16,17 +16,23 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_demo_runs_the_whole_chain(tmp_path):
+def _mlflow_runs(root: Path) -> dict[str, Path]:
+    """run id -> run directory of the finished qrun runs in ROOT/mlruns (file store: one directory per run)."""
+    return {p.name: p for p in (root / "mlruns").glob("*/*") if (p / "artifacts" / "pred.pkl").exists()}
+
+
+def test_demo_runs_the_whole_chain_twice_keeping_each_runs_reports(tmp_path):
     shutil.copytree(REPO / "workflow_configs", tmp_path / "workflow_configs")
-    proc = subprocess.run(
-        [sys.executable, "-m", "qlib_crypto", "demo", "--quiet"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)  # as in a clone (Qlib's recorder runs git)
+    demo = [sys.executable, "-m", "qlib_crypto", "demo"]
+    proc = subprocess.run(demo, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "qlib-crypto demo finished" in proc.stdout
+    # without --quiet: the six step headers and short outputs, not Qlib's whole console
+    lines = proc.stdout.splitlines()
+    assert [line.split()[1] for line in lines if line.startswith("== ")] == [f"{i}/6" for i in range(1, 7)]
+    assert len(lines) < 60, proc.stdout
+    assert sum("done in" in line for line in lines) == 6
     # quiet: our own data warnings may show, Python/numpy warnings of Qlib's code may not
     assert "Warning:" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
 
@@ -92,3 +98,60 @@ def test_demo_runs_the_whole_chain(tmp_path):
     free = sweep[(sweep[fee_col] == 0) & (sweep[slip_col] == 0)][ret_col].iloc[0]
     full = sweep[(sweep[fee_col] == 1) & (sweep[slip_col] == 2)][ret_col].iloc[0]
     assert free > full
+
+    # a second run in the same directory, --quiet: only the final summary; the data steps find their data
+    second = subprocess.run(demo + ["--quiet"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert second.stdout.lstrip("\n").startswith("qlib-crypto demo finished in ")
+    assert "== " not in second.stdout and "done in" not in second.stdout
+    assert len(second.stdout.splitlines()) < 20
+    _check_two_runs(tmp_path, proc.stdout, second.stdout)
+
+
+def _check_two_runs(root: Path, first_out: str, second_out: str) -> None:
+    """Each run left a complete report set naming the MLflow run of its own model."""
+    reports = root / "reports"
+    sets = sorted(p for p in reports.iterdir() if p.is_dir() and not p.is_symlink() and (p / "run.json").exists())
+    assert len(sets) == 2
+    assert not [p.name for p in reports.iterdir() if p.name.endswith(".partial")]
+    runs = _mlflow_runs(root)
+    assert len(runs) == 2
+    ids = []
+    for run_dir in sets:
+        manifest = json.loads((run_dir / "run.json").read_text())
+        rid = manifest["recorder_id"]
+        ids.append(rid)
+        assert manifest["stamp"] == run_dir.name
+        # the run's own MLflow run: Qlib logged this demo's stamp (its _QLIB_CRYPTO_DEMO_RUN variable) as a param
+        assert (runs[rid] / "params" / "_QLIB_CRYPTO_DEMO_RUN").read_text() == run_dir.name
+        # complete: every file the manifest lists is there, and the expected ones are listed
+        for name in manifest["files"]:
+            assert (run_dir / name).is_file(), name
+        assert {
+            "signals_60min.parquet",
+            "backtest_60min/report.html",
+            "backtest_60min/report.json",
+            "sweep_60min/sweep.json",
+            "sweep_60min/sweep.csv",
+            "training_60min/training_report.json",
+            "demo.log",
+            "run.json",
+        } <= set(manifest["files"])
+        # each report names the model's run
+        assert json.loads((run_dir / "backtest_60min/report.json").read_text())["info"]["model_run"] == rid
+        assert json.loads((run_dir / "sweep_60min/sweep.json").read_text())["model_run"] == rid
+        assert json.loads((run_dir / "training_60min/training_report.json").read_text())["info"]["run_id"] == rid
+        log = (run_dir / "demo.log").read_text()
+        assert f"qlib-crypto predict --experiment crypto_lightgbm_60min --run-id {rid} " in log
+        assert len(pd.read_csv(run_dir / "sweep_60min/sweep.csv")) == 4
+        # the signals are the scores of that run's model on the test quarter (its pred.pkl)
+        sig = pd.read_parquet(run_dir / "signals_60min.parquet")
+        pred = pd.read_pickle(runs[rid] / "artifacts" / "pred.pkl").iloc[:, 0]
+        sig = sig.set_index([sig["datetime"].dt.tz_localize(None).astype("datetime64[ns]"), "instrument"])["score"]
+        joined = pd.concat([sig.rename("signal_score"), pred.rename("pred")], axis=1, join="inner")
+        assert len(joined) == len(sig) > 1000
+        np.testing.assert_allclose(joined["signal_score"], joined["pred"], rtol=1e-6, atol=1e-9)
+    assert len(set(ids)) == 2 and set(ids) == set(runs)
+    # reports/latest is the second run; each summary printed its own run directory
+    assert (reports / "latest").resolve() == sets[1].resolve()
+    assert f"reports/{sets[0].name}/" in first_out and f"reports/{sets[1].name}/" in second_out

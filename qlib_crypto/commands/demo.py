@@ -74,6 +74,8 @@ def _finish_run(argv: list[str], code: int, text: str, log: TextIO | None) -> st
     if log is not None:
         log.write(f"$ qlib-crypto {' '.join(argv)}\n{text}\n")
         log.flush()
+    if code == 130:  # the command was interrupted (Ctrl-C): so is the demo
+        raise KeyboardInterrupt
     if code != 0:
         click.echo(text, nl=False)
         raise QlibCryptoError(
@@ -195,6 +197,37 @@ QRUN_CHILD = (
     "    raise SystemExit(130)\n"
     "sys.argv[0] = 'qrun'; raise SystemExit(main(sys.argv[1:]))"
 )
+
+
+#: the warm-up process (qlib_crypto/data/warmup.py)
+WARMUP_CHILD = (
+    "import sys\n"
+    "try:\n"
+    "    from qlib_crypto.data.warmup import main\n"
+    "except KeyboardInterrupt:\n"
+    "    raise SystemExit(130)\n"
+    "raise SystemExit(main(sys.argv[1:]))"
+)
+
+
+def _start_warmup(workflow: Path, quiet: bool) -> Any:
+    """On numba's empty cache (the first run after an install), start compiling the feature kernels in a separate
+    process (qlib_crypto/data/warmup.py), beside the data steps; None when they are cached already."""
+    import subprocess
+
+    from ..data.warmup import kernels_cached
+
+    if kernels_cached():
+        return None
+    if not quiet:
+        click.echo("numba's cache is empty (the first run after the install): the feature kernels compile now,")
+        click.echo("beside steps 1-2, once; later runs load them from the cache")
+    return subprocess.Popen(
+        [sys.executable, "-c", WARMUP_CHILD, str(workflow)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 class _QrunChild:
@@ -494,8 +527,10 @@ def command(
         partial.mkdir(parents=True)
         log = open(partial / "demo.log", "w", encoding="utf-8")  # noqa: SIM115  # closed in the finally below
     child: _QrunChild | None = None
+    warmup: Any = None
     try:
         if not skip_research:
+            warmup = _start_warmup(WORKFLOW_60MIN, quiet)  # the first run after an install: compile the kernels
             child = _QrunChild(WORKFLOW_60MIN, stamp, log, quiet)  # imports while the data steps run; waits for go
         t0 = _step(f"1/6 collect: {instruments} synthetic instruments, 1h bars, {start} .. {end} -> {store}", quiet)
         out = _run(
@@ -540,6 +575,8 @@ def command(
             preload = threading.Thread(target=_preimport_later_steps, args=(child.trained,), daemon=True)
             preload.start()
             assert child is not None
+            if warmup is not None:
+                warmup.wait()  # its kernels compiled and cached: qrun loads them instead of compiling them again
             _qrun(child)  # the check (paths, dates, classes and arguments) before training, then qrun
             preload.join()
             _as_if_imported_here()
@@ -639,6 +676,9 @@ def command(
             }
             atomic_write_text(partial / "run.json", json.dumps(manifest, indent=2) + "\n")
     finally:
+        if warmup is not None and warmup.poll() is None:
+            warmup.kill()
+            warmup.wait()
         if child is not None:
             child.close()
         if log is not None:
