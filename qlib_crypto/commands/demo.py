@@ -530,8 +530,9 @@ def command(
     warmup: Any = None
     try:
         if not skip_research:
-            warmup = _start_warmup(WORKFLOW_60MIN, quiet)  # the first run after an install: compile the kernels
+            # the qrun child first: its imports (about 6 s) are what the data steps must not wait for
             child = _QrunChild(WORKFLOW_60MIN, stamp, log, quiet)  # imports while the data steps run; waits for go
+            warmup = _start_warmup(WORKFLOW_60MIN, quiet)  # the first run after an install: compile the kernels
         t0 = _step(f"1/6 collect: {instruments} synthetic instruments, 1h bars, {start} .. {end} -> {store}", quiet)
         out = _run(
             [
