@@ -17,7 +17,7 @@ before training, and our record templates) while a Qlib recorder is active. It
   Qlib's and MLflow's, that ends that run through Qlib (``R.end_exp``) and marks it KILLED in MLflow, with the
   tag ``qlib_crypto.stopped_by`` = ``SIGINT``/``SIGTERM``. A run that finished anyway stays FINISHED.
 
-:func:`call_forwarding_signals` runs a child process (the demo's ``qrun``) and passes SIGINT/SIGTERM on to
+:func:`wait_forwarding_signals` waits for a child process (the demo's ``qrun``) and passes SIGINT/SIGTERM on to
 it, waiting for it to end its run before the parent exits.
 """
 
@@ -271,19 +271,13 @@ def guard_recorder(recorder: Any) -> None:
 # ------------------------------------------------------------------------------------------------------
 # a child process that ends cleanly on SIGINT / SIGTERM
 # ------------------------------------------------------------------------------------------------------
-def call_forwarding_signals(argv: Sequence[str], *, grace: float = 5.0, wait: float = 120.0, **popen: Any) -> int:
-    """``subprocess.call`` for a child that must end its MLflow run on an interrupt (the demo's ``qrun``).
+def wait_forwarding_signals(proc: subprocess.Popen, *, grace: float = 5.0, wait: float = 120.0) -> int:
+    """Wait for ``proc``, a child that must end its MLflow run on an interrupt (the demo's ``qrun``); its exit code.
 
     SIGTERM to this process is passed on to the child at once; SIGINT (which a terminal's Ctrl-C also sends to
     the child, in the same process group) is passed on after ``grace`` seconds if the child still runs. The
-    child then gets up to ``wait`` seconds to finish its cleanup before it is killed; afterwards this process
-    raises ``KeyboardInterrupt`` (SIGINT) or ``SystemExit(143)`` (SIGTERM)."""
-    return wait_forwarding_signals(subprocess.Popen(list(argv), **popen), grace=grace, wait=wait)
-
-
-def wait_forwarding_signals(proc: subprocess.Popen, *, grace: float = 5.0, wait: float = 120.0) -> int:
-    """Wait for a started child as :func:`call_forwarding_signals` does (signals passed on; the child killed if
-    this process fails or the child outlives its grace), and return its exit code."""
+    child then gets up to ``wait`` seconds to finish its cleanup before it is killed (also when this process
+    fails); afterwards this process raises ``KeyboardInterrupt`` (SIGINT) or ``SystemExit(143)`` (SIGTERM)."""
     received: list[int] = []
     previous: dict[int, Any] = {}
 
@@ -338,7 +332,6 @@ def wait_forwarding_signals(proc: subprocess.Popen, *, grace: float = 5.0, wait:
 
 
 __all__ = [
-    "call_forwarding_signals",
     "wait_forwarding_signals",
     "guard_active_run",
     "guard_recorder",

@@ -174,6 +174,21 @@ def test_sigterm_during_training_marks_the_run_killed_and_a_rerun_works(workdir)
     assert [s for s, _ in new.values()] == ["FINISHED"]
 
 
+def start_demo(tmp_path: Path, *args: str) -> subprocess.Popen:
+    """`qlib-crypto demo ARGS` in ``tmp_path`` (the shipped workflows copied there), as from a terminal, leading
+    its own process group; stdout piped, stderr in ``tmp_path/demo.stderr``."""
+    (tmp_path / "workflow_configs").mkdir()
+    for wf in (REPO / "workflow_configs").glob("*.yaml"):
+        (tmp_path / "workflow_configs" / wf.name).write_text(wf.read_text())
+    return subprocess.Popen(
+        [*AS_FROM_A_TERMINAL, sys.executable, "-m", "qlib_crypto", "demo", *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=open(tmp_path / "demo.stderr", "wb"),  # noqa: SIM115 (the child holds it; closed with the test)
+        start_new_session=True,
+    )
+
+
 def _children(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(x) for x in path.read_text().split()] if path.exists() else []
@@ -185,16 +200,7 @@ def test_interrupting_the_demo_during_qrun_marks_the_run_killed(tmp_path, how):
     """`qlib-crypto demo` runs qrun as a child. SIGTERM to the demo is passed on to qrun; a terminal's Ctrl-C
     (SIGINT to the whole process group) reaches both. Either way qrun's run ends KILLED, and the demo exits
     after it (143, or 130 as on any Ctrl-C) leaving no process behind."""
-    (tmp_path / "workflow_configs").mkdir()
-    for wf in (REPO / "workflow_configs").glob("*.yaml"):
-        (tmp_path / "workflow_configs" / wf.name).write_text(wf.read_text())
-    proc = subprocess.Popen(
-        [*AS_FROM_A_TERMINAL, sys.executable, "-m", "qlib_crypto", "demo", "--instruments", "3"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=open(tmp_path / "demo.stderr", "wb"),  # noqa: SIM115 (the child holds it; closed with the test)
-        start_new_session=True,
-    )
+    proc = start_demo(tmp_path, "--instruments", "3")
     children: list[int] = []
     sig = signal.SIGTERM if how == "sigterm-to-demo" else signal.SIGINT
     try:
@@ -233,16 +239,7 @@ def test_interrupting_the_demo_before_training_leaves_nothing_behind(tmp_path, h
     """The demo starts its qrun child before the data steps (the child imports meanwhile, then waits to be told
     to go). Interrupted while it collects, the demo exits (130 on Ctrl-C; SIGTERM's default ends it at once) and
     its waiting child ends too: no process is left and no MLflow run was started."""
-    (tmp_path / "workflow_configs").mkdir()
-    for wf in (REPO / "workflow_configs").glob("*.yaml"):
-        (tmp_path / "workflow_configs" / wf.name).write_text(wf.read_text())
-    proc = subprocess.Popen(  # 200 instruments: a collect step of several seconds
-        [*AS_FROM_A_TERMINAL, sys.executable, "-m", "qlib_crypto", "demo", "--instruments", "200"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=open(tmp_path / "demo.stderr", "wb"),  # noqa: SIM115 (the child holds it; closed with the test)
-        start_new_session=True,
-    )
+    proc = start_demo(tmp_path, "--instruments", "200")  # 200 instruments: a collect step of several seconds
     children: list[int] = []
     try:
         fd, seen, deadline = proc.stdout.fileno(), b"", time.monotonic() + 120

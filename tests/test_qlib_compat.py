@@ -331,10 +331,32 @@ def test_no_private_qlib_hook_is_overridden():
     assert "_del_stock" not in CryptoPosition.__dict__ and "_init_stock" not in CryptoPosition.__dict__
 
 
+def scripted_backtest(script: dict, executor: CryptoExecutor, idx: pd.DatetimeIndex, codes: list[str]):
+    """Qlib's ``backtest`` of ``script`` (``scripted_strategy``) from ``idx[1]`` to ``idx[4]`` through ``executor``,
+    a ``CryptoExchange`` on ``codes`` and ``CryptoPosition``, 1,000 of cash, a flat benchmark."""
+    from qlib.backtest import backtest
+
+    return backtest(
+        idx[1],
+        idx[4],
+        strategy=scripted_strategy(script),
+        executor=executor,
+        benchmark=pd.Series(0.0, index=idx),
+        account=1000.0,
+        exchange_kwargs={
+            "exchange": {
+                "class": "CryptoExchange",
+                "module_path": "qlib_crypto.backtest",
+                "kwargs": {"freq": "60min", "codes": codes, "start_time": idx[1], "end_time": idx[4]},
+            }
+        },
+        pos_type="qlib_crypto.backtest.CryptoPosition",
+    )
+
+
 def test_executor_extends_qlibs_step_through_super(monkeypatch):
     """Each step runs Qlib's own ``SimulatorExecutor._collect_data`` (the order loop), with funding before and
     the liquidation check after it; fills and order reports come from the executor's API."""
-    from qlib.backtest import backtest
 
     use_provider("compat", BARS)
     calls = []
@@ -347,22 +369,7 @@ def test_executor_extends_qlibs_step_through_super(monkeypatch):
     monkeypatch.setattr(SimulatorExecutor, "_collect_data", counting)
     ex = CryptoExecutor(time_per_step="60min", generate_portfolio_metrics=True, max_leverage=None)
     script = {IDX[1]: [("AAA-USDT", "buy", 3.0)], IDX[3]: [("AAA-USDT", "sell", 3.0), ("BBB-USDT-SWAP", "sell", 1.0)]}
-    pm, _ = backtest(
-        IDX[1],
-        IDX[4],
-        strategy=scripted_strategy(script),
-        executor=ex,
-        benchmark=pd.Series(0.0, index=IDX),
-        account=1000.0,
-        exchange_kwargs={
-            "exchange": {
-                "class": "CryptoExchange",
-                "module_path": "qlib_crypto.backtest",
-                "kwargs": {"freq": "60min", "codes": list(BARS), "start_time": IDX[1], "end_time": IDX[4]},
-            }
-        },
-        pos_type="qlib_crypto.backtest.CryptoPosition",
-    )
+    pm, _ = scripted_backtest(script, ex, IDX, list(BARS))
     assert calls == [1, 0, 2, 0]  # once per step, with that step's orders
     report, _ = pm["60min"]
     assert report.attrs == {}
@@ -442,7 +449,6 @@ def test_order_loop_day_cache_gives_qlibs_deal_days(monkeypatch):
     """Through a backtest over a day boundary, Qlib's order loop gets pandas' day of each step (a real
     ``Timestamp``) and resets ``dealt_order_amount`` on the new day; outside the loop the calendar's times are
     the plain timestamps."""
-    from qlib.backtest import backtest
 
     idx = pd.date_range("2024-01-01 21:00", periods=6, freq="h")
     bars = {name: frame.set_axis(idx) for name, frame in BARS.items()}
@@ -461,22 +467,7 @@ def test_order_loop_day_cache_gives_qlibs_deal_days(monkeypatch):
     monkeypatch.setattr(SimulatorExecutor, "_collect_data", recording)
     ex = CryptoExecutor(time_per_step="60min", generate_portfolio_metrics=True, max_leverage=None)
     script = {t: [("AAA-USDT", "buy", 1.0)] for t in idx[1:5]}
-    backtest(
-        idx[1],
-        idx[4],
-        strategy=scripted_strategy(script),
-        executor=ex,
-        benchmark=pd.Series(0.0, index=idx),
-        account=1000.0,
-        exchange_kwargs={
-            "exchange": {
-                "class": "CryptoExchange",
-                "module_path": "qlib_crypto.backtest",
-                "kwargs": {"freq": "60min", "codes": list(bars), "start_time": idx[1], "end_time": idx[4]},
-            }
-        },
-        pos_type="qlib_crypto.backtest.CryptoPosition",
-    )
+    scripted_backtest(script, ex, idx, list(bars))
     steps = [seen[i : i + 2] for i in range(0, len(seen), 2)]
     assert len(steps) == 4
     per_day: dict = {}

@@ -52,12 +52,17 @@ def _show(text: str, quiet: bool, keep: Callable[[str], bool]) -> None:
 def _run(argv: list[str], log: TextIO | None = None) -> str:
     """Run one qlib-crypto command in-process; its stdout goes to ``log`` (the run's demo.log) and is returned
     (the step prints a digest). A non-zero exit stops the demo, with the command's output shown."""
+    return _finish_run(argv, *_call(_with_verbose(argv)), log)
+
+
+def _call(argv: list[str]) -> tuple[int, str]:
+    """``qlib-crypto ARGV`` in this process: its exit code and what it printed on stdout."""
     from ..cli import main
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        code = main(_with_verbose(argv))
-    return _finish_run(argv, code, buf.getvalue(), log)
+        code = main(argv)
+    return code, buf.getvalue()
 
 
 def _with_verbose(argv: list[str]) -> list[str]:
@@ -108,13 +113,9 @@ class _Forked:
             _die_with_parent(parent)
             code = 1
             try:
-                from ..cli import main
-
-                buf = io.StringIO()
-                with contextlib.redirect_stdout(buf):
-                    code = main(self.argv)
+                code, text = _call(self.argv)
                 with os.fdopen(write_fd, "wb") as fh:
-                    fh.write(buf.getvalue().encode("utf-8"))
+                    fh.write(text.encode("utf-8"))
             except KeyboardInterrupt:
                 code = 130
             except BaseException:  # noqa: BLE001 (reported; the parent sees the exit code)
@@ -130,12 +131,7 @@ class _Forked:
     def wait(self) -> tuple[int, str]:
         """Its exit code and its stdout, once it has finished."""
         if not self.pid:  # no fork here: run it now
-            from ..cli import main
-
-            buf = io.StringIO()
-            with contextlib.redirect_stdout(buf):
-                code = main(self.argv)
-            return code, buf.getvalue()
+            return _call(self.argv)
         with os.fdopen(self.fd, "rb") as fh:
             self.fd = -1
             data = fh.read()
@@ -243,7 +239,6 @@ class _QrunChild:
 
     def __init__(self, workflow: Path, stamp: str, log: TextIO | None, quiet: bool) -> None:
         import subprocess
-        import threading
 
         self.workflow, self.log, self.quiet = workflow, log, quiet
         self.checked = threading.Event()  # the child printed demo_qrun.CHECK_OK

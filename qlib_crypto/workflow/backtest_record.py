@@ -102,14 +102,14 @@ class BacktestRun:
 
     def metrics(self) -> dict[str, Any]:
         """``report().metrics`` without building the rest of the report (a cost sweep's row)."""
-        events = self.funding_events
         return report_metrics(
-            self.report_df,
-            self.fills,
-            freq=self.freq,
-            initial_equity=self.initial_equity,
-            funding=events if events is not None and len(events) else self.funding_received,
+            self.report_df, self.fills, freq=self.freq, initial_equity=self.initial_equity, funding=self._funding()
         ).metrics
+
+    def _funding(self) -> Any:
+        """What the report reads as funding: the executor's events when there were any, else the total received."""
+        events = self.funding_events
+        return events if events is not None and len(events) else self.funding_received
 
     def report(self, info: Mapping[str, Any] | None = None) -> BacktestReport:
         """The :class:`~qlib_crypto.workflow.backtest_report.BacktestReport` of this run."""
@@ -119,13 +119,12 @@ class BacktestRun:
         extra["n_liquidations"] = int(len(self.liquidations)) if self.liquidations is not None else 0
         if self.order_reports is not None and len(self.order_reports):
             extra["orders_not_fully_filled"] = int((self.order_reports["status"] != "filled").sum())
-        events = self.funding_events
         return build_report(
             self.report_df,
             self.fills,
             freq=self.freq,
             initial_equity=self.initial_equity,
-            funding=events if events is not None and len(events) else self.funding_received,
+            funding=self._funding(),
             order_reports=self.order_reports,
             positions=self.positions,
             info=extra,
