@@ -24,7 +24,7 @@ from qlib_crypto.errors import StoreError
 from qlib_crypto.store import read_bars, store_lock, validate_store, write_bars
 from qlib_crypto.store.lock import LOCK_FILE
 
-TRIALS = 10
+TRIALS = 4  # scripts/chaos_store.py runs more (--trials)
 
 
 # --- 1. one writer at a time -----------------------------------------------------------------------------
