@@ -26,7 +26,6 @@ workflow in-process, after :func:`install`, so it is quiet throughout.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.abc
 import io
@@ -127,6 +126,34 @@ def _drop_lines(text: str, patterns: tuple[str, ...]) -> str:
     return "".join(kept) if len(kept) == len(lines) else "".join(k for k in kept if k.strip())
 
 
+class _ThreadCapture:
+    """Stands in for ``sys.stdout``/``sys.stderr`` while one thread imports a noisy module: that thread's writes
+    go to a buffer, every other thread's to the real stream. (A plain ``redirect_stdout`` is process-wide: a
+    module imported in a background thread, such as the demo's preload, would capture, and could lose, what the
+    main thread prints meanwhile.) After :meth:`release` everything goes to the real stream."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream, self._thread, self.buffer = stream, threading.get_ident(), io.StringIO()
+
+    def _target(self) -> Any:
+        return self.buffer if threading.get_ident() == self._thread else self._stream
+
+    def write(self, text: str) -> int:
+        return self._target().write(text)
+
+    def writelines(self, lines: Any) -> None:
+        self._target().writelines(lines)
+
+    def flush(self) -> None:
+        self._target().flush()
+
+    def release(self) -> None:
+        self._thread = None  # no thread's writes are captured any more
+
+    def __getattr__(self, name: str) -> Any:  # encoding, isatty, fileno, buffer... of the real stream
+        return getattr(self._stream, name)
+
+
 class _QuietLoader(importlib.abc.Loader):
     """Runs the real loader of a noisy module with its prints captured; passes on every line that is not noise."""
 
@@ -137,15 +164,18 @@ class _QuietLoader(importlib.abc.Loader):
         return self._loader.create_module(spec)
 
     def exec_module(self, module: Any) -> None:
-        buf = io.StringIO()
-        redirect = contextlib.redirect_stderr if self._stream == "stderr" else contextlib.redirect_stdout
+        real = getattr(sys, self._stream)
+        capture = _ThreadCapture(real)
+        setattr(sys, self._stream, capture)
         try:
-            with redirect(buf):
-                self._loader.exec_module(module)
+            self._loader.exec_module(module)
         finally:
-            rest = _drop_lines(buf.getvalue(), self._patterns)
+            capture.release()
+            if getattr(sys, self._stream) is capture:  # not replaced meanwhile by another thread's redirect
+                setattr(sys, self._stream, real)
+            rest = _drop_lines(capture.buffer.getvalue(), self._patterns)
             if rest:
-                getattr(sys, self._stream).write(rest)
+                real.write(rest)
 
     def __getattr__(self, name: str) -> Any:  # get_resource_reader, is_package... of the real loader
         return getattr(self._loader, name)

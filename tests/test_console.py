@@ -8,6 +8,7 @@ import logging
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -296,3 +297,51 @@ def test_import_hook_passes_other_lines(capsys):
     )
     assert _drop_lines(text, patterns) == "something the user must see\n"
     assert _drop_lines("nothing to drop\n\nkept\n", patterns) == "nothing to drop\n\nkept\n"
+
+
+def test_a_noisy_import_in_a_thread_captures_only_that_threads_output(tmp_path):
+    """The import hook captures what the importing thread prints, not what other threads print meanwhile (the
+    demo imports Qlib in a background thread while its main thread reports): their lines reach the real stream
+    at once, and the stream is the real one again afterwards."""
+    (tmp_path / "slow_noisy.py").write_text(
+        "import _sync\n"
+        "print('ModuleNotFoundError. SlowModel is skipped (noise)')\n"
+        "print('a line of the import the user must see')\n"
+        "_sync.importing.set()\n"
+        "assert _sync.main_printed.wait(20)\n"
+    )
+    code = textwrap.dedent(
+        f"""
+        import sys, threading, types
+        sys.path.insert(0, {str(tmp_path)!r})
+        from qlib_crypto import _quiet
+        _quiet.PRINT_NOISE["slow_noisy"] = ("stdout", (r"^ModuleNotFoundError\\.\\s+.*skipped",))
+        _quiet.install()
+
+        class Recorder:
+            def __init__(self): self.lines = []
+            def write(self, text): self.lines.append(text); return len(text)
+            def flush(self): pass
+
+        real = Recorder()
+        sys.stdout = real
+        sync = sys.modules["_sync"] = types.ModuleType("_sync")
+        sync.importing, sync.main_printed = threading.Event(), threading.Event()
+        worker = threading.Thread(target=__import__, args=("slow_noisy",))
+        worker.start()
+        assert sync.importing.wait(20)
+        print("main thread, during the import")
+        seen_during = list(real.lines)
+        sync.main_printed.set()
+        worker.join(20)
+        restored = sys.stdout is real
+        sys.stdout = sys.__stdout__
+        print(repr((seen_during, real.lines, restored)))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    seen_during, lines, restored = eval(proc.stdout.strip().splitlines()[-1])  # noqa: S307 (our own repr)
+    assert "".join(seen_during) == "main thread, during the import\n"
+    assert "".join(lines) == "main thread, during the import\na line of the import the user must see\n"
+    assert restored

@@ -180,10 +180,9 @@ def _tracking_uri(workflow: Path) -> str:
 
 #: qrun's own lines the demo shows while it trains (LightGBM's evaluation every 20 rounds, early stopping)
 QRUN_SHOWN = re.compile(r"^(\[\d+\]\s|Training until |Early stopping|Did not meet early stopping)")
-#: LightGBM's last training line: what follows in qrun (the records) runs on one core
-TRAINED = re.compile(r"^(Early stopping|Did not meet early stopping)")
+
 #: the child (qlib_crypto/commands/demo_qrun.py): our quiet console installed before Qlib's first import, then
-#: Qlib's qrun entry point once the demo says go
+#: Qlib's qrun entry point once the demo says go (the process then ends without the interpreter's teardown)
 QRUN_CHILD = (
     "import sys\n"
     "try:\n"
@@ -191,7 +190,8 @@ QRUN_CHILD = (
     "    from qlib_crypto.commands.demo_qrun import main\n"
     "except KeyboardInterrupt:\n"
     "    raise SystemExit(130)\n"
-    "sys.argv[0] = 'qrun'; raise SystemExit(main(sys.argv[1:]))"
+    "from qlib_crypto._exit import exit_now\n"
+    "sys.argv[0] = 'qrun'; exit_now(main(sys.argv[1:]))"
 )
 
 
@@ -242,7 +242,6 @@ class _QrunChild:
 
         self.workflow, self.log, self.quiet = workflow, log, quiet
         self.checked = threading.Event()  # the child printed demo_qrun.CHECK_OK
-        self.trained = threading.Event()  # LightGBM said it stopped (the records follow), or the child ended
         self.started = threading.Event()  # go was sent: from then on the child's lines go to the log at once
         self.held: list[str] = []  # the child's lines before go, and the check's (shown when the check fails)
         self._lock = threading.Lock()
@@ -278,10 +277,7 @@ class _QrunChild:
                     self.log.write(line)
             if self.checked.is_set() and not self.quiet and QRUN_SHOWN.match(line):
                 click.echo("   " + line.rstrip("\n"))
-            if TRAINED.match(line):
-                self.trained.set()
         stream.close()
-        self.trained.set()
 
     def go(self) -> int:
         """Let the child check the workflow and run it; wait for it (signals passed on). Its exit code."""
@@ -362,7 +358,7 @@ LATER_MODULES = (
 
 def _preimport_later_steps(start: threading.Event) -> None:
     """Import the modules of steps 4-6 (predict, backtest, sweep) ahead of them; nothing else. Waits for
-    ``start``: LightGBM's training uses both cores, qrun's records after it one."""
+    ``start`` (go sent to the qrun child): until LightGBM trains on both cores, the child uses one."""
     import importlib
 
     start.wait()
@@ -567,8 +563,9 @@ def command(
         if not skip_research:
             t0 = _step(f"3/6 qrun {WORKFLOW_60MIN} (features, LightGBM, IC, backtest; recorded in ./mlruns)", quiet)
             uri = _tracking_uri(WORKFLOW_60MIN)
-            # while the child writes its records, this process imports what steps 4-6 need (MLflow, Qlib...)
-            preload = threading.Thread(target=_preimport_later_steps, args=(child.trained,), daemon=True)
+            # while the child checks the workflow and computes the features (one core), this process imports
+            # what steps 4-6 need (MLflow, Qlib...: about 4 s) on the other
+            preload = threading.Thread(target=_preimport_later_steps, args=(child.started,), daemon=True)
             preload.start()
             assert child is not None
             if warmup is not None:
