@@ -271,67 +271,96 @@ def guard_recorder(recorder: Any) -> None:
 # ------------------------------------------------------------------------------------------------------
 # a child process that ends cleanly on SIGINT / SIGTERM
 # ------------------------------------------------------------------------------------------------------
-def wait_forwarding_signals(proc: subprocess.Popen, *, grace: float = 5.0, wait: float = 120.0) -> int:
-    """Wait for ``proc``, a child that must end its MLflow run on an interrupt (the demo's ``qrun``); its exit code.
+class SignalForwarder:
+    """While this process waits for, or works beside, ``proc`` (a child that must end its MLflow run on an
+    interrupt: the demo's ``qrun``), SIGINT and SIGTERM to this process are noted and passed on to the child.
 
-    SIGTERM to this process is passed on to the child at once; SIGINT (which a terminal's Ctrl-C also sends to
-    the child, in the same process group) is passed on after ``grace`` seconds if the child still runs. The
-    child then gets up to ``wait`` seconds to finish its cleanup before it is killed (also when this process
-    fails); afterwards this process raises ``KeyboardInterrupt`` (SIGINT) or ``SystemExit(143)`` (SIGTERM)."""
-    received: list[int] = []
-    previous: dict[int, Any] = {}
+    SIGTERM is passed on at once; SIGINT (which a terminal's Ctrl-C also sends to the child, in the same process
+    group) after ``grace`` seconds if the child still runs. The child then gets up to ``wait`` seconds to finish
+    its cleanup before it is killed. Nothing is raised in the middle of this process's work: work done beside
+    the child checks :attr:`received` between its steps. On leaving the ``with`` block the child is waited for
+    (on an exception of our own it is sent SIGTERM first: its run ends KILLED, never RUNNING), the handlers are
+    restored, and a received signal is raised: ``KeyboardInterrupt`` (SIGINT) or ``SystemExit(143)`` (SIGTERM).
+    """
 
-    def note(signum: int, frame: Any) -> None:
-        received.append(signum)
+    def __init__(self, proc: subprocess.Popen, *, grace: float = 5.0, wait: float = 120.0) -> None:
+        self.proc, self.grace, self.wait_limit = proc, grace, wait
+        self.received: list[int] = []
+        self._first: float | None = None
+        self._forwarded_int = False
+        self._previous: dict[int, Any] = {}
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.received.append(signum)
+        if self._first is None:
+            self._first = time.monotonic()
         if signum != signal.SIGINT:
-            try:
-                proc.send_signal(signum)
-            except ProcessLookupError:
-                pass
+            self._send(signum)
 
-    main = threading.current_thread() is threading.main_thread()
-    if main:
-        for name in SIGNALS:
-            signum = getattr(signal, name)
-            if signal.getsignal(signum) is not signal.SIG_IGN:
-                previous[signum] = signal.signal(signum, note)
-    try:
-        forwarded_int = False
-        first = None
+    def _send(self, signum: int) -> None:
+        try:
+            self.proc.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> SignalForwarder:
+        if threading.current_thread() is threading.main_thread():
+            for name in SIGNALS:
+                signum = getattr(signal, name)
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._note)
+        return self
+
+    def wait(self, until: threading.Event | None = None) -> int | None:
+        """The child's exit code once it has ended; or None as soon as ``until`` is set (no signal received)."""
         while True:
             try:
-                code = proc.wait(timeout=0.2)
-                break
+                return int(self.proc.wait(timeout=0.2))
             except subprocess.TimeoutExpired:
                 pass
-            if received and first is None:
-                first = time.monotonic()
-            if first is not None:
-                waited = time.monotonic() - first
-                if signal.SIGINT in received and not forwarded_int and waited > grace:
-                    forwarded_int = True
-                    try:
-                        proc.send_signal(signal.SIGINT)
-                    except ProcessLookupError:
-                        pass
-                if waited > grace + wait:
-                    proc.kill()
-                    code = proc.wait()
-                    break
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if proc.poll() is None:  # an exception of our own: never leave the child behind
-            proc.kill()
-            proc.wait()
-    if received:
-        if received[0] == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise SystemExit(128 + received[0])
-    return int(code)
+            if self._first is None:
+                if until is not None and until.is_set():
+                    return None
+                continue
+            waited = time.monotonic() - self._first
+            if signal.SIGINT in self.received and not self._forwarded_int and waited > self.grace:
+                self._forwarded_int = True
+                self._send(signal.SIGINT)
+            if waited > self.grace + self.wait_limit:
+                self.proc.kill()
+                return int(self.proc.wait())
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if self.proc.poll() is None:
+                if exc_type is not None and not self.received:  # an error of our own: the child's run ends KILLED
+                    self._note(signal.SIGTERM, None)
+                    self.received.clear()
+                self.wait()
+        finally:
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
+            if self.proc.poll() is None:  # never leave the child behind
+                self.proc.kill()
+                self.proc.wait()
+        if self.received and exc_type is None:
+            if self.received[0] == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + self.received[0])
+
+
+def wait_forwarding_signals(proc: subprocess.Popen, *, grace: float = 5.0, wait: float = 120.0) -> int:
+    """Wait for ``proc``, a child that must end its MLflow run on an interrupt (the demo's ``qrun``); its exit code.
+    Signals as in :class:`SignalForwarder`: afterwards this process raises ``KeyboardInterrupt`` (SIGINT) or
+    ``SystemExit(143)`` (SIGTERM)."""
+    with SignalForwarder(proc, grace=grace, wait=wait) as forwarder:
+        code = forwarder.wait()
+    assert code is not None
+    return code
 
 
 __all__ = [
+    "SignalForwarder",
     "wait_forwarding_signals",
     "guard_active_run",
     "guard_recorder",

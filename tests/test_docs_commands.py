@@ -735,6 +735,10 @@ def _entry_point(name: str):
     from importlib.metadata import entry_points
 
     (ep,) = [ep for ep in entry_points(group="console_scripts") if ep.name == name]
+    if ep.value == "qlib_crypto.cli:console_main":  # main(), then the process ends (qlib_crypto/_exit.py): this
+        from qlib_crypto.cli import main  # helper goes on, so it calls main() and keeps the exit code
+
+        return main
     return ep.load()
 
 

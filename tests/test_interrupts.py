@@ -174,18 +174,20 @@ def test_sigterm_during_training_marks_the_run_killed_and_a_rerun_works(workdir)
     assert [s for s, _ in new.values()] == ["FINISHED"]
 
 
-def start_demo(tmp_path: Path, *args: str) -> subprocess.Popen:
-    """`qlib-crypto demo ARGS` in ``tmp_path`` (the shipped workflows copied there), as from a terminal, leading
-    its own process group; stdout piped, stderr in ``tmp_path/demo.stderr``."""
-    (tmp_path / "workflow_configs").mkdir()
+def start_demo(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """`qlib-crypto demo ARGS` in ``tmp_path`` (the shipped workflows copied there unless already there), as from
+    a terminal, leading its own process group; stdout piped, stderr in ``tmp_path/demo.stderr``."""
+    (tmp_path / "workflow_configs").mkdir(exist_ok=True)
     for wf in (REPO / "workflow_configs").glob("*.yaml"):
-        (tmp_path / "workflow_configs" / wf.name).write_text(wf.read_text())
+        if not (tmp_path / "workflow_configs" / wf.name).exists():
+            (tmp_path / "workflow_configs" / wf.name).write_text(wf.read_text())
     return subprocess.Popen(
         [*AS_FROM_A_TERMINAL, sys.executable, "-m", "qlib_crypto", "demo", *args],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=open(tmp_path / "demo.stderr", "wb"),  # noqa: SIM115 (the child holds it; closed with the test)
         start_new_session=True,
+        env=env,
     )
 
 
@@ -277,3 +279,54 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0].lower()
     except (OSError, IndexError):
         return "gone"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads child processes from /proc (Linux)")
+@pytest.mark.parametrize("how", ["sigterm-to-demo", "ctrl-c-to-group"])
+def test_interrupting_the_demo_beside_qruns_records_marks_the_run_killed(tmp_path, how):
+    """Once qrun has saved the model, the demo predicts, backtests and starts the sweep (a fork) while qrun
+    writes its other records. Interrupted then (here qrun's next record takes minutes: tests/_slow_record.py),
+    the demo passes the signal on, stops after its current step, ends the sweep, waits for qrun to end its run
+    KILLED, and exits 143 or 130, leaving no process behind and no complete report set."""
+    wf = REPO / "workflow_configs" / "workflow_config_lightgbm_crypto_60min.yaml"
+    conf = yaml.safe_load(wf.read_text())
+    records = conf["task"]["record"]
+    at = [r["class"] for r in records].index("ModelArtifactRecord") + 1
+    records.insert(at, {"class": "SlowRecord", "module_path": "_slow_record", "kwargs": {"seconds": 600}})
+    (tmp_path / "workflow_configs").mkdir()
+    (tmp_path / "workflow_configs" / wf.name).write_text(yaml.safe_dump(conf, sort_keys=False))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    proc = start_demo(tmp_path, "--instruments", "3", env=env)
+    sig = signal.SIGTERM if how == "sigterm-to-demo" else signal.SIGINT
+    pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 400
+        while not list((tmp_path / "reports").glob("*.partial/signals_60min.parquet")):  # predict is done
+            assert proc.poll() is None, f"the demo ended early:{tail(tmp_path / 'demo.stderr')}"
+            assert time.monotonic() < deadline, "predict did not run beside qrun's records"
+            time.sleep(0.05)
+        while len(children := _children(proc.pid)) < 2:  # the sweep is forked right after predict
+            assert time.monotonic() < deadline, "qrun and the forked sweep should be running"
+            time.sleep(0.01)
+        pids = [*children, *(g for c in children for g in _children(c))]
+        if how == "sigterm-to-demo":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)  # the demo leads its own process group here
+        code = drain_until_exit(proc, timeout=180)
+        alive = [pid for pid in pids if Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid)]
+    finally:
+        for pid in [proc.pid, *pids]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+    assert code == (128 + signal.SIGTERM if sig == signal.SIGTERM else 130), tail(tmp_path / "demo.stderr")
+    assert alive == []
+    runs = statuses(tmp_path / "mlruns")
+    assert [s for s, _ in runs.values()] == ["KILLED"], runs
+    assert [t.get("qlib_crypto.stopped_by") for _, t in runs.values()] == [sig.name]
+    reports = tmp_path / "reports"
+    assert not (reports / "latest").exists()
+    assert [p.name.endswith(".partial") for p in reports.iterdir()] == [True]

@@ -110,6 +110,7 @@ class _Forked:
         pid = os.fork()
         if pid == 0:  # the child: never returns
             os.close(read_fd)
+            _default_signals()  # not the parent's handlers (the demo's SignalForwarder): stop() ends it
             _die_with_parent(parent)
             code = 1
             try:
@@ -151,6 +152,15 @@ class _Forked:
                 os.kill(self.pid, signal.SIGTERM)
             os.waitpid(self.pid, 0)
             self.pid = 0
+
+
+def _default_signals() -> None:
+    """In a forked child: SIGTERM ends it, SIGINT raises KeyboardInterrupt (unless ignored, as in the parent)."""
+    import signal
+
+    for signum, handler in ((signal.SIGTERM, signal.SIG_DFL), (signal.SIGINT, signal.default_int_handler)):
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, handler)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -242,6 +252,9 @@ class _QrunChild:
 
         self.workflow, self.log, self.quiet = workflow, log, quiet
         self.checked = threading.Event()  # the child printed demo_qrun.CHECK_OK
+        self.saved = threading.Event()  # the child printed demo_qrun.MODEL_SAVED (or ended)
+        self.model_run: str | None = None  # the MLflow run id it printed with MODEL_SAVED
+        self.ended_at: float | None = None  # perf_counter() when its output ended
         self.started = threading.Event()  # go was sent: from then on the child's lines go to the log at once
         self.held: list[str] = []  # the child's lines before go, and the check's (shown when the check fails)
         self._lock = threading.Lock()
@@ -264,7 +277,7 @@ class _QrunChild:
         self.reader.start()
 
     def _tee(self, stream: Any) -> None:
-        from .demo_qrun import CHECK_OK
+        from .demo_qrun import CHECK_OK, MODEL_SAVED
 
         for line in stream:
             with self._lock:
@@ -273,15 +286,20 @@ class _QrunChild:
                 if line.rstrip("\n") == CHECK_OK:
                     self.checked.set()
                     continue
+                if line.startswith(MODEL_SAVED + " "):
+                    self.model_run = line[len(MODEL_SAVED) :].strip()
+                    self.saved.set()
+                    continue
                 if self.started.is_set() and self.log is not None:
                     self.log.write(line)
             if self.checked.is_set() and not self.quiet and QRUN_SHOWN.match(line):
                 click.echo("   " + line.rstrip("\n"))
         stream.close()
+        self.ended_at = time.perf_counter()  # end of its output: the child has exited (or is about to)
+        self.saved.set()  # the child ended: nobody waits for a model any more
 
-    def go(self) -> int:
-        """Let the child check the workflow and run it; wait for it (signals passed on). Its exit code."""
-        from .._run_guard import wait_forwarding_signals
+    def go(self) -> None:
+        """Let the child check the workflow and run it (the caller then waits, passing signals on)."""
         from .demo_qrun import GO
 
         with self._lock:
@@ -296,11 +314,13 @@ class _QrunChild:
             self.proc.stdin.close()
         except BrokenPipeError:
             pass  # the child has already ended: its exit code says why
-        code = wait_forwarding_signals(self.proc)
+
+    def ended(self) -> None:
+        """After the child's exit: its output read to the end and logged."""
         self.reader.join(timeout=30)
-        if self.log is not None:
-            self.log.flush()
-        return code
+        with self._lock:
+            if self.log is not None:
+                self.log.flush()
 
     def close(self) -> None:
         """Never leave the child behind: without go it ends on end of file; if it lingers, it is killed."""
@@ -317,11 +337,10 @@ class _QrunChild:
         self.reader.join(timeout=5)
 
 
-def _qrun(child: _QrunChild) -> None:
-    """Check and train (``qlib-crypto check WORKFLOW && qrun WORKFLOW``) in the waiting child."""
+def _check_qrun(child: _QrunChild, code: int) -> None:
+    """Raise (with what the child printed) unless the child's check and qrun succeeded (exit code 0)."""
     from ..errors import QlibCryptoError
 
-    code = child.go()
     if code == 0:
         return
     workflow = child.workflow
@@ -378,6 +397,122 @@ def _as_if_imported_here() -> None:
         import numpy as np
 
         np.seterr(invalid="ignore")
+
+
+class _LaterSteps:
+    """Steps 4-6 for the model of one MLflow run: predict (signals of the test quarter), the backtest of those
+    signals, and the cost sweep (in a forked copy of this process, beside the backtest).
+
+    :meth:`run` runs them while qrun still writes its records (after its ``ModelArtifactRecord`` saved the
+    model), keeping each command's output; :meth:`show` then prints and logs each step in order, running what
+    has not run yet (all of it when the workflow saves no model artifact before its other records)."""
+
+    def __init__(self, uri: str, qlib_60: Path, qlib_day: Path, partial: Path, log: TextIO | None) -> None:
+        self.uri, self.qlib_60, self.qlib_day, self.partial, self.log = uri, qlib_60, qlib_day, partial, log
+        self.run_dir = partial.with_name(partial.name[: -len(".partial")])
+        self.model_run: str | None = None  # the run whose model steps 4-6 ran with, ahead of step 3's end
+        self.results: dict[str, tuple[int, str, float]] = {}  # step -> exit code, stdout, seconds
+        self.sweep: _Forked | None = None
+        self.t_sweep = 0.0
+
+    def argv(self, step: str, rid: str) -> list[str]:
+        signals = str(self.partial / "signals_60min.parquet")
+        if step == "predict":
+            return [
+                "predict",
+                "--experiment",
+                EXPERIMENT_60MIN,
+                "--run-id",
+                rid,
+                "--tracking-uri",
+                self.uri,
+                "--provider-dir",
+                f"60min={self.qlib_60}",
+                "--provider-dir",
+                f"day={self.qlib_day}",
+                "--freq",
+                "60min",
+                "--start",
+                TEST_START,
+                "--end",
+                TEST_END,
+                "--out",
+                signals,
+            ]
+        # the backtest and the sweep read the same signals, provider and test period, for the same model run
+        same = ["--signals", signals, "--provider-dir", str(self.qlib_60), "--freq", "60min"]
+        same += ["--start", TEST_START, "--end", TEST_END, "--model-run", rid]
+        if step == "backtest":
+            return ["backtest", *same, "--slippage-bps", "2", "--out", str(self.partial / "backtest_60min")]
+        return [
+            "sweep",
+            *same,
+            "--fee-multipliers",
+            "0,1",
+            "--slippage-bps",
+            "0,2",
+            "--out",
+            str(self.partial / "sweep_60min"),
+        ]
+
+    def _call(self, step: str, rid: str) -> int:
+        t0 = time.perf_counter()
+        code, text = _call(_with_verbose(self.argv(step, rid)))
+        self.results[step] = (code, text, time.perf_counter() - t0)
+        return code
+
+    def _start_sweep(self, rid: str) -> None:
+        self.t_sweep = time.perf_counter()
+        self.sweep = _Forked(self.argv("sweep", rid))
+
+    def run(self, rid: str, stop: Callable[[], bool]) -> None:
+        """Predict, then start the sweep and backtest, for run ``rid``; stops after a failed step, or when
+        ``stop()`` (an interrupt was received) says so."""
+        self.model_run = rid
+        if self._call("predict", rid) != 0 or stop():
+            return
+        self._start_sweep(rid)
+        if not stop():
+            self._call("backtest", rid)
+
+    def _shown(self, step: str, rid: str, quiet: bool, keep: Callable[[str], bool], times: dict) -> None:
+        if step not in self.results:
+            self._call(step, rid)
+        code, text, seconds = self.results[step]
+        _show(_finish_run(self.argv(step, rid), code, text, self.log), quiet, keep)
+        times[step] = seconds
+        if not quiet:
+            click.echo(f"   done in {seconds:.1f} s")
+
+    def show(self, rid: str, quiet: bool, times: dict[str, float]) -> None:
+        """Print steps 4-6 (running what has not run), log each command's output; raise on a failed step."""
+        ahead = " (started while qrun wrote its records)" if "predict" in self.results else ""
+        signals = self.run_dir / "signals_60min.parquet"
+        _step(f"4/6 predict: test-period signals from run {rid} -> {signals}{ahead}", quiet)
+        self._shown("predict", rid, quiet, lambda line: line.startswith("wrote "), times)
+        if self.sweep is None:
+            self._start_sweep(rid)
+        _step(
+            "5/6 backtest: the signals with CryptoExchange + CryptoExecutor -> "
+            f"{self.run_dir / 'backtest_60min'}{ahead}",
+            quiet,
+        )
+        self._shown("backtest", rid, quiet, lambda line: line.startswith(("backtest ", "{")), times)
+        _step(
+            f"6/6 sweep: the same backtest over fee and slippage levels -> {self.run_dir / 'sweep_60min'} "
+            "(started with step 5)",
+            quiet,
+        )
+        assert self.sweep is not None
+        out = _finish_run(self.argv("sweep", rid), *self.sweep.wait(), self.log)
+        _show(out, quiet, lambda line: line.startswith("["))
+        times["sweep"] = time.perf_counter() - self.t_sweep
+        _done(self.t_sweep, quiet)
+
+    def stop(self) -> None:
+        """End the forked sweep if it still runs (the demo failed or was interrupted)."""
+        if self.sweep is not None:
+            self.sweep.stop()
 
 
 def _find_run(uri: str, experiment: str, stamp: str) -> Any:
@@ -561,96 +696,62 @@ def command(
         _done(t0, quiet)
 
         if not skip_research:
+            assert child is not None
             t0 = _step(f"3/6 qrun {WORKFLOW_60MIN} (features, LightGBM, IC, backtest; recorded in ./mlruns)", quiet)
             uri = _tracking_uri(WORKFLOW_60MIN)
             # while the child checks the workflow and computes the features (one core), this process imports
             # what steps 4-6 need (MLflow, Qlib...: about 4 s) on the other
             preload = threading.Thread(target=_preimport_later_steps, args=(child.started,), daemon=True)
             preload.start()
-            assert child is not None
             if warmup is not None:
                 warmup.wait()  # its kernels compiled and cached: qrun loads them instead of compiling them again
-            _qrun(child)  # the check (paths, dates, classes and arguments) before training, then qrun
-            preload.join()
-            _as_if_imported_here()
-            run = _find_run(uri, EXPERIMENT_60MIN, stamp)
-            rid = run.info.run_id
-            m = run.data.metrics
-            if not quiet:
-                click.echo(
-                    f"   MLflow run {rid} ({run.data.tags.get('mlflow.runName', '')}) in experiment {EXPERIMENT_60MIN}"
-                )
-                click.echo(
-                    f"   test quarter: IC {m.get('IC', float('nan')):.4f}, rank IC "
-                    f"{m.get('Rank IC', float('nan')):.4f}; long/short backtest total return "
-                    f"{m.get('backtest.total_return', float('nan')):+.2%} after costs"
-                )
-            _copy_artifacts(run, "training_report", partial / "training_60min")
-            times["qrun"] = time.perf_counter() - t0
-            _done(t0, quiet)
+            later = _LaterSteps(uri, qlib_60, qlib_day, partial, log)
+            from .._run_guard import SignalForwarder
 
-            signals = partial / "signals_60min.parquet"
-            t0 = _step(f"4/6 predict: test-period signals from run {rid} -> {run_dir / signals.name}", quiet)
-            out = _run(
-                [
-                    "predict",
-                    "--experiment",
-                    EXPERIMENT_60MIN,
-                    "--run-id",
-                    rid,
-                    "--tracking-uri",
-                    uri,
-                    "--provider-dir",
-                    f"60min={qlib_60}",
-                    "--provider-dir",
-                    f"day={qlib_day}",
-                    "--freq",
-                    "60min",
-                    "--start",
-                    TEST_START,
-                    "--end",
-                    TEST_END,
-                    "--out",
-                    str(signals),
-                ],
-                log,
-            )
-            _show(out, quiet, lambda line: line.startswith("wrote "))
-            times["predict"] = time.perf_counter() - t0
-            _done(t0, quiet)
-
-            backtest_dir = partial / "backtest_60min"
-            sweep_dir = partial / "sweep_60min"
-            # the backtest and the sweep read the same signals, provider and test period, for the same model run
-            same = ["--signals", str(signals), "--provider-dir", str(qlib_60), "--freq", "60min"]
-            same += ["--start", TEST_START, "--end", TEST_END, "--model-run", rid]
-            sweep_argv = ["sweep", *same, "--fee-multipliers", "0,1", "--slippage-bps", "0,2"]
-            sweep_argv += ["--out", str(sweep_dir)]
-            # the sweep runs in a forked copy of this process alongside the backtest (independent steps on the
-            # same inputs); its output is shown, and logged, after the backtest's
-            t_sweep = time.perf_counter()
-            sweep = _Forked(sweep_argv)
             try:
-                t0 = _step(
-                    f"5/6 backtest: the signals with CryptoExchange + CryptoExecutor -> {run_dir / backtest_dir.name}",
-                    quiet,
-                )
-                out = _run(["backtest", *same, "--slippage-bps", "2", "--out", str(backtest_dir)], log)
-                _show(out, quiet, lambda line: line.startswith(("backtest ", "{")))
-                times["backtest"] = time.perf_counter() - t0
-                _done(t0, quiet)
+                # SIGINT/SIGTERM reach the child, which ends its MLflow run KILLED; this process stops after it
+                with SignalForwarder(child.proc) as forwarder:
+                    child.go()  # the check (paths, dates, classes and arguments) before training, then qrun
+                    code = forwarder.wait(until=child.saved)
+                    if code is None and child.model_run:
+                        # the model is saved; while qrun writes its other records (one core), steps 4-5 run
+                        # here and the sweep in a fork: their output is shown after step 3's
+                        preload.join()
+                        _as_if_imported_here()
+                        later.run(child.model_run, stop=lambda: bool(forwarder.received))
+                    if code is None:
+                        code = forwarder.wait()
+                child.ended()
+                _check_qrun(child, code)
+                preload.join()
+                _as_if_imported_here()
+                run = _find_run(uri, EXPERIMENT_60MIN, stamp)
+                rid = run.info.run_id
+                m = run.data.metrics
+                if not quiet:
+                    click.echo(
+                        f"   MLflow run {rid} ({run.data.tags.get('mlflow.runName', '')}) in experiment "
+                        f"{EXPERIMENT_60MIN}"
+                    )
+                    click.echo(
+                        f"   test quarter: IC {m.get('IC', float('nan')):.4f}, rank IC "
+                        f"{m.get('Rank IC', float('nan')):.4f}; long/short backtest total return "
+                        f"{m.get('backtest.total_return', float('nan')):+.2%} after costs"
+                    )
+                _copy_artifacts(run, "training_report", partial / "training_60min")
+                times["qrun"] = (child.ended_at or time.perf_counter()) - t0
+                if not quiet:
+                    click.echo(f"   done in {times['qrun']:.1f} s")
+                if later.model_run not in (None, rid):
+                    from ..errors import QlibCryptoError
 
-                _step(
-                    f"6/6 sweep: the same backtest over fee and slippage levels -> {run_dir / sweep_dir.name} "
-                    "(started with step 5)",
-                    quiet,
-                )
-                out = _finish_run(sweep_argv, *sweep.wait(), log)
+                    raise QlibCryptoError(
+                        f"qrun saved its model in run {later.model_run}, but run {rid} has this demo's stamp",
+                        hint="re-run the demo",
+                    )
+                later.show(rid, quiet, times)
             finally:
-                sweep.stop()
-            _show(out, quiet, lambda line: line.startswith("["))
-            times["sweep"] = time.perf_counter() - t_sweep
-            _done(t_sweep, quiet)
+                later.stop()
 
             from .._atomic import atomic_write_text
 

@@ -5,7 +5,9 @@ installs our quiet console, imports Qlib's workflow machinery (``qlib.cli.run``,
 workflow names (LightGBM, the handler, the records), then waits for one line on its standard input: the demo
 writes ``go`` once the provider is written. The child then checks the workflow (``qlib-crypto check``: the
 check's own imports are already done) and, when it is clean, prints :data:`CHECK_OK` and runs ``qrun
-WORKFLOW`` through ``qlib.cli.run.run``, in this process. Anything else on its standard input (the demo
+WORKFLOW`` through ``qlib.cli.run.run``, in this process; once the workflow's ``ModelArtifactRecord`` has
+saved the model it prints :data:`MODEL_SAVED` with the run id (the demo then predicts, backtests and sweeps
+while qrun writes its other records). Anything else on its standard input (the demo
 stopped, or failed before the provider was written: end of file) ends the child at once, with code
 :data:`CANCELLED`, before any MLflow run exists.
 
@@ -22,6 +24,8 @@ import warnings
 GO = "go"
 #: printed by the child once the workflow checked clean, just before qrun starts
 CHECK_OK = "qlib-crypto demo: workflow checked clean; qrun starts"
+#: printed by the child, with the MLflow run id, once the workflow's ModelArtifactRecord has saved the model
+MODEL_SAVED = "qlib-crypto demo: model saved in run"
 CANCELLED = 3
 
 
@@ -83,6 +87,10 @@ def main(argv: list[str]) -> int:
         return code
     print(CHECK_OK, flush=True)
     from qlib.cli.run import run
+
+    from ..workflow.report_record import MODEL_SAVED_HOOKS
+
+    MODEL_SAVED_HOOKS.append(lambda run_id: print(f"{MODEL_SAVED} {run_id}", flush=True))
 
     sys.argv = ["qrun", workflow]
     run()

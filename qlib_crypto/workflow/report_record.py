@@ -20,7 +20,7 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from qlib.workflow.record_temp import RecordTemp, SignalRecord
 
@@ -122,6 +122,11 @@ class TrainingReportRecord(RecordTemp):
         return [JSON_NAME, HTML_NAME]
 
 
+#: called with the recorder's run id once a ModelArtifactRecord has saved the model: the demo's qrun child
+#: (qlib_crypto/commands/demo_qrun.py) tells the demo, which predicts while qrun writes its other records
+MODEL_SAVED_HOOKS: list[Callable[[str], None]] = []
+
+
 class ModelArtifactRecord(RecordTemp):
     """Saves the trained model with its metadata (and the fitted dataset without data) as the recorder's
     ``model/`` artifacts, loadable with ``load_model_from_recorder`` or ``qlib-crypto predict --experiment``;
@@ -181,6 +186,8 @@ class ModelArtifactRecord(RecordTemp):
         if self.out_path is not None:
             self._save(Path(self.out_path))
             logger.info("model saved to %s", self.out_path)
+        for hook in MODEL_SAVED_HOOKS:
+            hook(str(self.recorder.id))
         return meta
 
     def list(self) -> list[str]:
