@@ -29,6 +29,9 @@ def _parent(tmp_path, body: str) -> subprocess.CompletedProcess:
         f"""
         import os, signal, subprocess, sys, threading, time
         from qlib_crypto._run_guard import SignalForwarder
+        # SIGINT as a terminal starts a process (a background job of a non-interactive shell, as CI may be,
+        # ignores it, and SignalForwarder leaves an ignored signal ignored)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         log = {str(tmp_path / "child.log")!r}
         child = subprocess.Popen([sys.executable, "-c", {CHILD!r}, log], stdout=subprocess.PIPE, text=True)
         assert child.stdout.readline().strip() == "ready"
