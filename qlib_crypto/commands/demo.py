@@ -613,11 +613,14 @@ def command(
     2. dump      Qlib provider DATA/qlib/synthetic/60min and .../day (day built from the 1h bars)
     3. qrun      workflow_configs/workflow_config_lightgbm_crypto_60min.yaml (LightGBM on CryptoAlpha158,
                  IC analysis, crypto backtest, 24/7 risk figures), recorded in ./mlruns
-    4. predict   signals for the test period from the model that step 3 trained (its MLflow run, found by the
+    4. predict   signals for the test period from the model that step 3 trained (its MLflow run, checked by the
                  run stamp) -> REPORTS/<stamp>/signals_60min.parquet
     5. backtest  those signals with CryptoExchange + CryptoExecutor -> REPORTS/<stamp>/backtest_60min/report.html
     6. sweep     the same backtest without and with fees (x0, x1) and slippage (0, 2 bps): what each cost
                  takes from the gross return -> REPORTS/<stamp>/sweep_60min (run alongside step 5)
+
+    Steps 4-6 start as soon as qrun has saved the model, while it writes its other records; their output is
+    shown after step 3's.
 
     Each run writes its reports under REPORTS/<stamp>/ (<stamp> = UTC start time and process id): the three
     above, training_60min/ (the run's training report), demo.log (every step's full output) and run.json
