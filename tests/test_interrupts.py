@@ -196,6 +196,24 @@ def _children(pid: int) -> list[int]:
     return [int(x) for x in path.read_text().split()] if path.exists() else []
 
 
+def _interrupt(proc: subprocess.Popen, how: str) -> None:
+    """SIGTERM to the demo, or a terminal's Ctrl-C: SIGINT to its whole process group (it leads one here)."""
+    if how == "sigterm-to-demo":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+
+
+def _kill_all(proc: subprocess.Popen, pids: list[int]) -> None:
+    """Never leave a process behind: the demo and its children, killed if still there, the demo reaped."""
+    for pid in [proc.pid, *pids]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads child processes from /proc (Linux)")
 @pytest.mark.parametrize("how", ["sigterm-to-demo", "ctrl-c-to-group"])
 def test_interrupting_the_demo_during_qrun_marks_the_run_killed(tmp_path, how):
@@ -210,10 +228,7 @@ def test_interrupting_the_demo_during_qrun_marks_the_run_killed(tmp_path, how):
         children = _children(proc.pid)
         assert children, "qrun should be running as the demo's child"
         state = "\n".join(signal_state(pid) for pid in [proc.pid, *children])
-        if how == "sigterm-to-demo":
-            proc.send_signal(signal.SIGTERM)
-        else:
-            os.killpg(proc.pid, signal.SIGINT)  # the demo leads its own process group here
+        _interrupt(proc, how)
         try:
             code = drain_until_exit(proc, timeout=180)
         except AssertionError as exc:
@@ -222,12 +237,7 @@ def test_interrupting_the_demo_during_qrun_marks_the_run_killed(tmp_path, how):
             ) from None
         alive = [pid for pid in children if Path(f"/proc/{pid}").exists()]  # before the clean-up below
     finally:
-        for pid in [proc.pid, *children]:  # never leave a process behind
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait()
+        _kill_all(proc, children)
     assert code == (128 + signal.SIGTERM if sig == signal.SIGTERM else 130)
     assert alive == []  # qrun ended and was reaped by the demo
     runs = statuses(tmp_path / "mlruns")
@@ -253,22 +263,14 @@ def test_interrupting_the_demo_before_training_leaves_nothing_behind(tmp_path, h
                 assert chunk, f"the demo ended early: {seen[-2000:]!r}{tail(tmp_path / 'demo.stderr')}"
                 seen += chunk
             children = _children(proc.pid)
-        if how == "sigterm-to-demo":
-            proc.send_signal(signal.SIGTERM)
-        else:
-            os.killpg(proc.pid, signal.SIGINT)  # the demo leads its own process group here
+        _interrupt(proc, how)
         code = drain_until_exit(proc, timeout=60)
         deadline = time.monotonic() + 60  # the child may be finishing an import before it reads its stdin
         while any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in children):
             assert time.monotonic() < deadline, f"the demo's qrun child outlived it: {children}"
             time.sleep(0.2)
     finally:
-        for pid in [proc.pid, *children]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait()
+        _kill_all(proc, children)
     assert code == (-signal.SIGTERM if how == "sigterm-to-demo" else 130), tail(tmp_path / "demo.stderr")
     assert not (tmp_path / "mlruns").exists()
     assert "Traceback" not in (tmp_path / "demo.stderr").read_text()
@@ -309,19 +311,11 @@ def test_interrupting_the_demo_beside_qruns_records_marks_the_run_killed(tmp_pat
             assert time.monotonic() < deadline, "qrun and the forked sweep should be running"
             time.sleep(0.01)
         pids = [*children, *(g for c in children for g in _children(c))]
-        if how == "sigterm-to-demo":
-            proc.send_signal(signal.SIGTERM)
-        else:
-            os.killpg(proc.pid, signal.SIGINT)  # the demo leads its own process group here
+        _interrupt(proc, how)
         code = drain_until_exit(proc, timeout=180)
         alive = [pid for pid in pids if Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid)]
     finally:
-        for pid in [proc.pid, *pids]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait()
+        _kill_all(proc, pids)
     assert code == (128 + signal.SIGTERM if sig == signal.SIGTERM else 130), tail(tmp_path / "demo.stderr")
     assert alive == []
     runs = statuses(tmp_path / "mlruns")
