@@ -17,8 +17,8 @@ before training, and our record templates) while a Qlib recorder is active. It
   Qlib's and MLflow's, that ends that run through Qlib (``R.end_exp``) and marks it KILLED in MLflow, with the
   tag ``qlib_crypto.stopped_by`` = ``SIGINT``/``SIGTERM``. A run that finished anyway stays FINISHED.
 
-:func:`wait_forwarding_signals` waits for a child process (the demo's ``qrun``) and passes SIGINT/SIGTERM on to
-it, waiting for it to end its run before the parent exits.
+:class:`SignalForwarder` passes SIGINT/SIGTERM on to a child process (the demo's ``qrun``) while the parent
+waits for it or works beside it, and waits for the child to end its run before the parent exits.
 """
 
 from __future__ import annotations
@@ -334,8 +334,8 @@ class SignalForwarder:
         try:
             if self.proc.poll() is None:
                 if exc_type is not None and not self.received:  # an error of our own: the child's run ends KILLED
-                    self._note(signal.SIGTERM, None)
-                    self.received.clear()
+                    self._first = time.monotonic()
+                    self._send(signal.SIGTERM)
                 self.wait()
         finally:
             for signum, handler in self._previous.items():
@@ -349,19 +349,8 @@ class SignalForwarder:
             raise SystemExit(128 + self.received[0])
 
 
-def wait_forwarding_signals(proc: subprocess.Popen, *, grace: float = 5.0, wait: float = 120.0) -> int:
-    """Wait for ``proc``, a child that must end its MLflow run on an interrupt (the demo's ``qrun``); its exit code.
-    Signals as in :class:`SignalForwarder`: afterwards this process raises ``KeyboardInterrupt`` (SIGINT) or
-    ``SystemExit(143)`` (SIGTERM)."""
-    with SignalForwarder(proc, grace=grace, wait=wait) as forwarder:
-        code = forwarder.wait()
-    assert code is not None
-    return code
-
-
 __all__ = [
     "SignalForwarder",
-    "wait_forwarding_signals",
     "guard_active_run",
     "guard_recorder",
     "install_signal_handlers",

@@ -35,9 +35,10 @@ def _step(title: str, quiet: bool) -> float:
     return time.perf_counter()
 
 
-def _done(t0: float, quiet: bool, what: str = "") -> None:
+def _done(seconds: float, quiet: bool) -> None:
+    """A step's closing line: how long it took."""
     if not quiet:
-        click.echo(f"   done in {time.perf_counter() - t0:.1f} s{(': ' + what) if what else ''}")
+        click.echo(f"   done in {seconds:.1f} s")
 
 
 def _show(text: str, quiet: bool, keep: Callable[[str], bool]) -> None:
@@ -356,7 +357,7 @@ def _check_qrun(child: _QrunChild, code: int) -> None:
     )
 
 
-#: what steps 4-6 import (mostly inside functions): imported while qrun trains, in a thread of this process
+#: what steps 4-6 import (mostly inside functions): imported while qrun computes features, in a thread of this process
 LATER_MODULES = (
     "mlflow.tracking",
     "qlib.data",
@@ -387,6 +388,12 @@ def _preimport_later_steps(start: threading.Event) -> None:
             importlib.import_module(name)
 
 
+def _preloaded(preload: threading.Thread) -> None:
+    """Wait for the preload thread; then set up this thread as importing Qlib here would have."""
+    preload.join()
+    _as_if_imported_here()
+
+
 def _as_if_imported_here() -> None:
     """What importing Qlib does to the importing thread, for this one after the preload thread imported it.
 
@@ -407,9 +414,12 @@ class _LaterSteps:
     model), keeping each command's output; :meth:`show` then prints and logs each step in order, running what
     has not run yet (all of it when the workflow saves no model artifact before its other records)."""
 
-    def __init__(self, uri: str, qlib_60: Path, qlib_day: Path, partial: Path, log: TextIO | None) -> None:
-        self.uri, self.qlib_60, self.qlib_day, self.partial, self.log = uri, qlib_60, qlib_day, partial, log
-        self.run_dir = partial.with_name(partial.name[: -len(".partial")])
+    def __init__(
+        self, uri: str, qlib_60: Path, qlib_day: Path, partial: Path, run_dir: Path, log: TextIO | None
+    ) -> None:
+        """Outputs go to ``partial`` (the run's directory until it is complete, then ``run_dir``, the name shown)."""
+        self.uri, self.qlib_60, self.qlib_day, self.log = uri, qlib_60, qlib_day, log
+        self.partial, self.run_dir = partial, run_dir
         self.model_run: str | None = None  # the run whose model steps 4-6 ran with, ahead of step 3's end
         self.results: dict[str, tuple[int, str, float]] = {}  # step -> exit code, stdout, seconds
         self.sweep: _Forked | None = None
@@ -481,8 +491,7 @@ class _LaterSteps:
         code, text, seconds = self.results[step]
         _show(_finish_run(self.argv(step, rid), code, text, self.log), quiet, keep)
         times[step] = seconds
-        if not quiet:
-            click.echo(f"   done in {seconds:.1f} s")
+        _done(seconds, quiet)
 
     def show(self, rid: str, quiet: bool, times: dict[str, float]) -> None:
         """Print steps 4-6 (running what has not run), log each command's output; raise on a failed step."""
@@ -507,7 +516,7 @@ class _LaterSteps:
         out = _finish_run(self.argv("sweep", rid), *self.sweep.wait(), self.log)
         _show(out, quiet, lambda line: line.startswith("["))
         times["sweep"] = time.perf_counter() - self.t_sweep
-        _done(self.t_sweep, quiet)
+        _done(times["sweep"], quiet)
 
     def stop(self) -> None:
         """End the forked sweep if it still runs (the demo failed or was interrupted)."""
@@ -686,7 +695,7 @@ def command(
         )
         _show(out, quiet, lambda line: line.startswith(("collected ", "store ")))
         times["collect"] = time.perf_counter() - t0
-        _done(t0, quiet)
+        _done(time.perf_counter() - t0, quiet)
 
         t0 = _step(f"2/6 dump: Qlib provider -> {qlib_60} and {qlib_day}", quiet)
         out = _run(["dump", "--store", str(store), "--qlib-dir", str(qlib_60), "--timeframe", "1h"], log)
@@ -696,7 +705,7 @@ def command(
         )
         _show(out, quiet, lambda line: not line.startswith(" "))
         times["dump"] = time.perf_counter() - t0
-        _done(t0, quiet)
+        _done(time.perf_counter() - t0, quiet)
 
         if not skip_research:
             assert child is not None
@@ -708,7 +717,7 @@ def command(
             preload.start()
             if warmup is not None:
                 warmup.wait()  # its kernels compiled and cached: qrun loads them instead of compiling them again
-            later = _LaterSteps(uri, qlib_60, qlib_day, partial, log)
+            later = _LaterSteps(uri, qlib_60, qlib_day, partial, run_dir, log)
             from .._run_guard import SignalForwarder
 
             try:
@@ -719,15 +728,13 @@ def command(
                     if code is None and child.model_run:
                         # the model is saved; while qrun writes its other records (one core), steps 4-5 run
                         # here and the sweep in a fork: their output is shown after step 3's
-                        preload.join()
-                        _as_if_imported_here()
+                        _preloaded(preload)
                         later.run(child.model_run, stop=lambda: bool(forwarder.received))
                     if code is None:
                         code = forwarder.wait()
                 child.ended()
                 _check_qrun(child, code)
-                preload.join()
-                _as_if_imported_here()
+                _preloaded(preload)
                 run = _find_run(uri, EXPERIMENT_60MIN, stamp)
                 rid = run.info.run_id
                 m = run.data.metrics
@@ -743,8 +750,7 @@ def command(
                     )
                 _copy_artifacts(run, "training_report", partial / "training_60min")
                 times["qrun"] = (child.ended_at or time.perf_counter()) - t0
-                if not quiet:
-                    click.echo(f"   done in {times['qrun']:.1f} s")
+                _done(times["qrun"], quiet)
                 if later.model_run not in (None, rid):
                     from ..errors import QlibCryptoError
 
