@@ -115,11 +115,17 @@ def cluster(tmp_path_factory):
             "scheduler",
         )
         deadline = time.monotonic() + STARTUP_TIMEOUT
-        while not sched_file.exists():
+        # the scheduler creates its file, then writes it: wait until it holds a whole JSON document
+        info = None
+        while info is None:
             assert procs[0].poll() is None, (root / "scheduler.log").read_text()[-2000:]
             assert time.monotonic() < deadline, "the dask scheduler did not start in time"
             time.sleep(0.2)
-        address = json.loads(sched_file.read_text())["address"]
+            try:
+                info = json.loads(sched_file.read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                continue
+        address = info["address"]
         assert address.startswith("tcp://127.0.0.1:")
         for i in range(2):
             start(
